@@ -1,0 +1,22 @@
+"""Triplet-family losses: ``TripletLoss``, ``PNLoss``, ``PrimingLoss`` and the 0.2.3 functions."""
+
+from triplet_tools.losses.base import REDUCTIONS, AnchorTriplets, TripletFamilyLoss
+from triplet_tools.losses.pn import PNLoss
+from triplet_tools.losses.priming import PrimingLoss, triplet_batch_priming_loss
+from triplet_tools.losses.triplet import (
+    TripletLoss,
+    triplet_batch_hard_loss,
+    triplet_batch_semihard_loss,
+)
+
+__all__ = [
+    "REDUCTIONS",
+    "AnchorTriplets",
+    "PNLoss",
+    "PrimingLoss",
+    "TripletFamilyLoss",
+    "TripletLoss",
+    "triplet_batch_hard_loss",
+    "triplet_batch_priming_loss",
+    "triplet_batch_semihard_loss",
+]
