@@ -1,0 +1,107 @@
+"""Mining: chosen indices, validity, blocks, explicit references, compiled execution."""
+
+import numpy as np
+import pytest
+
+import reference as ref
+from backend import compiled, to_numpy
+from triplet_tools.mining import auto_block_rows, mine_triplets
+
+
+def _chosen_distances(name, x, refs, mined):
+    p, n, valid = (to_numpy(t) for t in mined)
+    d_ap = np.array([ref.distance(name, x[i], refs[p[i]]) for i in range(len(x))])
+    d_an = np.array([ref.distance(name, x[i], refs[n[i]]) for i in range(len(x))])
+    return d_ap, d_an, valid
+
+
+def _brute_force(name, x, labels, refs, ref_labels, positions, positive, negative, semi_margin):
+    """Best positive and negative distance per anchor, by a loop (None for invalid)."""
+    out = []
+    for i in range(len(x)):
+        d = [ref.distance(name, x[i], r) for r in refs]
+        pos = [d[j] for j in range(len(refs)) if ref_labels[j] == labels[i] and j != positions[i]]
+        neg = [d[j] for j in range(len(refs)) if ref_labels[j] != labels[i]]
+        if not pos or not neg:
+            out.append(None)
+            continue
+        d_ap = max(pos) if positive == "hard" else min(pos)
+        if negative == "hard":
+            d_an = min(neg)
+        elif negative == "easy":
+            d_an = max(neg)
+        else:
+            semi = [v for v in neg if v > d_ap + semi_margin]
+            d_an = min(semi) if semi else max(neg)
+        out.append((d_ap, d_an))
+    return out
+
+
+@pytest.mark.parametrize("positive", ["hard", "easy"])
+@pytest.mark.parametrize("negative", ["hard", "semi-hard", "easy"])
+@pytest.mark.parametrize("block_size", [None, 4, 7])
+def test_indices_match_brute_force(positive, negative, block_size):
+    rng = np.random.default_rng(11)
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 5, 5])
+    x = rng.normal(size=(len(labels), 4)).astype("float32")
+    mined = mine_triplets(x, labels, distance="euclidean", positive_strategy=positive,
+                          negative_strategy=negative, semi_margin=0.1, block_size=block_size)
+    d_ap, d_an, valid = _chosen_distances("euclidean", x, x, mined)
+    want = _brute_force("euclidean", x, labels, x, labels, range(len(x)), positive, negative, 0.1)
+    assert valid.tolist() == [w is not None for w in want]
+    for i, w in enumerate(want):
+        if w is not None:
+            np.testing.assert_allclose((d_ap[i], d_an[i]), w, rtol=1e-5)
+
+
+def test_explicit_references_and_anchor_positions():
+    """Anchors are rows 3..5 of the reference set (as on the second of two replicas):
+    an anchor is never its own positive, but its duplicate elsewhere is."""
+    rng = np.random.default_rng(12)
+    refs = rng.normal(size=(8, 3)).astype("float32")
+    ref_labels = np.array([0, 1, 2, 0, 1, 2, 0, 9])
+    anchors, labels, positions = refs[3:6], ref_labels[3:6], np.array([3, 4, 5])
+    mined = mine_triplets(anchors, labels, refs, ref_labels, positions, distance="cosine",
+                          negative_strategy="hard")
+    p = to_numpy(mined.positive)
+    assert not np.any(p == positions)
+    want = _brute_force("cosine", anchors, labels, refs, ref_labels, positions, "hard", "hard", 0)
+    d_ap, d_an, valid = _chosen_distances("cosine", anchors, refs, mined)
+    assert valid.all()
+    np.testing.assert_allclose(np.stack([d_ap, d_an], 1), np.array(want), rtol=1e-5, atol=1e-6)
+    # Without positions, the anchor's own row counts as a positive at distance 0.
+    mined = mine_triplets(anchors, labels, refs, ref_labels, distance="cosine",
+                          positive_strategy="easy")
+    np.testing.assert_array_equal(to_numpy(mined.positive), positions)
+
+
+def test_compiled_mining_equals_eager():
+    rng = np.random.default_rng(13)
+    labels = np.repeat(np.arange(6), 4)
+    x = rng.normal(size=(24, 8)).astype("float32")
+
+    def mine(t):
+        return tuple(mine_triplets(t, labels, distance="euclidean_norm", block_size=5))
+
+    eager = [to_numpy(t) for t in mine(x)]
+    jitted = [to_numpy(t) for t in compiled(mine)(x)]
+    for a, b in zip(eager, jitted):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_auto_block_rows():
+    from triplet_tools.distances import get
+
+    assert auto_block_rows(4096, 4096, 128, get("cosine")) == 4096
+    rows = auto_block_rows(65536, 65536, 128, get("cosine"))
+    assert rows * 65536 <= 2**22
+    assert auto_block_rows(4096, 4096, 128, get("manhattan")) * 4096 * 128 <= 2**22
+    assert auto_block_rows(None, 10, 3, get("cosine")) is None
+
+
+def test_invalid_strategy_names():
+    x = np.zeros((2, 2), "float32")
+    with pytest.raises(ValueError, match="positive_mining_strategy.*'medium'.*'hard', 'easy'"):
+        mine_triplets(x, [0, 1], positive_strategy="medium")
+    with pytest.raises(ValueError, match="negative_mining_strategy.*'semihard'.*'semi-hard'"):
+        mine_triplets(x, [0, 1], negative_strategy="semihard")
