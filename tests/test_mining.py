@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from backend import compiled, to_numpy
+from backend import BACKEND, compiled, to_numpy
 from triplet_tools.mining import auto_block_rows, mine_triplets
 
 
@@ -92,10 +92,13 @@ def test_compiled_mining_equals_eager():
 def test_auto_block_rows():
     from triplet_tools.distances import get
 
-    assert auto_block_rows(4096, 4096, 128, get("cosine")) == 4096
-    rows = auto_block_rows(65536, 65536, 128, get("cosine"))
-    assert rows * 65536 <= 2**22
-    assert auto_block_rows(4096, 4096, 128, get("manhattan")) * 4096 * 128 <= 2**22
+    target = 2**22 if BACKEND == "torch" else 2**20
+    assert auto_block_rows(1024, 1024, 128, get("cosine")) == 1024
+    for size in (8192, 65536):
+        rows = auto_block_rows(size, size, 128, get("cosine"))
+        assert rows * size <= target < 2 * rows * size
+    assert auto_block_rows(4096, 4096, 128, get("manhattan")) * 4096 * 128 <= target
+    assert auto_block_rows(3, 10**7, 128, get("manhattan")) == 1
     assert auto_block_rows(None, 10, 3, get("cosine")) is None
 
 

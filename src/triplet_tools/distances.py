@@ -78,6 +78,15 @@ def safe_sqrt(x):
     return ops.where(positive, ops.sqrt(ops.where(positive, x, ops.ones_like(x))), 0)
 
 
+def gram(x, y):
+    """``x @ y.T`` for ``(n, D)`` and ``(m, D)``.
+
+    Written as an einsum because ``keras.ops.matmul`` on the torch backend (Keras 3.15)
+    computes float64 inputs in float32.
+    """
+    return ops.einsum("nd,md->nm", x, y)
+
+
 def _squared_norms(x):
     return ops.sum(ops.square(x), axis=-1)
 
@@ -187,17 +196,15 @@ class SquaredEuclidean(Distance):
     name = "squared_euclidean"
 
     def pairwise(self, x, y):
-        gram = ops.matmul(x, ops.transpose(y))
-        squared = _squared_norms(x)[:, None] + _squared_norms(y)[None, :] - 2 * gram
+        squared = _squared_norms(x)[:, None] + _squared_norms(y)[None, :] - 2 * gram(x, y)
         return ops.maximum(squared, 0)
 
     def paired(self, x, y):
         return _squared_norms(x - y)
 
     def mining_scores(self, anchors, references):
-        return _squared_norms(references)[None, :] - 2 * ops.matmul(
-            anchors, ops.transpose(references)
-        )
+        # The -2 scales the (n, D) operand, not the (n, m) product: one pass fewer.
+        return gram(-2 * anchors, references) + _squared_norms(references)
 
     def score_to_distance(self, scores, anchors):
         return ops.maximum(scores + _squared_norms(anchors), 0)
@@ -277,8 +284,7 @@ class Cosine(Distance):
     name = "cosine"
 
     def pairwise(self, x, y):
-        x, y = l2_normalize(x), l2_normalize(y)
-        return 1 - ops.matmul(x, ops.transpose(y))
+        return 1 - gram(l2_normalize(x), l2_normalize(y))
 
     def paired(self, x, y):
         return 1 - ops.sum(l2_normalize(x) * l2_normalize(y), axis=-1)
@@ -287,7 +293,7 @@ class Cosine(Distance):
         return l2_normalize(x)
 
     def mining_scores(self, anchors, references):
-        return -ops.matmul(anchors, ops.transpose(references))
+        return gram(-anchors, references)
 
     def score_to_distance(self, scores, anchors):
         return 1 + scores

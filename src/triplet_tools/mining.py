@@ -32,10 +32,10 @@ POSITIVE_STRATEGIES = ("hard", "easy")
 #: Accepted values of ``negative_mining_strategy``.
 NEGATIVE_STRATEGIES = ("hard", "semi-hard", "easy")
 
-# Score-matrix elements mined at once when the problem is split into row blocks, and the
-# largest problem mined in a single block.
-_BLOCK_ELEMENTS = 2**22
-_SINGLE_BLOCK_ELEMENTS = 2**24
+# Scores mined at once. XLA fuses the passes over a block, which then run in cache at about
+# a million scores (4 MB in float32). Eager torch pays a Python round trip per op and block,
+# so it takes blocks four times larger.
+_BLOCK_ELEMENTS = 2**22 if keras.backend.backend() == "torch" else 2**20
 
 
 class MinedTriplets(NamedTuple):
@@ -64,7 +64,10 @@ def check_choice(value, allowed, argument):
 
 
 def auto_block_rows(num_anchors, num_references, dim, distance):
-    """Rows of anchors mined at once: all of them when small, else blocks of ~4M scores.
+    """Rows of anchors mined at once: all when ``B*M`` is small, else blocks of ~2**20 scores.
+
+    The target is 2**20 scores per block under XLA (TensorFlow, JAX) and 2**22 in eager
+    torch; a distance that materialises ``(n, m, D)`` differences gets ``D`` times fewer rows.
 
     Args:
         num_anchors: ``B``, or ``None`` when unknown at trace time (then one block).
@@ -76,58 +79,85 @@ def auto_block_rows(num_anchors, num_references, dim, distance):
     Example:
 
     >>> from triplet_tools.distances import get
-    >>> auto_block_rows(1024, 1024, 128, get("cosine"))
-    1024
-    >>> auto_block_rows(65536, 65536, 128, get("cosine"))
-    64
+    >>> rows = auto_block_rows(65536, 65536, 128, get("cosine"))
+    >>> rows in (16, 64)   # 16 under XLA, 64 in eager torch
+    True
     """
     if num_anchors is None or num_references is None:
         return num_anchors
     per_row = num_references * (dim if distance.materializes_differences else 1)
-    if num_anchors * per_row <= _SINGLE_BLOCK_ELEMENTS:
+    if num_anchors * per_row <= _BLOCK_ELEMENTS:
         return num_anchors
     rows = max(1, _BLOCK_ELEMENTS // max(per_row, 1))
     return min(num_anchors, 1 << (rows.bit_length() - 1))
+
+
+_INF = float("inf")
+
+
+def _arg_extreme(values, largest):
+    """Per row: ``(max or min value, its first column)``; masked entries hold -inf or +inf.
+
+    XLA's CPU argmax is a slow variadic reduction; a value reduction followed by a float-min
+    over column numbers runs vectorised and lands on the same (first) index.
+    """
+    best = ops.max(values, axis=1) if largest else ops.min(values, axis=1)
+    num_columns = ops.shape(values)[1]
+    columns = ops.arange(num_columns, dtype=values.dtype)
+    past_end = ops.cast(num_columns, values.dtype)
+    hits = ops.where(ops.equal(values, best[:, None]), columns[None, :], past_end)
+    first = ops.min(hits, axis=1)
+    # No hit only when the row holds NaN; any in-range index will do, NaN reaches the loss.
+    return best, ops.cast(ops.where(first < past_end, first, 0), "int32")
+
+
+def semi_hard_threshold(distance, positive_score, anchors, semi_margin):
+    """The score of ``d(a, p*) + semi_margin`` for each anchor ``(n,)``."""
+    if semi_margin == 0:
+        return positive_score
+    return distance.distance_to_score(
+        distance.score_to_distance(positive_score, anchors) + semi_margin, anchors
+    )
 
 
 def _mine_block(
     anchors, anchor_labels, anchor_positions, references, reference_labels, *,
     distance, positive_strategy, negative_strategy, semi_margin,
 ):
-    """Mines one block of anchors against all references; see the module docstring."""
+    """Mines one block of anchors against all references; see the module docstring.
+
+    Written for XLA (TensorFlow, JAX): every step is an elementwise select or a row
+    reduction over the block's scores, which XLA fuses into a few passes.
+    """
     scores = distance.mining_scores(anchors, references)
     reference_index = ops.arange(ops.shape(references)[0], dtype="int32")
     same = ops.equal(anchor_labels[:, None], reference_labels[None, :])
     not_self = ops.not_equal(anchor_positions[:, None], reference_index[None, :])
     positive_mask = ops.logical_and(same, not_self)
-    negative_mask = ops.logical_not(same)
-    inf = float("inf")
 
-    if positive_strategy == "hard":
-        positive = ops.argmax(ops.where(positive_mask, scores, -inf), axis=1)
-    else:
-        positive = ops.argmin(ops.where(positive_mask, scores, inf), axis=1)
-    positive = ops.cast(positive, "int32")
+    hard_positive = positive_strategy == "hard"
+    fill = -_INF if hard_positive else _INF
+    positive_score, positive = _arg_extreme(
+        ops.where(positive_mask, scores, fill), largest=hard_positive
+    )
+    has_positive = ops.not_equal(positive_score, fill)
 
     if negative_strategy == "hard":
-        negative = ops.argmin(ops.where(negative_mask, scores, inf), axis=1)
-    else:
-        # "easy", and the semi-hard fallback: the farthest negative.
-        negative = ops.argmax(ops.where(negative_mask, scores, -inf), axis=1)
-    if negative_strategy == "semi-hard":
-        positive_score = ops.take_along_axis(scores, positive[:, None], axis=1)[:, 0]
-        if semi_margin == 0:
-            threshold = positive_score
-        else:
-            threshold = distance.distance_to_score(
-                distance.score_to_distance(positive_score, anchors) + semi_margin, anchors
-            )
-        semi_hard_mask = ops.logical_and(negative_mask, scores > threshold[:, None])
-        semi_hard = ops.argmin(ops.where(semi_hard_mask, scores, inf), axis=1)
-        negative = ops.where(ops.any(semi_hard_mask, axis=1), semi_hard, negative)
-    negative = ops.cast(negative, "int32")
+        negative_score, negative = _arg_extreme(ops.where(same, _INF, scores), largest=False)
+        return positive, negative, ops.logical_and(has_positive, negative_score < _INF)
 
-    valid = ops.logical_and(ops.any(positive_mask, axis=1), ops.any(negative_mask, axis=1))
+    negative_scores = ops.where(same, -_INF, scores)
+    farthest_score, negative = _arg_extreme(negative_scores, largest=True)
+    valid = ops.logical_and(has_positive, farthest_score > -_INF)
+    if negative_strategy == "easy":
+        return positive, negative, valid
+
+    threshold = semi_hard_threshold(distance, positive_score, anchors, semi_margin)
+    # Negatives strictly beyond the threshold keep their (positive) excess; every other
+    # entry, positives included (-inf), becomes +inf. Without any, keep the farthest.
+    excess = ops.threshold(negative_scores - threshold[:, None], 0.0, _INF)
+    semi_hard_excess, semi_hard = _arg_extreme(excess, largest=False)
+    negative = ops.where(semi_hard_excess < _INF, semi_hard, negative)
     return positive, negative, valid
 
 
@@ -207,14 +237,22 @@ def mine_triplets(
     anchor_labels, reference_labels = _common_label_dtype(anchor_labels, reference_labels)
     anchor_positions = ops.cast(anchor_positions, "int32")
 
-    mine_block = lambda a, la, pa: _mine_block(  # noqa: E731
-        a, la, pa, reference_features, reference_labels,
-        distance=distance, positive_strategy=positive_strategy,
-        negative_strategy=negative_strategy, semi_margin=semi_margin,
-    )
+    rules = dict(distance=distance, positive_strategy=positive_strategy,
+                 negative_strategy=negative_strategy, semi_margin=semi_margin)
     rows = block_size or auto_block_rows(
         num_anchors, reference_features.shape[0], anchors.shape[-1], distance
     )
+    if keras.backend.backend() == "torch":
+        from triplet_tools import _torch_mining
+
+        return MinedTriplets(*_torch_mining.mine(
+            features, anchor_labels, anchor_positions, reference_features, reference_labels,
+            rows=rows or num_anchors, **rules,
+        ))
+
+    def mine_block(a, la, pa):
+        return _mine_block(a, la, pa, reference_features, reference_labels, **rules)
+
     if rows is None or num_anchors is None or rows >= num_anchors:
         return MinedTriplets(*mine_block(features, anchor_labels, anchor_positions))
 
