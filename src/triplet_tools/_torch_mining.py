@@ -15,8 +15,8 @@ from triplet_tools.mining import semi_hard_threshold
 _INF = float("inf")
 
 
-def mine(anchors, anchor_labels, anchor_positions, references, reference_labels, *,
-         rows, distance, positive_strategy, negative_strategy, semi_margin):
+def mine(anchors, anchor_labels, anchor_positions, references, reference_labels,
+         reference_mask, *, rows, distance, positive_strategy, negative_strategy, semi_margin):
     """Returns ``(positive, negative, valid)``, each ``(B,)``; see ``mining.mine_triplets``."""
     num_anchors = anchors.shape[0]
     outputs = (
@@ -32,7 +32,7 @@ def mine(anchors, anchor_labels, anchor_positions, references, reference_labels,
             block = slice(start, start + rows)
             chosen = _mine_block(
                 anchors[block], anchor_labels[block], anchor_positions[block], references,
-                reference_labels, buffer, distance=distance,
+                reference_labels, reference_mask, buffer, distance=distance,
                 positive_strategy=positive_strategy, negative_strategy=negative_strategy,
                 semi_margin=semi_margin,
             )
@@ -51,9 +51,14 @@ def _arg_extreme(values, largest):
 
 
 def _mine_block(anchors, anchor_labels, anchor_positions, references, reference_labels,
-                buffer, *, distance, positive_strategy, negative_strategy, semi_margin):
+                reference_mask, buffer, *, distance, positive_strategy, negative_strategy,
+                semi_margin):
     scores = distance.mining_scores(anchors, references)
     same = anchor_labels[:, None] == reference_labels[None, :]
+    if reference_mask is not None:
+        # A masked-out reference is neither positive nor negative: treat it as "same"
+        # and drop it from the positives after they are scored.
+        same |= ~reference_mask[None, :]
     work = buffer[: scores.shape[0]]
     rows = torch.arange(scores.shape[0], device=scores.device)
     is_reference = anchor_positions >= 0
@@ -63,6 +68,8 @@ def _mine_block(anchors, anchor_labels, anchor_positions, references, reference_
     fill = -_INF if hard_positive else _INF
     torch.where(same, scores, torch.tensor(fill, dtype=scores.dtype), out=work)
     work[self_rows, self_columns] = fill
+    if reference_mask is not None:
+        work.masked_fill_(~reference_mask[None, :], fill)
     positive_score, positive = _arg_extreme(work, largest=hard_positive)
     has_positive = positive_score != fill
 
@@ -76,7 +83,7 @@ def _mine_block(anchors, anchor_labels, anchor_positions, references, reference_
         return positive, negative, has_positive & (negative_score > -_INF)
 
     threshold = semi_hard_threshold(distance, positive_score, anchors, semi_margin)
-    if hard_positive and semi_margin == 0:
+    if hard_positive and semi_margin == 0 and reference_mask is None:
         # Every positive scores at most the hardest one, the threshold itself, so its
         # excess is <= 0 and the strict threshold drops it: no label mask needed. The
         # anchor's own column is dropped explicitly (rounding could lift it above).

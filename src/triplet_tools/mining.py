@@ -121,7 +121,7 @@ def semi_hard_threshold(distance, positive_score, anchors, semi_margin):
 
 
 def _mine_block(
-    anchors, anchor_labels, anchor_positions, references, reference_labels, *,
+    anchors, anchor_labels, anchor_positions, references, reference_labels, reference_mask, *,
     distance, positive_strategy, negative_strategy, semi_margin,
 ):
     """Mines one block of anchors against all references; see the module docstring.
@@ -134,6 +134,10 @@ def _mine_block(
     same = ops.equal(anchor_labels[:, None], reference_labels[None, :])
     not_self = ops.not_equal(anchor_positions[:, None], reference_index[None, :])
     positive_mask = ops.logical_and(same, not_self)
+    if reference_mask is not None:
+        # A masked-out reference is neither positive nor negative: treat it as "same".
+        positive_mask = ops.logical_and(positive_mask, reference_mask[None, :])
+        same = ops.logical_or(same, ops.logical_not(reference_mask)[None, :])
 
     hard_positive = positive_strategy == "hard"
     fill = -_INF if hard_positive else _INF
@@ -175,6 +179,7 @@ def mine_triplets(
     reference_labels=None,
     anchor_positions=None,
     *,
+    reference_mask=None,
     distance="euclidean_norm",
     positive_strategy="hard",
     negative_strategy="semi-hard",
@@ -194,6 +199,8 @@ def mine_triplets(
         anchor_positions: ``(B,)`` int index of each anchor within ``references`` (excluded
             from its positives), or ``-1`` for an anchor that is not among them. Defaults to
             ``arange(B)`` without references and to all ``-1`` with them.
+        reference_mask: optional ``(M,)`` bool; a ``False`` reference is never chosen (an
+            empty slot of a memory, say).
         distance: a name from ``triplet_tools.distances.DISTANCE_NAMES`` or a ``Distance``.
         positive_strategy: ``"hard"`` or ``"easy"``.
         negative_strategy: ``"hard"``, ``"semi-hard"`` or ``"easy"``.
@@ -235,6 +242,8 @@ def mine_triplets(
         if anchor_positions is None:
             anchor_positions = -ops.ones_like(anchor_labels, dtype="int32")
     anchor_labels, reference_labels = _common_label_dtype(anchor_labels, reference_labels)
+    if reference_mask is not None:
+        reference_mask = ops.cast(ops.convert_to_tensor(reference_mask), "bool")
     anchor_positions = ops.cast(anchor_positions, "int32")
 
     rules = dict(distance=distance, positive_strategy=positive_strategy,
@@ -247,11 +256,13 @@ def mine_triplets(
 
         return MinedTriplets(*_torch_mining.mine(
             features, anchor_labels, anchor_positions, reference_features, reference_labels,
-            rows=rows or num_anchors, **rules,
+            reference_mask, rows=rows or num_anchors, **rules,
         ))
 
     def mine_block(a, la, pa):
-        return _mine_block(a, la, pa, reference_features, reference_labels, **rules)
+        return _mine_block(
+            a, la, pa, reference_features, reference_labels, reference_mask, **rules
+        )
 
     if rows is None or num_anchors is None or rows >= num_anchors:
         return MinedTriplets(*mine_block(features, anchor_labels, anchor_positions))

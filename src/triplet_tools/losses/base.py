@@ -16,7 +16,8 @@ import numpy as np
 from keras import ops
 
 from triplet_tools import distances as distances_module
-from triplet_tools import mining
+from triplet_tools import distributed, mining
+from triplet_tools import memory as memory_module
 
 REDUCTIONS = ("sum_over_batch_size", "sum", "none", "mean", "mean_with_sample_weight")
 
@@ -116,6 +117,11 @@ class TripletFamilyLoss(keras.losses.Loss):
             ``"mean"`` (same as the default), ``"mean_with_sample_weight"`` or ``None``.
         dtype: the dtype of the returned loss; computation is in at least float32.
         block_size: anchors mined at once (``None``: automatic).
+        global_mining: when training data-parallel, mine every replica's anchors against
+            the global batch (default ``True``); ``False`` mines inside each replica's
+            slice. See ``triplet_tools.distributed``.
+        memory: an optional ``triplet_tools.memory.CrossBatchMemory`` layer of the model (or
+            its name): its stored embeddings of earlier batches join the references.
     """
 
     def __init__(
@@ -128,6 +134,8 @@ class TripletFamilyLoss(keras.losses.Loss):
         reduction,
         dtype=None,
         block_size=None,
+        global_mining=True,
+        memory=None,
     ):
         if reduction is not None and reduction not in REDUCTIONS:
             raise ValueError(
@@ -146,6 +154,10 @@ class TripletFamilyLoss(keras.losses.Loss):
         if block_size is not None and (not isinstance(block_size, int) or block_size < 1):
             raise ValueError(f"block_size must be a positive int or None; received {block_size!r}.")
         self.block_size = block_size
+        if not isinstance(global_mining, bool):
+            raise ValueError(f"global_mining must be True or False; received {global_mining!r}.")
+        self.global_mining = global_mining
+        self.memory = memory_module.check_memory(memory)
         self._explicit_dtype = dtype
 
     # --- hooks ---------------------------------------------------------------------------
@@ -160,23 +172,25 @@ class TripletFamilyLoss(keras.losses.Loss):
 
     # --- pipeline ------------------------------------------------------------------------
 
-    def _compute_dtype(self, y_pred):
-        wide = "float64" in (self.dtype, keras.backend.standardize_dtype(y_pred.dtype))
-        return "float64" if wide else "float32"
+    def _inputs(self, y_true, y_pred):
+        """Validated ``(labels, embeddings)``, embeddings in float64 if either the input or
+        the loss dtype is float64, else in float32."""
+        embeddings = ops.convert_to_tensor(y_pred)
+        wide = "float64" in (self.dtype, keras.backend.standardize_dtype(embeddings.dtype))
+        return validate_inputs(y_true, embeddings, "float64" if wide else "float32")
 
     def anchor_triplets(self, y_true, y_pred, references=None, reference_labels=None,
-                        anchor_positions=None):
+                        anchor_positions=None, reference_mask=None):
         """Runs the pipeline and returns an :class:`AnchorTriplets` of ``(B,)`` tensors.
 
         Args:
             y_true: ``(B,)`` or ``(B, 1)`` integer class ids.
             y_pred: ``(B, D)`` embeddings.
-            references, reference_labels, anchor_positions: an optional explicit reference
-                set, as in :func:`triplet_tools.mining.mine_triplets`; gradient flows into
-                the references that are chosen.
+            references, reference_labels, anchor_positions, reference_mask: an optional
+                explicit reference set, as in :func:`triplet_tools.mining.mine_triplets`;
+                gradient flows into the references that are chosen.
         """
-        embeddings = ops.convert_to_tensor(y_pred)
-        labels, embeddings = validate_inputs(y_true, embeddings, self._compute_dtype(embeddings))
+        labels, embeddings = self._inputs(y_true, y_pred)
         if references is None:
             reference_rows = embeddings
         else:
@@ -185,6 +199,7 @@ class TripletFamilyLoss(keras.losses.Loss):
         mined = mining.mine_triplets(
             embeddings, labels,
             None if references is None else reference_rows, reference_labels, anchor_positions,
+            reference_mask=reference_mask,
             distance=self.distance,
             positive_strategy=self.positive_mining_strategy,
             negative_strategy=self.negative_mining_strategy,
@@ -208,14 +223,82 @@ class TripletFamilyLoss(keras.losses.Loss):
         """The reduced loss; see the class docstring for the reductions.
 
         Unlike ``keras.losses.Loss``, ``y_true`` is never cast to a float dtype, so large
-        class ids stay distinct.
+        class ids stay distinct. Under data-parallel training the references are the global
+        batch (see ``triplet_tools.distributed``); with a ``memory`` they include the
+        embeddings of earlier batches.
         """
         with keras.name_scope(self.name):
-            triplets = self.anchor_triplets(y_true, y_pred)
-            return self.reduce(triplets.loss, triplets.valid, sample_weight)
+            group = distributed.current_replica_group() if self.global_mining else None
+            if group is not None:
+                if self.memory is not None:
+                    raise ValueError(
+                        "A cross-batch memory works on one replica; under data-parallel "
+                        "training global mining already gives every anchor the whole "
+                        "global batch. Drop memory= when training data-parallel."
+                    )
+                return self._replica_share(group, y_true, y_pred, sample_weight)
+            if self.memory is not None:
+                triplets = self._with_memory(y_true, y_pred)
+            elif not self.global_mining and distributed.data_parallel_replicas() > 1:
+                triplets = self._per_slice(y_true, y_pred, distributed.data_parallel_replicas())
+            else:
+                triplets = self.anchor_triplets(y_true, y_pred)
+            loss = self.reduce(triplets.loss, triplets.valid, sample_weight)
+            if self.reduction in ("sum_over_batch_size", "mean", "mean_with_sample_weight"):
+                # Keras' convention for a replica's mean under tf.distribute (1 elsewhere).
+                loss = loss * distributed.per_replica_loss_scale()
+            return loss
 
-    def reduce(self, losses, valid, sample_weight=None):
-        """Applies ``sample_weight`` and the reduction; averages run over valid anchors."""
+    def _replica_share(self, group, y_true, y_pred, sample_weight):
+        """This replica's share of the loss of the global batch (see ``distributed``)."""
+        labels, embeddings = self._inputs(y_true, y_pred)
+        triplets = self.anchor_triplets(
+            labels, embeddings, group.gather(embeddings), group.gather_labels(labels),
+            distributed.replica_positions(group, ops.shape(embeddings)[0]),
+        )
+        loss = self.reduce(triplets.loss, triplets.valid, sample_weight, across=group.sum)
+        if self.reduction in (None, "none"):
+            return loss
+        return loss * group.loss_scale
+
+    def _per_slice(self, y_true, y_pred, num_slices):
+        """Mining inside each of ``num_slices`` contiguous slices (one per device)."""
+        labels, embeddings = self._inputs(y_true, y_pred)
+        rows = embeddings.shape[0]
+        if rows is None or rows % num_slices:
+            raise ValueError(
+                f"global_mining=False splits the batch over {num_slices} devices; received "
+                f"a batch of {rows} rows, which does not divide evenly."
+            )
+        step = rows // num_slices
+        parts = [
+            self.anchor_triplets(labels[i:i + step], embeddings[i:i + step])
+            for i in range(0, rows, step)
+        ]
+        return AnchorTriplets(*(ops.concatenate(field, axis=0) for field in zip(*parts)))
+
+    def _with_memory(self, y_true, y_pred):
+        """Mines against the batch followed by the memory's stored rows, then records the batch."""
+        labels, embeddings = self._inputs(y_true, y_pred)
+        memory = memory_module.resolve(self.memory)
+        stored, stored_labels, stored_valid = memory.contents()
+        rows = ops.shape(embeddings)[0]
+        triplets = self.anchor_triplets(
+            labels, embeddings,
+            ops.concatenate([embeddings, ops.cast(stored, embeddings.dtype)], axis=0),
+            ops.concatenate([labels, ops.cast(stored_labels, labels.dtype)], axis=0),
+            ops.arange(rows, dtype="int32"),
+            ops.concatenate([ops.ones((rows,), "bool"), stored_valid], axis=0),
+        )
+        memory.record(embeddings, labels)
+        return triplets
+
+    def reduce(self, losses, valid, sample_weight=None, across=None):
+        """Applies ``sample_weight`` and the reduction; averages run over valid anchors.
+
+        ``across`` sums the divisor over replicas (global mining), so that every replica
+        divides its share by the global number (or weight) of valid anchors.
+        """
         weights = ops.cast(valid, losses.dtype)
         if sample_weight is not None:
             sample_weight = ops.cast(ops.convert_to_tensor(sample_weight), losses.dtype)
@@ -238,6 +321,7 @@ class TripletFamilyLoss(keras.losses.Loss):
             divisor = ops.sum(weights)
         else:
             divisor = ops.sum(ops.cast(valid, losses.dtype))
+        divisor = ops.stop_gradient(divisor if across is None else across(divisor))
         # No valid anchor: total is an exact 0 (or NaN from a NaN embedding), divided by 1.
         divisor = ops.where(ops.equal(divisor, 0), ops.ones_like(divisor), divisor)
         return ops.cast(total / divisor, self.dtype)
@@ -253,7 +337,10 @@ class TripletFamilyLoss(keras.losses.Loss):
             "negative_mining_strategy": self.negative_mining_strategy,
             "semi_margin": self.semi_margin,
             "block_size": self.block_size,
+            "global_mining": self.global_mining,
         }
+        if self.memory is not None:
+            config["memory"] = memory_module.memory_name(self.memory)
         if self._explicit_dtype is not None:
             config["dtype"] = keras.backend.standardize_dtype(self.dtype)
         return config

@@ -23,8 +23,8 @@ class PrimingLoss(TripletFamilyLoss):
         distance: a distance name (default ``"euclidean_norm"``) or ``Distance``.
         name: the loss name, ``"PrimingLoss"``.
         reduction: as for :class:`TripletLoss`.
-        dtype: dtype of the returned value.
-        block_size: anchors mined at once; ``None`` chooses automatically.
+        **kwargs: ``dtype``, ``block_size``, ``global_mining``, ``memory``, as for
+            :class:`TripletLoss`.
 
     Example:
 
@@ -42,8 +42,7 @@ class PrimingLoss(TripletFamilyLoss):
         distance="euclidean_norm",
         name="PrimingLoss",
         reduction="sum_over_batch_size",
-        dtype=None,
-        block_size=None,
+        **kwargs,
     ):
         super().__init__(
             distance=distance,
@@ -52,8 +51,7 @@ class PrimingLoss(TripletFamilyLoss):
             semi_margin=0.0,
             name=name,
             reduction=reduction,
-            dtype=dtype,
-            block_size=block_size,
+            **kwargs,
         )
 
     def anchor_loss(self, positive_distance, negative_distance):

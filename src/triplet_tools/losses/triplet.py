@@ -42,8 +42,12 @@ class TripletLoss(TripletFamilyLoss):
         reduction: ``"sum_over_batch_size"`` (default; mean over valid anchors), ``"mean"``
             (the same), ``"sum"``, ``"mean_with_sample_weight"`` (divides by the summed
             weights of valid anchors), ``"none"`` / ``None`` (per-anchor ``w_a * l_a``).
-        dtype: dtype of the returned value (computation is in at least float32).
-        block_size: anchors mined at once; ``None`` chooses automatically.
+        **kwargs: ``dtype`` (of the returned value; computation is in at least float32),
+            ``block_size`` (anchors mined at once; ``None`` chooses), ``global_mining``
+            (default ``True``: mine against the global batch when training data-parallel;
+            see ``triplet_tools.distributed``) and ``memory`` (a
+            ``triplet_tools.memory.CrossBatchMemory`` layer whose stored embeddings join the
+            references).
 
     Call arguments:
         y_true: ``(B,)`` or ``(B, 1)`` integer class ids (never cast to float).
@@ -77,8 +81,7 @@ class TripletLoss(TripletFamilyLoss):
         semi_margin=0.0,
         name="TripletLoss",
         reduction="sum_over_batch_size",
-        dtype=None,
-        block_size=None,
+        **kwargs,
     ):
         if not isinstance(soft_margin, bool):
             raise ValueError(f"soft_margin must be True or False; received {soft_margin!r}.")
@@ -94,8 +97,7 @@ class TripletLoss(TripletFamilyLoss):
             semi_margin=semi_margin,
             name=name,
             reduction=reduction,
-            dtype=dtype,
-            block_size=block_size,
+            **kwargs,
         )
         self.soft_margin = soft_margin
         self.margin = margin
