@@ -239,16 +239,23 @@ CASES = {
 }
 
 
-def memory_mb(field="VmRSS"):
-    """This process's ``VmRSS`` (or ``VmHWM``, its peak) in MiB; ``None`` without ``/proc``."""
+def memory_mb(pid="self"):
+    """``{"VmRSS": ..., "VmHWM": ...}`` of a process in MiB (VmHWM: its peak), ``{}`` if unknown.
+
+    Example:
+
+    >>> sorted(memory_mb()) in (["VmHWM", "VmRSS"], [])
+    True
+    """
+    found = {}
     try:
-        with open("/proc/self/status") as status:
+        with open(f"/proc/{pid}/status") as status:
             for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    found[line[:5]] = int(line.split()[1]) / 1024
+    except (OSError, ValueError):
         pass
-    return None
+    return found
 
 
 def measure(case, batch, dim=128, per_class=8, seed=0, repeats=5, budget_s=float("inf")):
@@ -269,7 +276,7 @@ def measure(case, batch, dim=128, per_class=8, seed=0, repeats=5, budget_s=float
     start = time.perf_counter()
     embeddings, labels = make_inputs(batch, dim, per_class, seed)
     step, to_numpy, versions = CASES[case](embeddings, labels)
-    setup_rss_mb = memory_mb()
+    setup_rss_mb = memory_mb().get("VmRSS")
 
     tick = time.perf_counter()
     outputs = step()
@@ -291,7 +298,7 @@ def measure(case, batch, dim=128, per_class=8, seed=0, repeats=5, budget_s=float
         "times_s": times,
         "first_call_s": first_call_s,
         "setup_rss_mb": setup_rss_mb,
-        "peak_rss_mb": memory_mb("VmHWM"),
+        "peak_rss_mb": memory_mb().get("VmHWM"),
         # For the floor, "loss" is the mean of the product and there is no gradient.
         "loss": float(np.mean(values[0])),
         "grad_finite": bool(np.all(np.isfinite(values[1]))) if len(values) > 1 else None,

@@ -145,19 +145,6 @@ def select_cases(backends=BACKENDS, losses=LOSSES, peers=tuple(PEERS)):
 # --- one measurement in its own process ------------------------------------------------------
 
 
-def _memory_mb(pid):
-    """``(VmRSS, VmHWM)`` of a live process in MiB, or ``(None, None)``."""
-    found = {}
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith(("VmRSS:", "VmHWM:")):
-                    found[line[:5]] = int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return found.get("VmRSS"), found.get("VmHWM")
-
-
 def run_limited(command, env=None, time_limit_s=300.0, memory_limit_mb=16000.0, poll_s=0.05):
     """Runs ``command`` in a new session, killing it past the time or RSS limit.
 
@@ -184,8 +171,9 @@ def run_limited(command, env=None, time_limit_s=300.0, memory_limit_mb=16000.0, 
                                    start_new_session=True)
         killed, observed_peak_mb = None, 0.0
         while process.poll() is None:
-            rss, high_water = _memory_mb(process.pid)
-            observed_peak_mb = max(observed_peak_mb, high_water or 0.0)
+            memory = bench_worker.memory_mb(process.pid)
+            rss = memory.get("VmRSS")
+            observed_peak_mb = max(observed_peak_mb, memory.get("VmHWM", 0.0))
             if killed is None:
                 if time.monotonic() - start > time_limit_s:
                     killed = "timeout"
