@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import os
 import platform
 import signal
@@ -397,6 +398,12 @@ def markdown_report(cases, records, sizes, meta):
     return "\n".join(lines) + "\n"
 
 
+def _label_2_and_5(value, _):
+    # Minor ticks of a log axis: label 2x and 5x of each decade only.
+    mantissa = value / 10 ** math.floor(math.log10(value)) if value > 0 else 0
+    return f"{value:g}" if round(mantissa) in (2, 5) else ""
+
+
 def plot(cases, records, path):
     """Writes a log-log plot of time and peak RSS against B, one line per case.
 
@@ -434,13 +441,16 @@ def plot(cases, records, path):
         axes.set_yscale("log")
         axes.set_xticks(sizes, [str(b) for b in sizes])
         axes.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        axes.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axes.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(_label_2_and_5))
         axes.set_xlabel("batch size B")
         axes.set_ylabel(ylabel)
         axes.grid(True, which="both", alpha=0.3)
     time_axes.set_title("time (solid: ours, dashed: floor, dotted: peers)")
     memory_axes.set_title("peak resident memory of the measuring process")
     figure.legend(loc="lower center", ncol=2, fontsize=8, frameon=False)
-    figure.tight_layout(rect=(0, 0.22, 1, 1))
+    legend_rows = (len(time_axes.get_lines()) + 1) // 2
+    figure.tight_layout(rect=(0, 0.03 + 0.028 * legend_rows, 1, 1))
     figure.savefig(path, dpi=110)
     pyplot.close(figure)
     return True
