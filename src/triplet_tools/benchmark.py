@@ -546,7 +546,7 @@ def add_arguments(parser):
                         "(default: %(default)s)")
     parser.add_argument("--repeats", type=_positive_int, default=5,
                         help="timed calls after the first (default: %(default)s)")
-    parser.add_argument("--time-limit", type=float, default=300.0,
+    parser.add_argument("--time-limit", type=float, default=600.0,
                         help="seconds per measurement, compile included (default: %(default)s)")
     parser.add_argument("--cubic-time-limit", type=float, default=60.0,
                         help="seconds per measurement for the cubic TripletMarginMiner "
