@@ -1,4 +1,4 @@
-# triplet-tools: `make test` and `make demo` set everything up on a fresh machine.
+# triplet-tools: `make test` and `make bench` set everything up on a fresh machine.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +8,7 @@ DOCTESTS := --doctest-modules src/triplet_tools --ignore=src/triplet_tools/legac
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: test test-tensorflow test-jax test-torch test-legacy clean
+.PHONY: test test-tensorflow test-jax test-torch test-legacy bench bench-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,5 +31,29 @@ test-legacy: $(VENV)/.installed-test
 	TF_USE_LEGACY_KERAS=1 KERAS_BACKEND=tensorflow $(PYTEST) tests/legacy \
 		--doctest-modules src/triplet_tools/legacy.py
 
+# --- make bench: ours on every backend against the peers (issue 4) -------------------------
+# Peers live in their own environments, one per bench/peers/<name>.txt, under $(BENCH_DIR).
+# `make bench SIZES=256,1024` for a short run; BENCH_ARGS passes any other option
+# (`triplet-tools bench -h`), e.g. BENCH_ARGS="--no-peers --backends jax".
+BENCH_DIR ?= .bench
+SIZES ?=
+BENCH_ARGS ?=
+PEER_NAMES := $(basename $(notdir $(filter-out %/constraints.txt,$(wildcard bench/peers/*.txt))))
+PEER_STAMPS := $(PEER_NAMES:%=$(BENCH_DIR)/%/.installed)
+
+bench: $(VENV)/.installed-test $(PEER_STAMPS)
+	$(BIN)/triplet-tools bench --peers-dir $(BENCH_DIR) $(if $(SIZES),--sizes $(SIZES)) $(BENCH_ARGS)
+
+bench-peers: $(PEER_STAMPS)
+
+# From scratch each time, so a half-finished install is never reused; the stamp comes last.
+$(BENCH_DIR)/%/.installed: bench/peers/%.txt bench/peers/constraints.txt
+	@echo "=== peer environment $(@D)"
+	rm -rf $(@D)
+	$(PYTHON) -m venv $(@D)
+	$(@D)/bin/python -m pip install -q --disable-pip-version-check \
+		-c bench/peers/constraints.txt -r $<
+	touch $@
+
 clean:
-	rm -rf $(VENV) .pytest_cache build dist src/*.egg-info
+	rm -rf $(VENV) $(BENCH_DIR) bench-output .pytest_cache build dist src/*.egg-info

@@ -1,0 +1,8 @@
+"""``python -m triplet_tools``: the same as the ``triplet-tools`` command."""
+
+import sys
+
+from triplet_tools.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,621 @@
+"""Side-by-side benchmark: loss + gradient time and peak memory, ours against the peers.
+
+```
+for each case (library x backend) and each batch size B, in increasing B:
+    one fresh process runs triplet_tools/bench_worker.py with the case's Python:
+        first call (trace + compile + run), then the median of up to --repeats calls
+    this process watches it: past --time-limit -> "timeout", RSS past --memory-limit -> "OOM"
+    peak RSS = the worker's own VmHWM, so every figure is one clean process
+    after a failure, the case's larger sizes are "skipped", never dropped
+then: results.json (raw), results.md (table), bench.png (log-log plot) in --out
+```
+
+Cases: our ``TripletLoss`` (semi-hard and batch-hard) on TensorFlow (XLA), JAX (jit) and
+PyTorch (eager); the floor, one forward ``B x B x D`` product, per backend; and the peers,
+each in its own virtual environment under ``--peers-dir`` (``make bench`` creates them from
+``bench/peers/``): triplet-tools 0.2.3 (it has our import name), TensorFlow Similarity 0.17.1
+under ``tf_keras``, and pytorch-metric-learning 2.9.0.
+
+Memory is limited by watching RSS rather than with ``RLIMIT_AS``: TensorFlow, XLA and
+PyTorch reserve far more address space than they touch, so an address-space limit fails
+them at import. Peak RSS is the high-water mark of the worker's own address space
+(``VmHWM``), not ``ru_maxrss``: Linux carries the parent's high-water mark at fork into a
+child's ``ru_maxrss``, and this process has imported Keras.
+
+Example::
+
+    triplet-tools bench --sizes 256,1024 --backends jax --no-peers --out /tmp/bench
+"""
+
+import argparse
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from triplet_tools import bench_worker
+
+DEFAULT_SIZES = (256, 1024, 4096, 16384, 65536)
+BACKENDS = ("tensorflow", "jax", "torch")
+LOSSES = ("semi-hard", "batch-hard")
+BACKEND_LABELS = {"tensorflow": "TF (XLA)", "jax": "JAX (jit)", "torch": "torch (eager)"}
+#: The peer every time is also divided by (the ``×0.2.3`` column).
+BASELINE = "triplet-tools-0.2.3"
+#: Statuses that are results (the library ran out of time or memory), not harness faults.
+FAILED = ("oom", "timeout")
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One row of the table: what runs, in which environment, compared with which floor.
+
+    Attributes:
+        name: unique id, also the row key in ``results.json``.
+        label: the row label.
+        worker_case: the key of ``bench_worker.CASES`` to run.
+        backend: the framework it runs on (its floor is ``floor/<backend>``).
+        peer: the virtual environment under ``--peers-dir``, or ``None`` for this one.
+        env: extra environment variables, as ``(name, value)`` pairs.
+        cubic: enumerates every triplet; runs under ``--cubic-time-limit``.
+    """
+
+    name: str
+    label: str
+    worker_case: str
+    backend: str
+    peer: str = None
+    env: tuple = ()
+    cubic: bool = False
+
+
+def our_case(loss, backend):
+    """Our ``TripletLoss`` with ``loss`` (``"semi-hard"`` or ``"batch-hard"``) on ``backend``."""
+    return Case(
+        name=f"ours-{loss}/{backend}",
+        label=f"triplet-tools TripletLoss {loss} · {BACKEND_LABELS[backend]}",
+        worker_case=f"ours-{loss}",
+        backend=backend,
+        env=(("KERAS_BACKEND", backend),),
+    )
+
+
+def floor_case(backend):
+    """The floor on ``backend``: one forward ``B x B x D`` product, no backward."""
+    return Case(
+        name=f"floor/{backend}",
+        label=f"floor: one B×B×D product · {BACKEND_LABELS[backend]}",
+        worker_case=f"floor-{backend}",
+        backend=backend,
+    )
+
+
+_LEGACY_KERAS = (("TF_USE_LEGACY_KERAS", "1"),)
+
+#: Peer virtual environment (a file ``bench/peers/<name>.txt`` pins it) -> its cases.
+PEERS = {
+    "triplet-tools-0.2.3": (
+        Case(BASELINE, "triplet-tools 0.2.3 semi-hard · TF graph", "triplet-tools-0.2.3",
+             "tensorflow", peer="triplet-tools-0.2.3"),
+    ),
+    "tf-similarity-0.17.1": (
+        Case("tfsim-pn", "TF Similarity 0.17.1 PNLoss semi-hard · tf_keras graph", "tfsim-pn",
+             "tensorflow", peer="tf-similarity-0.17.1", env=_LEGACY_KERAS),
+        Case("tfsim-triplet", "TF Similarity 0.17.1 TripletLoss semi-hard · tf_keras graph",
+             "tfsim-triplet", "tensorflow", peer="tf-similarity-0.17.1", env=_LEGACY_KERAS),
+    ),
+    "pytorch-metric-learning-2.9.0": (
+        Case("pml-batch-hard", "pytorch-metric-learning 2.9.0 BatchHardMiner · torch",
+             "pml-batch-hard", "torch", peer="pytorch-metric-learning-2.9.0"),
+        Case("pml-batch-semihard",
+             "pytorch-metric-learning 2.9.0 BatchEasyHardMiner(hard, semihard) · torch",
+             "pml-batch-semihard", "torch", peer="pytorch-metric-learning-2.9.0"),
+        Case("pml-triplet-margin-semihard",
+             "pytorch-metric-learning 2.9.0 TripletMarginMiner(semihard) · torch",
+             "pml-triplet-margin-semihard", "torch", peer="pytorch-metric-learning-2.9.0",
+             cubic=True),
+    ),
+}
+
+
+def select_cases(backends=BACKENDS, losses=LOSSES, peers=tuple(PEERS)):
+    """The cases to run, in table order: ours, the floors, then the peers.
+
+    A floor runs for every backend that a selected case uses, so each row has its ratio.
+
+    Example:
+
+    >>> cases = select_cases(["jax"], ["semi-hard"], ["pytorch-metric-learning-2.9.0"])
+    >>> [case.name for case in cases[:3]]
+    ['ours-semi-hard/jax', 'floor/jax', 'floor/torch']
+    """
+    ours = [our_case(loss, backend) for backend in backends for loss in losses]
+    peer_cases = [case for peer in peers for case in PEERS[peer]]
+    used = {case.backend for case in ours + peer_cases}
+    floors = [floor_case(backend) for backend in BACKENDS if backend in used]
+    return ours + floors + peer_cases
+
+
+# --- one measurement in its own process ------------------------------------------------------
+
+
+def run_limited(command, env=None, time_limit_s=300.0, memory_limit_mb=16000.0, poll_s=0.05):
+    """Runs ``command`` in a new session, killing it past the time or RSS limit.
+
+    Args:
+        command: the argument list.
+        env: the environment (default: this one).
+        time_limit_s: wall-clock limit in seconds.
+        memory_limit_mb: resident-memory limit in MiB, checked every ``poll_s`` seconds.
+
+    Returns:
+        A dict: ``killed`` (``None``, ``"timeout"`` or ``"oom"``), ``returncode``,
+        ``observed_peak_mb`` (the largest ``VmHWM`` seen while polling; a lower bound),
+        ``wall_s``, ``stdout``, ``stderr``.
+
+    Example:
+
+    >>> sleeper = [sys.executable, "-c", "import time; time.sleep(5)"]
+    >>> run_limited(sleeper, time_limit_s=0.2)["killed"]
+    'timeout'
+    """
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.monotonic()
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=err,
+                                   start_new_session=True)
+        killed, observed_peak_mb = None, 0.0
+        while process.poll() is None:
+            memory = bench_worker.memory_mb(process.pid)
+            rss = memory.get("VmRSS")
+            observed_peak_mb = max(observed_peak_mb, memory.get("VmHWM", 0.0))
+            if killed is None:
+                if time.monotonic() - start > time_limit_s:
+                    killed = "timeout"
+                elif rss is not None and rss > memory_limit_mb:
+                    killed = "oom"
+                if killed:
+                    os.killpg(process.pid, signal.SIGKILL)
+            time.sleep(poll_s)
+        wall_s = time.monotonic() - start
+        out.seek(0)
+        err.seek(0)
+        return {
+            "killed": killed,
+            "returncode": process.returncode,
+            "observed_peak_mb": observed_peak_mb,
+            "wall_s": wall_s,
+            "stdout": out.read().decode(errors="replace"),
+            "stderr": err.read().decode(errors="replace"),
+        }
+
+
+def measure_case(case, batch, settings):
+    """Runs one (case, B) measurement in its own process; returns its result record.
+
+    Args:
+        case: a :class:`Case`.
+        batch: ``B``.
+        settings: a dict with ``python`` (for our cases), ``peers_dir``, ``dim``,
+            ``per_class``, ``seed``, ``repeats``, ``time_limit``, ``cubic_time_limit``
+            and ``memory_limit_gb``.
+
+    Returns:
+        A dict with ``case``, ``batch``, ``status`` (``ok``, ``oom``, ``timeout``,
+        ``error`` or ``missing``), ``peak_rss_mb`` (MiB), ``wall_s`` and, when ``ok``,
+        the worker's figures (``median_s``, ``first_call_s``, ...).
+    """
+    record = {"case": case.name, "batch": batch}
+    python = settings["python"]
+    if case.peer is not None:
+        python = str(Path(settings["peers_dir"]) / case.peer / "bin" / "python")
+        if not Path(python).exists():
+            return {**record, "status": "missing",
+                    "detail": f"{python} not found: run make bench-peers"}
+    time_limit = settings["cubic_time_limit"] if case.cubic else settings["time_limit"]
+    command = [
+        python, "-I", bench_worker.__file__, "--case", case.worker_case, "--batch", str(batch),
+        "--dim", str(settings["dim"]), "--per-class", str(settings["per_class"]),
+        "--seed", str(settings["seed"]), "--repeats", str(settings["repeats"]),
+        "--budget", str(0.8 * time_limit),
+    ]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **dict(case.env)}
+    memory_limit_mb = settings["memory_limit_gb"] * 1e9 / 2**20
+    run = run_limited(command, env, time_limit, memory_limit_mb)
+    # A worker that finished reports its exact VmHWM; a killed one, what was last seen.
+    record.update(peak_rss_mb=run["observed_peak_mb"], wall_s=run["wall_s"])
+    prefix = bench_worker.RESULT_PREFIX
+    lines = [line for line in run["stdout"].splitlines() if line.startswith(prefix)]
+    if run["killed"] == "timeout":
+        return {**record, "status": "timeout", "detail": f"killed after {time_limit:g} s"}
+    if run["killed"] == "oom":
+        return {**record, "status": "oom",
+                "detail": f"killed at RSS > {settings['memory_limit_gb']:g} GB"}
+    if lines:
+        return {**record, **json.loads(lines[-1][len(prefix):])}
+    if run["returncode"] == -signal.SIGKILL:
+        return {**record, "status": "oom", "detail": "killed by the system (out of memory)"}
+    tail = (run["stderr"].strip().splitlines() or ["no output"])[-1]
+    return {**record, "status": "error", "detail": f"exit {run['returncode']}: {tail}"[-600:]}
+
+
+def run_cases(cases, sizes, measure, log=print):
+    """Measures every case at every size, skipping a case's sizes after its first failure.
+
+    Args:
+        cases: :class:`Case` objects.
+        sizes: batch sizes, measured in increasing order.
+        measure: ``measure(case, batch) -> record`` (see :func:`measure_case`).
+        log: called with one progress line per record; ``None`` for silence.
+
+    Returns:
+        The list of records, including ``skipped`` ones.
+
+    Example:
+
+    >>> fake = lambda case, b: {"case": case.name, "batch": b,
+    ...                         "status": "ok" if b < 100 else "oom"}
+    >>> [r["status"] for r in run_cases([floor_case("jax")], [10, 100, 1000], fake, log=None)]
+    ['ok', 'oom', 'skipped']
+    """
+    records = []
+    for case in cases:
+        failure = None
+        for batch in sorted(sizes):
+            if failure is not None:
+                record = {"case": case.name, "batch": batch, "status": "skipped",
+                          "detail": f"{failure['status']} at B={failure['batch']}"}
+            else:
+                record = measure(case, batch)
+                if record["status"] != "ok":
+                    failure = record
+            records.append(record)
+            if log is not None:
+                log(f"{case.label}  B={batch}: {describe(record)}")
+    return records
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def _gb(mb):
+    return mb * 2**20 / 1e9
+
+
+def _seconds(value):
+    return f"{value:.3g} s" if value < 1000 else f"{value:.0f} s"
+
+
+def describe(record):
+    """One table cell for a record: time and peak RSS, or why there is none.
+
+    Example:
+
+    >>> describe({"status": "ok", "median_s": 0.01234, "peak_rss_mb": 900.0})
+    '0.0123 s · 0.94 GB'
+    >>> describe({"status": "skipped", "detail": "oom at B=16384"})
+    'skipped (oom at B=16384)'
+    """
+    status = record["status"]
+    if status == "ok":
+        return f"{_seconds(record['median_s'])} · {_gb(record['peak_rss_mb']):.2f} GB"
+    if status in FAILED:
+        label = "OOM" if status == "oom" else "timeout"
+        if "peak_rss_mb" not in record:
+            return label
+        return f"{label} (peak {_gb(record['peak_rss_mb']):.2f} GB)"
+    if status == "skipped":
+        return f"skipped ({record['detail']})"
+    if status == "missing":
+        return "not installed"
+    return "error"
+
+
+def _ratio(record, reference):
+    if not (record and reference and record["status"] == reference["status"] == "ok"):
+        return "—"
+    ratio = record["median_s"] / reference["median_s"]
+    return f"{ratio:.0f}×" if ratio >= 10 else f"{ratio:.2g}×"
+
+
+def markdown_report(cases, records, sizes, meta):
+    """The Markdown report: header, the table (time · peak RSS, ratios per B), first calls.
+
+    Args:
+        cases: the :class:`Case` rows, in order.
+        records: the records of :func:`run_cases`.
+        sizes: the batch sizes (columns).
+        meta: the dict of :func:`machine_info` plus ``load_end``, ``settings`` and
+            ``versions`` (environment -> distribution -> version).
+
+    Returns:
+        The report as a string.
+    """
+    by_key = {(r["case"], r["batch"]): r for r in records}
+    sizes = sorted(sizes)
+    settings = meta["settings"]
+    lines = [
+        "# triplet-tools benchmark: loss + gradient",
+        "",
+        f"{meta['date']} · {meta['cpu']}, {meta['cores']} cores, {meta['ram_gb']:.1f} GB RAM · "
+        f"load average {meta['load_start']:.2f} at start, {meta['load_end']:.2f} at end · "
+        f"Python {meta['python']}",
+        "",
+        "Versions: " + "; ".join(
+            f"{environment}: " + ", ".join(f"{k} {v}" for k, v in sorted(found.items()))
+            for environment, found in meta["versions"].items()
+        ),
+        "",
+        f"D={settings['dim']}, {settings['per_class']} rows per class, float32 unit-norm "
+        f"embeddings (seed {settings['seed']}), distance `{bench_worker.DISTANCE}`, margin "
+        f"{bench_worker.MARGIN}. Each cell: median of up to {settings['repeats']} calls after a "
+        "first (compiling) call, and the peak RSS of that measurement's own process "
+        f"(imports included). Limits per measurement: {settings['time_limit']:g} s "
+        f"({settings['cubic_time_limit']:g} s for the cubic miner), "
+        f"{settings['memory_limit_gb']:g} GB. "
+        "`×floor`: time ÷ the floor on the same backend; `×0.2.3`: time ÷ triplet-tools 0.2.3; "
+        "both from this run.",
+        "",
+    ]
+    header = ["library · backend"]
+    for batch in sizes:
+        header += [f"B={batch}", "×floor · ×0.2.3"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for case in cases:
+        row = [case.label]
+        floor = f"floor/{case.backend}"
+        for batch in sizes:
+            record = by_key.get((case.name, batch))
+            row.append(describe(record) if record else "—")
+            ratios = [
+                _ratio(record, by_key.get((floor, batch))) if case.name != floor else "1×",
+                _ratio(record, by_key.get((BASELINE, batch))),
+            ]
+            row.append(" · ".join(ratios))
+        lines.append("| " + " | ".join(row) + " |")
+    lines += ["", "First call (trace + compile + one run):", ""]
+    lines += ["| library · backend | " + " | ".join(f"B={b}" for b in sizes) + " |",
+              "|---|" + "---|" * len(sizes)]
+    for case in cases:
+        cells = []
+        for batch in sizes:
+            record = by_key.get((case.name, batch))
+            ok = record is not None and record["status"] == "ok"
+            cells.append(_seconds(record["first_call_s"]) if ok else "—")
+        lines.append(f"| {case.label} | " + " | ".join(cells) + " |")
+    details = [r for r in records if r["status"] not in ("ok", "skipped")]
+    if details:
+        lines += ["", "Not measured:", ""]
+        labels = {case.name: case.label for case in cases}
+        lines += [f"- {labels.get(r['case'], r['case'])}, B={r['batch']}: {r['status']} — "
+                  f"{r.get('detail', '')}" for r in details]
+    return "\n".join(lines) + "\n"
+
+
+def _label_2_and_5(value, _):
+    # Minor ticks of a log axis: label 2x and 5x of each decade only.
+    mantissa = value / 10 ** math.floor(math.log10(value)) if value > 0 else 0
+    return f"{value:g}" if round(mantissa) in (2, 5) else ""
+
+
+def plot(cases, records, path):
+    """Writes a log-log plot of time and peak RSS against B, one line per case.
+
+    Returns:
+        ``True`` if written, ``False`` if matplotlib is not installed.
+    """
+    try:
+        import matplotlib
+        import matplotlib.ticker
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot
+    except ImportError:
+        return False
+    figure, (time_axes, memory_axes) = pyplot.subplots(1, 2, figsize=(15, 6.5))
+    colors = pyplot.get_cmap("tab20").colors
+    for index, case in enumerate(cases):
+        rows = sorted((r for r in records if r["case"] == case.name), key=lambda r: r["batch"])
+        ok = [r for r in rows if r["status"] == "ok"]
+        failed = next((r for r in rows if r["status"] in FAILED), None)
+        label = case.label + (f" ({describe(failed).split(' (')[0]} at B={failed['batch']})"
+                              if failed else "")
+        style = "--" if case.name.startswith("floor/") else "-" if case.peer is None else ":"
+        if not ok:
+            continue
+        batches = [r["batch"] for r in ok]
+        color = colors[2 * (index % 10) + index // 10 % 2]
+        time_axes.plot(batches, [r["median_s"] for r in ok], style, marker="o", color=color,
+                       label=label)
+        memory_axes.plot(batches, [_gb(r["peak_rss_mb"]) for r in ok], style, marker="o",
+                         color=color)
+    sizes = sorted({r["batch"] for r in records})
+    for axes, ylabel in ((time_axes, "loss + gradient, median s"), (memory_axes, "peak RSS, GB")):
+        axes.set_xscale("log", base=2)
+        axes.set_yscale("log")
+        axes.set_xticks(sizes, [str(b) for b in sizes])
+        axes.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        axes.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axes.yaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(_label_2_and_5))
+        axes.set_xlabel("batch size B")
+        axes.set_ylabel(ylabel)
+        axes.grid(True, which="both", alpha=0.3)
+    time_axes.set_title("time (solid: ours, dashed: floor, dotted: peers)")
+    memory_axes.set_title("peak resident memory of the measuring process")
+    figure.legend(loc="lower center", ncol=2, fontsize=8, frameon=False)
+    legend_rows = (len(time_axes.get_lines()) + 1) // 2
+    figure.tight_layout(rect=(0, 0.03 + 0.028 * legend_rows, 1, 1))
+    figure.savefig(path, dpi=110)
+    pyplot.close(figure)
+    return True
+
+
+def machine_info():
+    """CPU model, cores, RAM (GB), date (UTC), Python version and load average.
+
+    Example:
+
+    >>> sorted(machine_info())
+    ['cores', 'cpu', 'date', 'load_start', 'python', 'ram_gb']
+    """
+    cpu, ram_kb = platform.processor() or platform.machine(), 0
+    try:
+        with open("/proc/cpuinfo") as info:
+            cpu = next((line.split(":", 1)[1].strip() for line in info
+                        if line.startswith("model name")), cpu)
+        with open("/proc/meminfo") as info:
+            ram_kb = next(int(line.split()[1]) for line in info if line.startswith("MemTotal"))
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "ram_gb": ram_kb * 1024 / 1e9,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+        "load_start": os.getloadavg()[0],
+    }
+
+
+# --- command line ----------------------------------------------------------------------------
+
+
+def _int_list(text):
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 2:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes >= 2; received {text!r}")
+    return values
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; received {text!r}")
+    return value
+
+
+def _choice_list(allowed):
+    def parse(text):
+        values = [v.strip() for v in text.split(",") if v.strip()]
+        chosen = []
+        for value in values:
+            matches = [a for a in allowed if a == value] or [
+                a for a in allowed if a.startswith(value)
+            ]
+            if len(matches) != 1:
+                raise argparse.ArgumentTypeError(
+                    f"{value!r} is not one of {', '.join(allowed)} (a unique prefix is enough)"
+                )
+            chosen.append(matches[0])
+        return chosen
+
+    return parse
+
+
+def add_arguments(parser):
+    """Adds the benchmark options to an ``argparse`` parser (see ``triplet-tools bench -h``)."""
+    parser.add_argument("--sizes", type=_int_list, default=list(DEFAULT_SIZES),
+                        help="comma-separated batch sizes (default: "
+                        f"{','.join(map(str, DEFAULT_SIZES))})")
+    parser.add_argument("--backends", type=_choice_list(BACKENDS), default=list(BACKENDS),
+                        help="Keras backends for our loss (default: all three)")
+    parser.add_argument("--losses", type=_choice_list(LOSSES), default=list(LOSSES),
+                        help="our losses to measure (default: semi-hard,batch-hard)")
+    peers = parser.add_mutually_exclusive_group()
+    peers.add_argument("--peers", type=_choice_list(tuple(PEERS)), default=list(PEERS),
+                       help=f"peer environments to compare with (default: {','.join(PEERS)})")
+    peers.add_argument("--no-peers", dest="peers", action="store_const", const=[],
+                       help="measure only ours and the floor")
+    parser.add_argument("--peers-dir", default=".bench",
+                        help="where the peer virtual environments are (default: %(default)s)")
+    parser.add_argument("--out", default="bench-output",
+                        help="output folder for results.md, results.json and bench.png "
+                        "(default: %(default)s)")
+    parser.add_argument("--repeats", type=_positive_int, default=5,
+                        help="timed calls after the first (default: %(default)s)")
+    parser.add_argument("--time-limit", type=float, default=600.0,
+                        help="seconds per measurement, compile included (default: %(default)s)")
+    parser.add_argument("--cubic-time-limit", type=float, default=60.0,
+                        help="seconds per measurement for the cubic TripletMarginMiner "
+                        "(default: %(default)s)")
+    parser.add_argument("--memory-limit", type=float, default=None,
+                        help="peak RSS per measurement in GB (default: 16, at most 75%% of RAM)")
+    parser.add_argument("--dim", type=_positive_int, default=128,
+                        help="embedding width D (default: %(default)s)")
+    parser.add_argument("--per-class", type=_positive_int, default=8,
+                        help="rows per class (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0, help="input seed (default: %(default)s)")
+    return parser
+
+
+def run(args):
+    """Runs the benchmark described by parsed ``args``; writes the report; returns an exit code.
+
+    The exit code is 1 when a measurement crashed (status ``error``), else 0: running out of
+    time or memory is a result, not a failure.
+    """
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = machine_info()
+    memory_limit = args.memory_limit or min(16.0, round(0.75 * meta["ram_gb"], 1))
+    settings = {
+        "python": sys.executable, "peers_dir": args.peers_dir, "dim": args.dim,
+        "per_class": args.per_class, "seed": args.seed, "repeats": args.repeats,
+        "time_limit": args.time_limit, "cubic_time_limit": args.cubic_time_limit,
+        "memory_limit_gb": memory_limit, "sizes": sorted(args.sizes),
+    }
+    cases = select_cases(args.backends, args.losses, args.peers)
+    print(f"{meta['cpu']}, {meta['cores']} cores, {meta['ram_gb']:.1f} GB RAM; "
+          f"{len(cases)} cases x {len(args.sizes)} sizes, one process each", flush=True)
+    records = run_cases(cases, args.sizes,
+                        lambda case, batch: measure_case(case, batch, settings),
+                        log=lambda line: print(line, flush=True))
+    meta["load_end"] = os.getloadavg()[0]
+    meta["settings"] = settings
+    meta["versions"] = {}  # environment -> distribution -> version, as the workers saw them
+    peers = {case.name: case.peer for case in cases}
+    for record in records:
+        environment = peers[record["case"]] or "this environment"
+        meta["versions"].setdefault(environment, {}).update(record.get("versions", {}))
+    (out / "results.json").write_text(json.dumps({
+        "meta": meta,
+        "cases": [dataclasses.asdict(case) for case in cases],
+        "results": records,
+    }, indent=1))
+    report = markdown_report(cases, records, args.sizes, meta)
+    (out / "results.md").write_text(report)
+    plotted = plot(cases, records, out / "bench.png")
+    print("\n" + report)
+    print(f"wrote {out / 'results.md'}, {out / 'results.json'}"
+          + (f", {out / 'bench.png'}" if plotted else " (no plot: matplotlib is not installed)"))
+    errors = [r for r in records if r["status"] == "error"]
+    missing = {r["case"] for r in records if r["status"] == "missing"}
+    if missing:
+        print(f"not installed: {', '.join(sorted(missing))} (make bench-peers)", file=sys.stderr)
+    for record in errors:
+        print(f"error: {record['case']} B={record['batch']}: {record['detail']}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+def main(argv=None):
+    """``python -m triplet_tools.benchmark [options]``; the same as ``triplet-tools bench``."""
+    parser = add_arguments(argparse.ArgumentParser(
+        prog="triplet-tools bench", description=__doc__.splitlines()[0]))
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
