@@ -218,11 +218,12 @@ def test_callback_feeds_history_progress_bar_early_stopping_and_checkpoint(tmp_p
 
 def test_callback_every_n_epochs_and_the_last(rng):
     model, x, labels = _model_and_data(1)
-    metrics = RetrievalMetricsCallback(x, labels, every=2, k=(1, 2))
+    metrics = RetrievalMetricsCallback(x, labels, every=2, k=(1, 2), log_metrics=["map@r"])
     history = model.fit(x, labels, batch_size=16, epochs=5, verbose=0, callbacks=[metrics])
     assert metrics.epochs == [1, 3, 4]
-    assert len(history.history["val_map@r"]) == 3 and "val_recall@2" in history.history
+    assert len(history.history["val_map@r"]) == 3 and "val_recall@2" not in history.history
     assert len(history.history["loss"]) == 5
+    assert len(metrics.history["recall@2"]) == 3  # computed, kept, not logged
 
 
 def test_callback_with_reference_set_and_prefix():
@@ -247,6 +248,8 @@ def test_callback_with_reference_set_and_prefix():
         ({"ref_x": np.zeros((2, 3))}, "ref_x and ref_y must be given together"),
         ({"distance": "cos"}, "Unknown distance: 'cos'"),
         ({"k": []}, "k must be a positive int"),
+        ({"log_metrics": ["map@r", "recall@3"]}, "log_metrics must name some of precision@1"),
+        ({"log_metrics": []}, "log_metrics must name some of"),
     ],
 )
 def test_callback_bad_arguments(kwargs, pattern):

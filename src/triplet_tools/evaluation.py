@@ -293,6 +293,8 @@ class RetrievalMetricsCallback(keras.callbacks.Callback):
         k: recall cut-offs (default ``(1, 5, 10)``).
         batch_size: the ``predict`` batch size (default 256).
         prefix: prepended to every metric name in ``logs`` (default ``"val_"``).
+        log_metrics: the names (from :func:`metric_names`) written into ``logs``; default
+            all of them. Fewer keep the progress bar short; ``history`` keeps them all.
 
     Attributes:
         epochs: the 0-based epochs at which the metrics were computed.
@@ -313,7 +315,7 @@ class RetrievalMetricsCallback(keras.callbacks.Callback):
     """
 
     def __init__(self, x, y, ref_x=None, ref_y=None, *, every=1, distance="cosine",
-                 k=(1, 5, 10), batch_size=256, prefix="val_"):
+                 k=(1, 5, 10), batch_size=256, prefix="val_", log_metrics=None):
         super().__init__()
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive int; received {every!r}.")
@@ -336,6 +338,12 @@ class RetrievalMetricsCallback(keras.callbacks.Callback):
         self.k = check_cutoffs(k)
         self.batch_size = batch_size
         self.prefix = prefix
+        names = metric_names(self.k)
+        self.log_metrics = names if log_metrics is None else list(log_metrics)
+        unknown = [name for name in self.log_metrics if name not in names]
+        if unknown or not self.log_metrics:
+            raise ValueError(f"log_metrics must name some of {', '.join(names)}; received "
+                             f"{log_metrics!r}.")
         self.epochs = []
         self.history = {name: [] for name in metric_names(self.k)}
 
@@ -352,7 +360,7 @@ class RetrievalMetricsCallback(keras.callbacks.Callback):
         for name, value in metrics.items():
             self.history[name].append(value)
         if logs is not None:
-            logs.update({self.prefix + name: value for name, value in metrics.items()})
+            logs.update({self.prefix + name: metrics[name] for name in self.log_metrics})
 
     def evaluate(self):
         """The metrics of the current model on the callback's data, as a dict."""
