@@ -1,5 +1,10 @@
 """MiningStatistics against the brute-force reference: eager, compiled in evaluate/fit, config."""
 
+import json
+import subprocess
+import sys
+import textwrap
+
 import keras
 import numpy as np
 import pytest
@@ -142,9 +147,20 @@ def test_config_round_trip_and_saved_model(tmp_path):
     model.compile("sgd", loss, metrics=[metric])
     model.fit(x, labels, epochs=1, verbose=0)
     model.save(tmp_path / "model.keras")
-    restored = keras.models.load_model(tmp_path / "model.keras")
-    logs = restored.evaluate(x, labels, verbose=0, return_dict=True)
-    assert "pn_valid_anchors" in logs and logs["pn_valid_anchors"] == pytest.approx(0.8)
+    np.save(tmp_path / "x.npy", x)
+    # A fresh process that imports only triplet_tools (which registers the metric).
+    script = textwrap.dedent(f"""
+        import json, numpy as np, keras
+        import triplet_tools
+        model = keras.models.load_model({str(tmp_path / "model.keras")!r})
+        logs = model.evaluate(np.load({str(tmp_path / "x.npy")!r}), np.array({labels.tolist()}),
+                              verbose=0, return_dict=True)
+        print(json.dumps(logs))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    logs = json.loads(done.stdout.strip().splitlines()[-1])
+    assert logs["pn_valid_anchors"] == pytest.approx(0.8)
 
 
 @pytest.mark.parametrize(
