@@ -83,7 +83,16 @@ def run_demo(args):
 
 
 def main(argv=None):
-    """Entry point; returns the exit status (0, or 2 after a one-line error on stderr)."""
+    """Entry point; returns the exit status (0, or 2 after a one-line error on stderr).
+
+    Args:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+
+    Example:
+
+    >>> main(["demo", "--data", "no-such-file.npz"])   # stderr: triplet-tools: error: no such file: ...
+    2
+    """
     try:
         args = build_parser().parse_args(argv)
         _import_keras()

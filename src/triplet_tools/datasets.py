@@ -33,7 +33,14 @@ class Dataset(NamedTuple):
 
 
 def load_digits():
-    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes; no download)."""
+    """scikit-learn's bundled 8x8 digits (1,797 images, 10 classes; no download).
+
+    Example:
+
+    >>> digits = load_digits()
+    >>> digits.x.shape, digits.class_names[:3]
+    ((1797, 64), (0, 1, 2))
+    """
     try:
         from sklearn.datasets import load_digits as sklearn_digits
     except ImportError as error:  # the demo extra is missing
@@ -45,7 +52,26 @@ def load_digits():
 
 
 def load_file(path, label_column="label"):
-    """Loads a ``.npz`` or ``.csv`` file (see the module docstring); raises :class:`DataError`."""
+    """Loads a ``.npz`` or ``.csv`` file (see the module docstring) as a :class:`Dataset`.
+
+    Args:
+        path: the file; its extension (``.npz`` or ``.csv``) picks the format.
+        label_column: the header name of a ``.csv`` file's label column (default ``"label"``).
+
+    Raises:
+        DataError: a missing or unreadable file, a missing array or column, wrong shapes,
+            non-numeric or non-finite features, or fewer than two classes.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> path = os.path.join(tempfile.mkdtemp(), "mine.npz")
+    >>> np.savez(path, x=np.zeros((4, 2)), y=np.array(["b", "a", "b", "a"]))
+    >>> data = load_file(path)
+    >>> data.x.shape, data.y.tolist(), data.class_names
+    ((4, 2), [1, 0, 1, 0], ('a', 'b'))
+    """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError(f"no such file: {path}")

@@ -81,12 +81,12 @@ def retrieval_metrics(embeddings, labels, ref_embeddings=None, ref_labels=None,
     """
     queries, query_labels, references, reference_labels = _check_sets(
         embeddings, labels, ref_embeddings, ref_labels)
-    cutoffs = check_cutoffs(k)
+    cutoffs = _check_cutoffs(k)
     distance = distances_module.get(distance)
     leave_one_out = references is None
     if leave_one_out:
         references, reference_labels = queries, query_labels
-    relevant = relevant_counts(query_labels, reference_labels, leave_one_out)
+    relevant = _relevant_counts(query_labels, reference_labels, leave_one_out)
     if not np.any(relevant):
         raise ValueError(
             "No query has a relevant reference: every query's class has no other member "
@@ -125,10 +125,10 @@ def metric_names(k=(1, 5, 10)):
     >>> metric_names((1, 5))
     ['precision@1', 'recall@1', 'recall@5', 'r_precision', 'map@r']
     """
-    return ["precision@1", *(f"recall@{c}" for c in check_cutoffs(k)), "r_precision", "map@r"]
+    return ["precision@1", *(f"recall@{c}" for c in _check_cutoffs(k)), "r_precision", "map@r"]
 
 
-def check_cutoffs(k):
+def _check_cutoffs(k):
     """Returns the sorted distinct cut-offs of ``k`` (an int or ints >= 1), else ValueError."""
     values = (k,) if isinstance(k, (int, np.integer)) else k
     try:
@@ -142,7 +142,7 @@ def check_cutoffs(k):
     return tuple(sorted({int(c) for c in values}))
 
 
-def relevant_counts(query_labels, reference_labels, leave_one_out):
+def _relevant_counts(query_labels, reference_labels, leave_one_out):
     """``R`` per query: references sharing its label (the query itself excluded if leave-one-out)."""
     classes, sizes = np.unique(reference_labels, return_counts=True)
     position = np.clip(np.searchsorted(classes, query_labels), 0, len(classes) - 1)
@@ -329,13 +329,13 @@ class RetrievalMetricsCallback(keras.callbacks.Callback):
         self.x, self.ref_x = x, ref_x
         self.y = _as_labels(y, len(x), "y", "x")
         self.ref_y = None if ref_x is None else _as_labels(ref_y, len(ref_x), "ref_y", "ref_x")
-        counts = relevant_counts(self.y, self.y if ref_x is None else self.ref_y, ref_x is None)
+        counts = _relevant_counts(self.y, self.y if ref_x is None else self.ref_y, ref_x is None)
         if not np.any(counts):
             raise ValueError("No query in x has a relevant reference: give at least two "
                              "samples of a class (or a reference set that holds its class).")
         self.every = every
         self.distance = distances_module.get(distance)
-        self.k = check_cutoffs(k)
+        self.k = _check_cutoffs(k)
         self.batch_size = batch_size
         self.prefix = prefix
         names = metric_names(self.k)

@@ -13,7 +13,15 @@ def _figure(width, height):
 
 
 def project_2d(features, method="tsne", seed=0):
-    """``(N, 2)`` coordinates of ``features`` by t-SNE (neighbourhoods) or PCA (linear)."""
+    """``(N, 2)`` coordinates of ``features`` ``(N, D)`` by t-SNE (keeps neighbourhoods) or PCA
+    (a linear projection); ``seed`` fixes either.
+
+    Example:
+
+    >>> import numpy as np
+    >>> project_2d(np.random.default_rng(0).normal(size=(40, 5)), "pca").shape
+    (40, 2)
+    """
     if method == "pca":
         from sklearn.decomposition import PCA
 
@@ -37,6 +45,18 @@ def embedding_map(raw, trained, labels, class_names, scores, path, method="tsne"
         labels: ``(N,)`` ints in ``0 .. C-1``; class_names: ``C`` names for the legend.
         scores: ``(raw MAP@R, trained MAP@R)`` for the titles.
         path: the PNG to write.
+        method: ``"tsne"`` (default) or ``"pca"``, see :func:`project_2d`; seed: its seed.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> rng = np.random.default_rng(0)
+    >>> path = os.path.join(tempfile.mkdtemp(), "map.png")
+    >>> embedding_map(rng.normal(size=(30, 4)), rng.normal(size=(30, 3)), np.arange(30) % 3,
+    ...               ("a", "b", "c"), (0.4, 0.9), path, method="pca")
+    >>> os.path.getsize(path) > 0
+    True
     """
     figure = _figure(11, 5.2)
     axes = figure.subplots(1, 2)
@@ -60,7 +80,21 @@ def embedding_map(raw, trained, labels, class_names, scores, path, method="tsne"
 
 
 def training_curves(epochs, loss, active, map_at_r, raw_map_at_r, path):
-    """Loss, share of active triplets and validation MAP@R per epoch, in three panels."""
+    """Loss, share of active triplets and validation MAP@R per epoch, in three panels.
+
+    Args:
+        epochs: the 0-based epochs of ``map_at_r``; loss, active: one value per epoch.
+        map_at_r: held-out MAP@R at ``epochs``; raw_map_at_r: the raw features' (a line).
+        path: the PNG to write.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "curves.png")
+    >>> training_curves([0, 1], [0.5, 0.3], [1.0, 0.8], [0.6, 0.7], 0.5, path)
+    >>> os.path.getsize(path) > 0
+    True
+    """
     figure = _figure(12, 3.6)
     axes = figure.subplots(1, 3)
     epochs = np.asarray(epochs) + 1
