@@ -143,7 +143,7 @@ def _check_cutoffs(k):
 
 
 def _relevant_counts(query_labels, reference_labels, leave_one_out):
-    """``R`` per query: references sharing its label (the query itself excluded if leave-one-out)."""
+    """``R`` per query: references with its label (leave-one-out: the query itself excluded)."""
     classes, sizes = np.unique(reference_labels, return_counts=True)
     position = np.clip(np.searchsorted(classes, query_labels), 0, len(classes) - 1)
     counts = np.where(classes[position] == query_labels, sizes[position], 0)
@@ -246,7 +246,8 @@ def _as_labels(y, size, argument, rows):
 def _check_finite(array, what, hint):
     if not np.all(np.isfinite(array)):
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        raise ValueError(f"{what} contain {bad} NaN or infinite values{' ' + hint if hint else ''}.")
+        hint = f" {hint}" if hint else ""
+        raise ValueError(f"{what} contain {bad} NaN or infinite values{hint}.")
 
 
 def _is_tensor(x):

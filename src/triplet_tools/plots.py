@@ -2,6 +2,9 @@
 
 import numpy as np
 
+#: 2-D map methods of :func:`project_2d`.
+MAP_METHODS = ("tsne", "pca")
+
 
 def _figure(width, height):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -22,6 +25,9 @@ def project_2d(features, method="tsne", seed=0):
     >>> project_2d(np.random.default_rng(0).normal(size=(40, 5)), "pca").shape
     (40, 2)
     """
+    if method not in MAP_METHODS:
+        raise ValueError(f"Unknown map method: received {method!r}; allowed values are "
+                         f"{', '.join(map(repr, MAP_METHODS))}.")
     if method == "pca":
         from sklearn.decomposition import PCA
 

@@ -98,8 +98,8 @@ class ClassBalancedBatches(keras.utils.PyDataset):
         if batches_per_epoch is None:
             batches_per_epoch = max(1, int(sizes[eligible].sum()) // (
                 classes_per_batch * samples_per_class))
-        if (isinstance(batches_per_epoch, bool) or not isinstance(batches_per_epoch, (int, np.integer))
-                or batches_per_epoch < 1):
+        if (isinstance(batches_per_epoch, bool)
+                or not isinstance(batches_per_epoch, (int, np.integer)) or batches_per_epoch < 1):
             raise ValueError(f"batches_per_epoch must be a positive int or None; received "
                              f"{batches_per_epoch!r}.")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -126,7 +126,7 @@ class ClassBalancedBatches(keras.utils.PyDataset):
         self._table = self.epoch_indices(self.epoch)
 
     def epoch_indices(self, epoch):
-        """The ``(batches_per_epoch, P*K)`` sample indices of ``epoch``, drawn from ``(seed, epoch)``."""
+        """The ``(batches_per_epoch, P*K)`` sample indices of ``epoch``, from ``(seed, epoch)``."""
         rng = np.random.default_rng([self.seed, epoch])
         table = np.empty((self.batches_per_epoch, self.classes_per_batch * self.samples_per_class),
                          np.int64)
