@@ -23,6 +23,7 @@ from triplet_tools.evaluation import RetrievalMetricsCallback, metric_names, ret
 from triplet_tools.layers import L2Embedding
 from triplet_tools.losses import PNLoss, PrimingLoss, TripletLoss
 from triplet_tools.metrics import MiningStatistics
+from triplet_tools.mining import check_choice
 from triplet_tools.samplers import ClassBalancedBatches
 
 #: ``--loss`` choices: name -> (description, factory of distance).
@@ -64,7 +65,7 @@ def run(loss="semihard", distance="cosine", epochs=20, batch_size=120, out="demo
 
     Returns:
         ``{"raw": metrics, "trained": metrics, "history": {...}, "files": [...],
-        "train_seconds": float, "evaluate_seconds": float, ...}``.
+        "train_seconds": float, "total_seconds": float, ...}``.
 
     Raises:
         triplet_tools.datasets.DataError: for unusable data, with a one-line message.
@@ -75,40 +76,35 @@ def run(loss="semihard", distance="cosine", epochs=20, batch_size=120, out="demo
         result = demo.run(loss="hard", epochs=5, out="demo-output")
         result["trained"]["map@r"] - result["raw"]["map@r"]
     """
+    check_choice(loss, tuple(LOSSES), "loss")
+    check_choice(map_method, plots.MAP_METHODS, "map_method")
     started = time.perf_counter()
     dataset = datasets.load_digits() if data is None else datasets.load_file(data, label_column)
-    held_out = datasets.holdout_split(dataset.y, HOLDOUT_FRACTION, seed)
-    x_train, y_train = dataset.x[~held_out], dataset.y[~held_out]
-    x_test, y_test = dataset.x[held_out], dataset.y[held_out]
-    _check_split(y_train, y_test)
-    mean, scale = x_train.mean(axis=0), x_train.std(axis=0)
-    scale[scale == 0] = 1.0  # constant features (digits' blank border pixels)
-    standardise = lambda x: ((x - mean) / scale).astype("float32")  # noqa: E731
-
-    classes, per_class = batch_shape(batch_size, len(np.unique(y_train[_repeated(y_train)])))
+    split = _split(dataset, seed)
+    classes, per_class = batch_shape(batch_size, split["trainable_classes"])
     loss_description, make_loss = LOSSES[loss]
     echo(f"data: {dataset.description}: {len(dataset.y)} samples, {dataset.x.shape[1]} "
-         f"features, {len(dataset.class_names)} classes; {len(y_test)} held out "
+         f"features, {len(dataset.class_names)} classes; {len(split['y_test'])} held out "
          f"({HOLDOUT_FRACTION:.0%} of every class)")
     echo(f"model: MLP 128-128 + L2Embedding({EMBEDDING_DIM}); loss: {loss_description}; "
          f"distance: {distance}; batches: {classes} classes x {per_class} samples; "
          f"backend: {keras.backend.backend()}")
 
-    raw = retrieval_metrics(x_test, y_test, distance=distance)
+    raw = retrieval_metrics(split["raw_test"], split["y_test"], distance=distance)
     loss_object = make_loss(distance)
     model = build_model(dataset.x.shape[1], seed)
     model.compile(keras.optimizers.Adam(1e-3), loss_object,
                   metrics=[MiningStatistics(loss_object)])
-    batches = ClassBalancedBatches(standardise(x_train), y_train, classes, per_class, seed=seed)
+    batches = ClassBalancedBatches(split["x_train"], split["y_train"], classes, per_class,
+                                   seed=seed)
     # Only MAP@R on the progress bar: every metric would make the line wrap.
-    retrieval = RetrievalMetricsCallback(standardise(x_test), y_test, distance=distance,
+    retrieval = RetrievalMetricsCallback(split["x_test"], split["y_test"], distance=distance,
                                          log_metrics=["map@r"])
     fit_started = time.perf_counter()
     history = model.fit(batches, epochs=epochs, shuffle=False, verbose=verbose,
                         callbacks=[retrieval]).history
     train_seconds = time.perf_counter() - fit_started
     trained = {name: values[-1] for name, values in retrieval.history.items()}
-    embeddings = keras.ops.convert_to_numpy(model.predict(standardise(x_test), verbose=0))
 
     echo("")
     for line in format_table({"raw features": raw, "trained embedding": trained}):
@@ -117,21 +113,17 @@ def run(loss="semihard", distance="cosine", epochs=20, batch_size=120, out="demo
     echo(f"MAP@R {raw['map@r']:.3f} -> {trained['map@r']:.3f} ({gain:+.3f}) after {epochs} "
          f"epochs; training + evaluation took {time.perf_counter() - started:.1f} s")
 
-    os.makedirs(out, exist_ok=True)
-    files = [os.path.join(out, name) for name in
-             ("embedding_map.png", "training_curves.png", "metrics.json")]
-    plots.embedding_map(x_test, embeddings, y_test, dataset.class_names,
-                        (raw["map@r"], trained["map@r"]), files[0], map_method, seed)
-    plots.training_curves(retrieval.epochs, history["loss"], history["active_triplets"],
-                          retrieval.history["map@r"], raw["map@r"], files[1])
     result = {
         "data": dataset.description, "loss": loss, "distance": distance, "epochs": epochs,
         "batch": [classes, per_class], "seed": seed, "backend": keras.backend.backend(),
-        "raw": raw, "trained": trained, "history": history,
-        "train_seconds": train_seconds, "total_seconds": time.perf_counter() - started,
-        "files": files,
+        "raw": raw, "trained": trained, "history": history, "train_seconds": train_seconds,
     }
-    with open(files[2], "w", encoding="utf-8") as handle:
+    embeddings = keras.ops.convert_to_numpy(model.predict(split["x_test"], verbose=0))
+    result["files"] = _write_outputs(out, split, embeddings, dataset.class_names, raw["map@r"],
+                                     retrieval, history["loss"], history["active_triplets"],
+                                     map_method, seed)
+    result["total_seconds"] = time.perf_counter() - started
+    with open(result["files"][-1], "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=1)
     echo(f"pictures and metrics.json written to {os.path.abspath(out)}")
     return result
@@ -192,7 +184,11 @@ def _repeated(labels):
     return counts[inverse] >= 2
 
 
-def _check_split(y_train, y_test):
+def _split(dataset, seed):
+    """Held-out part, standardised features (statistics of the training part) and checks."""
+    held_out = datasets.holdout_split(dataset.y, HOLDOUT_FRACTION, seed)
+    x_train, y_train = dataset.x[~held_out], dataset.y[~held_out]
+    y_test = dataset.y[held_out]
     trainable = len(np.unique(y_train[_repeated(y_train)]))
     if trainable < 2:
         raise datasets.DataError(
@@ -203,3 +199,23 @@ def _check_split(y_train, y_test):
         raise datasets.DataError(
             f"no class has 2 or more samples in the held-out {HOLDOUT_FRACTION:.0%}, so "
             "retrieval cannot be measured; give every class 5 or more samples")
+    mean, scale = x_train.mean(axis=0), x_train.std(axis=0)
+    scale[scale == 0] = 1.0  # constant features (digits' blank border pixels)
+    standardise = lambda x: ((x - mean) / scale).astype("float32")  # noqa: E731
+    return {"x_train": standardise(x_train), "y_train": y_train,
+            "raw_test": dataset.x[held_out], "x_test": standardise(dataset.x[held_out]),
+            "y_test": y_test, "trainable_classes": trainable}
+
+
+def _write_outputs(out, split, embeddings, class_names, raw_map_at_r, retrieval, loss, active,
+                   map_method, seed):
+    """Writes the two pictures; returns their paths and that of metrics.json (written last)."""
+    os.makedirs(out, exist_ok=True)
+    files = [os.path.join(out, name) for name in
+             ("embedding_map.png", "training_curves.png", "metrics.json")]
+    plots.embedding_map(split["raw_test"], embeddings, split["y_test"], class_names,
+                        (raw_map_at_r, retrieval.history["map@r"][-1]), files[0], map_method,
+                        seed)
+    plots.training_curves(retrieval.epochs, loss, active, retrieval.history["map@r"],
+                          raw_map_at_r, files[1])
+    return files
