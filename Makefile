@@ -8,7 +8,12 @@ DOCTESTS := --doctest-modules src/triplet_tools --ignore=src/triplet_tools/legac
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONUNBUFFERED := 1
 
-.PHONY: test test-tensorflow test-jax test-torch test-legacy bench bench-peers clean
+# The demo's backend: JAX trained the demo fastest on a 2-core CPU (see README) and installs
+# quickest. Override with `make demo DEMO_BACKEND=torch`; pass options with DEMO_ARGS="--loss hard".
+DEMO_BACKEND ?= jax
+DEMO_ARGS ?=
+
+.PHONY: demo test test-tensorflow test-jax test-torch test-legacy bench bench-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +22,15 @@ $(BIN)/python:
 $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(PIP) install -q --disable-pip-version-check -e ".[tensorflow,jax,torch,legacy,test]"
 	touch $@
+
+# Only what the demo needs: the package, one backend, scikit-learn and matplotlib. Its own
+# stamp, so a later `make test` still installs everything the tests need.
+$(VENV)/.installed-demo-$(DEMO_BACKEND): pyproject.toml | $(BIN)/python
+	$(PIP) install -q --disable-pip-version-check -e ".[$(DEMO_BACKEND),demo]"
+	touch $@
+
+demo: $(VENV)/.installed-demo-$(DEMO_BACKEND)
+	KERAS_BACKEND=$(DEMO_BACKEND) $(BIN)/triplet-tools demo $(DEMO_ARGS)
 
 # The suite once per Keras backend, each in its own process, then the tf_keras leg.
 test: $(VENV)/.installed-test

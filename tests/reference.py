@@ -176,3 +176,37 @@ def retrieval_metrics(embeddings, labels, ref_embeddings=None, ref_labels=None,
                 ap += hits / (position + 1)
         sums["map@r"] += ap / R
     return {key: (value / count if count else 0.0) for key, value in sums.items()}
+
+
+def mined_distances(labels, embeddings, *, loss="triplet", distance_name="cosine",
+                    positive="hard", negative="semi-hard", semi_margin=0.0):
+    """Per anchor ``(d_ap, d_an)`` of SPEC's mining (``None`` for invalid anchors), in-batch.
+
+    For data without ties. ``loss="pn"`` gives ``d_an = min(d(a, n*), d(p*, n*))``;
+    ``loss="priming"`` mines hard/hard.
+    """
+    labels = [int(v) for v in np.asarray(labels).reshape(-1)]
+    emb = np.asarray(embeddings, np.float64)
+    if loss == "priming":
+        positive, negative = "hard", "hard"
+    result = []
+    for a in range(len(labels)):
+        d = {j: distance(distance_name, emb[a], emb[j]) for j in range(len(labels)) if j != a}
+        pos = [j for j in d if labels[j] == labels[a]]
+        neg = [j for j in d if labels[j] != labels[a]]
+        if not pos or not neg:
+            result.append(None)
+            continue
+        p = max(pos, key=d.get) if positive == "hard" else min(pos, key=d.get)
+        semi = [j for j in neg if d[j] > d[p] + semi_margin]
+        if negative == "hard":
+            n = min(neg, key=d.get)
+        elif negative == "semi-hard" and semi:
+            n = min(semi, key=d.get)
+        else:  # "easy", and the semi-hard fallback
+            n = max(neg, key=d.get)
+        d_an = d[n]
+        if loss == "pn":
+            d_an = min(d_an, distance(distance_name, emb[p], emb[n]))
+        result.append((d[p], d_an))
+    return result

@@ -7,6 +7,7 @@ model.compile("adam", triplet_batch_semihard_loss(margin=0.5))
 """
 
 from triplet_tools import layers  # noqa: F401  (registers L2Embedding for load_model)
+from triplet_tools import metrics  # noqa: F401  (registers MiningStatistics for load_model)
 from triplet_tools.losses import (
     PNLoss,
     PrimingLoss,

@@ -1,36 +1,112 @@
-"""The ``triplet-tools`` command: one subcommand per module.
+"""The ``triplet-tools`` command (also ``python -m triplet_tools``).
 
 ```
-triplet-tools bench [options]     side-by-side benchmark (triplet_tools.benchmark)
+triplet-tools demo [--loss semihard|hard|pn|priming|soft] [--distance NAME] [--epochs N]
+                   [--batch-size B] [--out DIR] [--seed S] [--data FILE] [--label-column NAME]
+triplet-tools bench [--sizes 256,1024,...] [--backends ...] [--no-peers] [--out DIR] ...
 ```
 
-Each subcommand's module provides ``add_arguments(parser)`` and ``run(args) -> int``; only the
-module of the subcommand being run is imported.
+Each subcommand is one ``argparse`` subparser with a ``run`` function; add another with
+``subparsers.add_parser(...)`` and ``set_defaults(run=...)`` in :func:`build_parser`. Bad
+arguments and bad data end with one ``triplet-tools: error: ...`` line on stderr and exit
+status 2, never a traceback. (A Keras backend that is not installed fails earlier, when
+``import triplet_tools`` imports Keras: set ``KERAS_BACKEND`` to an installed one.)
 """
 
 import argparse
-import importlib
 import sys
 
-#: Subcommand -> (module, one-line help).
-COMMANDS = {
-    "bench": ("triplet_tools.benchmark", "loss + gradient time and peak memory against the peers"),
-}
+from triplet_tools import benchmark, demo, plots
+from triplet_tools.distances import DISTANCE_NAMES
+
+PROG = "triplet-tools"
+
+
+class UsageError(Exception):
+    """A problem the user can fix; printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # One line instead of argparse's usage block, like every other error here.
+    def error(self, message):
+        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
+def _positive_int(text):
+    value = int(text) if text.strip().lstrip("+").isdigit() else 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; received {text!r}")
+    return value
+
+
+def build_parser():
+    parser = _Parser(prog=PROG, description="Online-mined triplet losses for Keras 3.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    demo_parser = subparsers.add_parser(
+        "demo", help="train and evaluate an embedding end to end",
+        description="Trains a small embedding model with online mining on scikit-learn's "
+                    "digits (or --data FILE), holding out 30%% of every class, and prints "
+                    "retrieval metrics for raw features and the trained embedding; writes "
+                    "pictures to --out. The Keras backend is KERAS_BACKEND's.")
+    demo_parser.add_argument("--loss", choices=tuple(demo.LOSSES), default="semihard",
+                             help="semihard (default), hard (batch-hard), pn, priming, or soft "
+                                  "(semi-hard with softplus instead of the hinge)")
+    demo_parser.add_argument("--distance", choices=DISTANCE_NAMES, default="cosine",
+                             help="distance for the loss and for retrieval (default cosine)")
+    demo_parser.add_argument("--epochs", type=_positive_int, default=20, help="default 20")
+    demo_parser.add_argument("--batch-size", type=_positive_int, default=120,
+                             help="rows per batch, split into P classes x K samples (default 120)")
+    demo_parser.add_argument("--out", default="demo-output",
+                             help="folder for the pictures and metrics.json (default demo-output)")
+    demo_parser.add_argument("--seed", type=int, default=0, help="default 0")
+    demo_parser.add_argument("--data", metavar="FILE",
+                             help=".npz with arrays x (N x D) and y (N), or .csv with a header "
+                                  "row, a 'label' column and numeric feature columns")
+    demo_parser.add_argument("--label-column", default="label",
+                             help="the label column of a .csv file (default label)")
+    demo_parser.add_argument("--map", choices=plots.MAP_METHODS, default="tsne",
+                             help="2-D map of the held-out points (default tsne)")
+    demo_parser.set_defaults(run=run_demo)
+    bench_help = "loss + gradient time and peak memory against the peers"
+    bench_parser = subparsers.add_parser("bench", help=bench_help, description=bench_help)
+    benchmark.add_arguments(bench_parser)
+    bench_parser.set_defaults(run=benchmark.run)
+    return parser
+
+
+def run_demo(args):
+    demo.run(loss=args.loss, distance=args.distance, epochs=args.epochs,
+             batch_size=args.batch_size, out=args.out, seed=args.seed, data=args.data,
+             label_column=args.label_column, map_method=args.map)
+    return 0
 
 
 def main(argv=None):
-    """Parses ``argv`` (default ``sys.argv[1:]``), runs the subcommand, returns its exit code.
+    """Entry point; returns the exit status (0, or 2 after a one-line error on stderr).
 
-    Example: ``triplet-tools bench --sizes 256 --backends jax --no-peers``.
+    Args:
+        argv: the arguments after the program name (default: ``sys.argv[1:]``).
+
+    Example:
+
+    >>> main(["demo", "--data", "no-such-file.npz"])   # stderr: one "error: no such file" line
+    2
     """
-    argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(prog="triplet-tools", description=__doc__.splitlines()[0])
-    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, help_text) in COMMANDS.items():
-        subparsers.add_parser(name, help=help_text, description=help_text)
-    command = argv[0] if argv and argv[0] in COMMANDS else None
-    if command is None:
-        parser.parse_args(argv)  # prints the usage, or help, and exits
-    module = importlib.import_module(COMMANDS[command][0])
-    module.add_arguments(subparsers.choices[command])
-    return module.run(parser.parse_args(argv))
+    try:
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+    except UsageError as error:
+        return _fail(str(error))
+    except ValueError as error:  # DataError and the library's argument checks
+        return _fail(f"{PROG}: error: {error}")
+    except KeyboardInterrupt:
+        return _fail(f"{PROG}: interrupted")
+
+
+def _fail(message):
+    print(" ".join(message.split()), file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
