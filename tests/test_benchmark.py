@@ -115,10 +115,11 @@ def test_cli_bench_help_lists_the_options(capsys):
         assert option in help_text
 
 
-def test_cli_rejects_bad_sizes():
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["bench", "--sizes", "64,x"])
-    assert exit_info.value.code == 2
+def test_cli_rejects_bad_sizes(capsys):
+    assert cli.main(["bench", "--sizes", "64,x"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("triplet-tools bench: error:") and "'64,x'" in error
+    assert len(error.splitlines()) == 1
 
 
 def test_end_to_end_tiny_run_writes_table_json_and_plot(tmp_path, capsys):

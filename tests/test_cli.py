@@ -77,8 +77,9 @@ def files(tmp_path):
         (["--data", "txt"], "unsupported file type '.txt'"),
         (["--loss", "triplet"], "argument --loss: invalid choice: 'triplet'"),
         (["--distance", "hamming"], "argument --distance: invalid choice: 'hamming'"),
-        (["--epochs", "0"], "argument --epochs: expected a positive integer; received '0'"),
+        (["--epochs", "0"], "argument --epochs: expected an integer >= 1; received '0'"),
         (["--batch-size", "3"], "--batch-size must be at least 4 (2 classes x 2 samples); received 3"),
+        (["--memory", "-5"], "argument --memory: expected an integer >= 0; received '-5'"),
     ],
 )
 def test_bad_input_gives_one_error_line_and_status_2(capsys, tmp_path, files, args, expected):
@@ -146,7 +147,8 @@ def test_demo_end_to_end_on_a_small_subset(capsys, tmp_path):
         assert imread(out / name).shape[:2] == shape
 
 
-def test_demo_on_a_csv_with_string_labels(capsys, tmp_path):
+@pytest.mark.parametrize("memory", [0, 24])
+def test_demo_on_a_csv_with_string_labels(capsys, tmp_path, memory):
     rng = np.random.default_rng(0)
     lines = ["a,label,b,c"]
     for i in range(60):
@@ -158,10 +160,12 @@ def test_demo_on_a_csv_with_string_labels(capsys, tmp_path):
     status, printed, err = run_cli(capsys, "demo", "--data", str(tmp_path / "animals.csv"),
                                    "--epochs", "1", "--loss", "priming", "--distance", "l2",
                                    "--map", "pca", "--batch-size", "12", "--out",
-                                   str(tmp_path / "out"))
+                                   str(tmp_path / "out"), "--memory", str(memory))
     assert status == 0, err
     assert "60 samples, 3 features, 3 classes; 18 held out" in printed
     assert "batches: 3 classes x 4 samples" in printed
+    assert f"cross-batch memory: {memory or 'none'}" in printed
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["memory"] == memory
     assert (tmp_path / "out" / "embedding_map.png").exists()
 
 

@@ -3,6 +3,7 @@
 ```
 triplet-tools demo [--loss semihard|hard|pn|priming|soft] [--distance NAME] [--epochs N]
                    [--batch-size B] [--out DIR] [--seed S] [--data FILE] [--label-column NAME]
+                   [--memory ROWS]
 triplet-tools bench [--sizes 256,1024,...] [--backends ...] [--no-peers] [--out DIR] ...
 ```
 
@@ -32,11 +33,14 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
 
 
-def _positive_int(text):
-    value = int(text) if text.strip().lstrip("+").isdigit() else 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; received {text!r}")
-    return value
+def _int_at_least(low):
+    """An argparse type: a whole number ``>= low``."""
+    def parse(text):
+        value = int(text) if text.strip().lstrip("+").isdigit() else low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}; received {text!r}")
+        return value
+    return parse
 
 
 def build_parser():
@@ -53,8 +57,8 @@ def build_parser():
                                   "(semi-hard with softplus instead of the hinge)")
     demo_parser.add_argument("--distance", choices=DISTANCE_NAMES, default="cosine",
                              help="distance for the loss and for retrieval (default cosine)")
-    demo_parser.add_argument("--epochs", type=_positive_int, default=20, help="default 20")
-    demo_parser.add_argument("--batch-size", type=_positive_int, default=120,
+    demo_parser.add_argument("--epochs", type=_int_at_least(1), default=20, help="default 20")
+    demo_parser.add_argument("--batch-size", type=_int_at_least(1), default=120,
                              help="rows per batch, split into P classes x K samples (default 120)")
     demo_parser.add_argument("--out", default="demo-output",
                              help="folder for the pictures and metrics.json (default demo-output)")
@@ -66,6 +70,9 @@ def build_parser():
                              help="the label column of a .csv file (default label)")
     demo_parser.add_argument("--map", choices=plots.MAP_METHODS, default="tsne",
                              help="2-D map of the held-out points (default tsne)")
+    demo_parser.add_argument("--memory", type=_int_at_least(0), default=0, metavar="ROWS",
+                             help="cross-batch memory: also mine against the last ROWS "
+                                  "training embeddings (default 0: in-batch mining only)")
     demo_parser.set_defaults(run=run_demo)
     bench_help = "loss + gradient time and peak memory against the peers"
     bench_parser = subparsers.add_parser("bench", help=bench_help, description=bench_help)
@@ -77,7 +84,7 @@ def build_parser():
 def run_demo(args):
     demo.run(loss=args.loss, distance=args.distance, epochs=args.epochs,
              batch_size=args.batch_size, out=args.out, seed=args.seed, data=args.data,
-             label_column=args.label_column, map_method=args.map)
+             label_column=args.label_column, map_method=args.map, memory=args.memory)
     return 0
 
 

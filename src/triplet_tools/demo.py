@@ -22,30 +22,32 @@ from triplet_tools import datasets, plots
 from triplet_tools.evaluation import RetrievalMetricsCallback, metric_names, retrieval_metrics
 from triplet_tools.layers import L2Embedding
 from triplet_tools.losses import PNLoss, PrimingLoss, TripletLoss
+from triplet_tools.memory import CrossBatchMemory
 from triplet_tools.metrics import MiningStatistics
 from triplet_tools.mining import check_choice
 from triplet_tools.samplers import ClassBalancedBatches
 
-#: ``--loss`` choices: name -> (description, factory of distance).
+#: ``--loss`` choices: name -> (description, factory taking the loss's keyword options).
 LOSSES = {
     "semihard": ("TripletLoss, hardest positive, semi-hard negative, margin 0.5",
-                 lambda distance: TripletLoss(distance=distance, margin=0.5)),
+                 lambda **options: TripletLoss(margin=0.5, **options)),
     "hard": ("TripletLoss, hardest positive and negative (batch-hard), margin 0.5",
-             lambda distance: TripletLoss(distance=distance, negative_mining_strategy="hard",
-                                          margin=0.5)),
+             lambda **options: TripletLoss(negative_mining_strategy="hard", margin=0.5,
+                                           **options)),
     "pn": ("PNLoss, semi-hard negative, margin 0.5",
-           lambda distance: PNLoss(distance=distance, margin=0.5)),
+           lambda **options: PNLoss(margin=0.5, **options)),
     "priming": ("PrimingLoss, d_ap^2 + exp(-10 d_an)",
-                lambda distance: PrimingLoss(distance=distance)),
+                lambda **options: PrimingLoss(**options)),
     "soft": ("TripletLoss, hardest positive, semi-hard negative, softplus(d_ap - d_an)",
-             lambda distance: TripletLoss(distance=distance, soft_margin=True)),
+             lambda **options: TripletLoss(soft_margin=True, **options)),
 }
 HOLDOUT_FRACTION = 0.3
 EMBEDDING_DIM = 32
 
 
 def run(loss="semihard", distance="cosine", epochs=20, batch_size=120, out="demo-output",
-        seed=0, data=None, label_column="label", map_method="tsne", verbose=1, echo=print):
+        seed=0, data=None, label_column="label", map_method="tsne", memory=0, verbose=1,
+        echo=print):
     """Runs the whole demo and returns a dict of what it measured.
 
     Args:
@@ -60,6 +62,8 @@ def run(loss="semihard", distance="cosine", epochs=20, batch_size=120, out="demo
             :mod:`triplet_tools.datasets`).
         label_column: the label column of a ``.csv`` file.
         map_method: ``"tsne"`` or ``"pca"`` for the 2-D map.
+        memory: rows of cross-batch memory (``triplet_tools.memory.CrossBatchMemory``);
+            0 (default) mines inside each batch only.
         verbose: Keras ``fit`` verbosity (1: a progress bar per epoch).
         echo: prints one line of the report.
 
@@ -86,13 +90,19 @@ def run(loss="semihard", distance="cosine", epochs=20, batch_size=120, out="demo
     echo(f"data: {dataset.description}: {len(dataset.y)} samples, {dataset.x.shape[1]} "
          f"features, {len(dataset.class_names)} classes; {len(split['y_test'])} held out "
          f"({HOLDOUT_FRACTION:.0%} of every class)")
+    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+        raise datasets.DataError(f"--memory must be an int >= 0; received {memory!r}")
     echo(f"model: MLP 128-128 + L2Embedding({EMBEDDING_DIM}); loss: {loss_description}; "
          f"distance: {distance}; batches: {classes} classes x {per_class} samples; "
-         f"backend: {keras.backend.backend()}")
+         f"cross-batch memory: {memory or 'none'}; backend: {keras.backend.backend()}")
 
     raw = retrieval_metrics(split["raw_test"], split["y_test"], distance=distance)
-    loss_object = make_loss(distance)
     model = build_model(dataset.x.shape[1], seed)
+    options = {"distance": distance}
+    if memory:
+        options["memory"] = CrossBatchMemory(memory)
+        model.add(options["memory"])
+    loss_object = make_loss(**options)
     model.compile(keras.optimizers.Adam(1e-3), loss_object,
                   metrics=[MiningStatistics(loss_object)])
     batches = ClassBalancedBatches(split["x_train"], split["y_train"], classes, per_class,
@@ -115,7 +125,8 @@ def run(loss="semihard", distance="cosine", epochs=20, batch_size=120, out="demo
 
     result = {
         "data": dataset.description, "loss": loss, "distance": distance, "epochs": epochs,
-        "batch": [classes, per_class], "seed": seed, "backend": keras.backend.backend(),
+        "batch": [classes, per_class], "seed": seed, "memory": memory,
+        "backend": keras.backend.backend(),
         "raw": raw, "trained": trained, "history": history, "train_seconds": train_seconds,
     }
     embeddings = keras.ops.convert_to_numpy(model.predict(split["x_test"], verbose=0))
