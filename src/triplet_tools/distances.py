@@ -110,8 +110,8 @@ class Distance:
 
     Both must agree (``paired(x, y)[i] == pairwise(x, y)[i, i]``) and mining assumes that a
     smaller value means more similar. Optionally, override the mining hooks
-    (``mining_features``, ``mining_scores``, ``score_to_distance``, ``distance_to_score``) to
-    mine on a cheaper monotone transform. To save and reload models that use it, register it
+    (``mining_features`` with ``paired_features``, ``mining_scores``, ``score_to_distance``,
+    ``distance_to_score``) to transform rows once and mine on a cheaper monotone transform. To save and reload models that use it, register it
     with ``keras.saving.register_keras_serializable`` and give it a ``get_config``.
 
     Example:
@@ -153,8 +153,17 @@ class Distance:
     # --- mining hooks: defaults mine on the exact distance ---------------------------------
 
     def mining_features(self, x):
-        """Per-row transform applied once to anchors and references before ``mining_scores``."""
+        """Per-row transform applied once to anchors and references before ``mining_scores``
+        and ``paired_features`` (the L2 normalisation of the normalised distances)."""
         return x
+
+    def paired_features(self, x, y):
+        """``paired`` on rows already passed through ``mining_features``: ``(n,)``.
+
+        The losses transform each row once and measure the chosen triplets with this.
+        Override it together with ``mining_features``; by default it is ``paired``.
+        """
+        return self.paired(x, y)
 
     def mining_scores(self, anchors, references):
         """``(n, m)`` scores that increase with the distance along each anchor's row."""
@@ -266,6 +275,9 @@ class EuclideanNorm(Euclidean):
     def mining_features(self, x):
         return l2_normalize(x)
 
+    def paired_features(self, x, y):
+        return Euclidean.paired(self, x, y)
+
 
 class Cosine(Distance):
     """``d(a, b) = 1 - a.b / (||a|| ||b||)``; name ``cosine``. Inputs are normalised internally.
@@ -287,10 +299,13 @@ class Cosine(Distance):
         return 1 - gram(l2_normalize(x), l2_normalize(y))
 
     def paired(self, x, y):
-        return 1 - ops.sum(l2_normalize(x) * l2_normalize(y), axis=-1)
+        return self.paired_features(l2_normalize(x), l2_normalize(y))
 
     def mining_features(self, x):
         return l2_normalize(x)
+
+    def paired_features(self, x, y):
+        return 1 - ops.sum(x * y, axis=-1)
 
     def mining_scores(self, anchors, references):
         return gram(-anchors, references)

@@ -221,24 +221,58 @@ def mine_triplets(
     [[1, 0, 3, 2], [2, 2, 1, 1], [True, True, True, True]]
     """
     distance = distances_module.get(distance)
+    anchors = ops.stop_gradient(ops.convert_to_tensor(anchors))
+    features = distance.mining_features(anchors)
+    if references is None:
+        reference_features = None
+    else:
+        references = ops.cast(ops.convert_to_tensor(references), anchors.dtype)
+        reference_features = distance.mining_features(ops.stop_gradient(references))
+    return mine_features(
+        features, anchor_labels, reference_features, reference_labels, anchor_positions,
+        reference_mask=reference_mask, distance=distance, positive_strategy=positive_strategy,
+        negative_strategy=negative_strategy, semi_margin=semi_margin, block_size=block_size,
+    )
+
+
+def mine_features(
+    features,
+    anchor_labels,
+    reference_features=None,
+    reference_labels=None,
+    anchor_positions=None,
+    *,
+    reference_mask=None,
+    distance="euclidean_norm",
+    positive_strategy="hard",
+    negative_strategy="semi-hard",
+    semi_margin=0.0,
+    block_size=None,
+):
+    """:func:`mine_triplets` on rows already passed through ``distance.mining_features``.
+
+    The losses compute the features once, with gradient, and use them both to mine (here,
+    under ``stop_gradient``) and to measure the chosen triplets. Arguments as for
+    :func:`mine_triplets`, with ``features`` / ``reference_features`` in place of the
+    embeddings.
+    """
+    distance = distances_module.get(distance)
     check_choice(positive_strategy, POSITIVE_STRATEGIES, "positive_mining_strategy")
     check_choice(negative_strategy, NEGATIVE_STRATEGIES, "negative_mining_strategy")
 
-    anchors = ops.stop_gradient(ops.convert_to_tensor(anchors))
+    features = ops.stop_gradient(ops.convert_to_tensor(features))
     anchor_labels = ops.convert_to_tensor(anchor_labels)
-    num_anchors = anchors.shape[0]
-    if references is None:
-        features = distance.mining_features(anchors)
+    num_anchors = features.shape[0]
+    if reference_features is None:
         reference_features, reference_labels = features, anchor_labels
         if anchor_positions is None:
-            anchor_positions = ops.arange(ops.shape(anchors)[0], dtype="int32")
+            anchor_positions = ops.arange(ops.shape(features)[0], dtype="int32")
     else:
         if reference_labels is None:
             raise ValueError("reference_labels are required when references are given.")
-        references = ops.stop_gradient(ops.cast(ops.convert_to_tensor(references), anchors.dtype))
+        reference_features = ops.stop_gradient(
+            ops.cast(ops.convert_to_tensor(reference_features), features.dtype))
         reference_labels = ops.convert_to_tensor(reference_labels)
-        features = distance.mining_features(anchors)
-        reference_features = distance.mining_features(references)
         if anchor_positions is None:
             anchor_positions = -ops.ones_like(anchor_labels, dtype="int32")
     anchor_labels, reference_labels = _common_label_dtype(anchor_labels, reference_labels)
@@ -249,7 +283,7 @@ def mine_triplets(
     rules = dict(distance=distance, positive_strategy=positive_strategy,
                  negative_strategy=negative_strategy, semi_margin=semi_margin)
     rows = block_size or auto_block_rows(
-        num_anchors, reference_features.shape[0], anchors.shape[-1], distance
+        num_anchors, reference_features.shape[0], features.shape[-1], distance
     )
     if keras.backend.backend() == "torch":
         from triplet_tools import _torch_mining

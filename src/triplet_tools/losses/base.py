@@ -163,8 +163,10 @@ class TripletFamilyLoss(keras.losses.Loss):
     # --- hooks ---------------------------------------------------------------------------
 
     def anchor_distances(self, anchors, positives, negatives):
-        """``(d_ap, d_an)`` from the gathered rows, each ``(B,)``, with gradient."""
-        return self.distance.paired(anchors, positives), self.distance.paired(anchors, negatives)
+        """``(d_ap, d_an)`` from the gathered feature rows (``distance.mining_features``),
+        each ``(B,)``, with gradient."""
+        paired = self.distance.paired_features
+        return paired(anchors, positives), paired(anchors, negatives)
 
     def anchor_loss(self, positive_distance, negative_distance):
         """Per-anchor loss from ``d_ap`` and ``d_an``, each ``(B,)``."""
@@ -191,14 +193,19 @@ class TripletFamilyLoss(keras.losses.Loss):
                 gradient flows into the references that are chosen.
         """
         labels, embeddings = self._inputs(y_true, y_pred)
+        # Each row is transformed once (normalised, for the normalised distances), with
+        # gradient: mining reads these features under stop_gradient, the loss measures them.
+        features = self.distance.mining_features(embeddings)
         if references is None:
-            reference_rows = embeddings
+            reference_features = features
         else:
-            reference_rows = ops.cast(ops.convert_to_tensor(references), embeddings.dtype)
+            reference_features = self.distance.mining_features(
+                ops.cast(ops.convert_to_tensor(references), embeddings.dtype))
             reference_labels = prepare_labels(reference_labels)
-        mined = mining.mine_triplets(
-            embeddings, labels,
-            None if references is None else reference_rows, reference_labels, anchor_positions,
+        mined = mining.mine_features(
+            features, labels,
+            None if references is None else reference_features, reference_labels,
+            anchor_positions,
             reference_mask=reference_mask,
             distance=self.distance,
             positive_strategy=self.positive_mining_strategy,
@@ -206,9 +213,9 @@ class TripletFamilyLoss(keras.losses.Loss):
             semi_margin=self.semi_margin,
             block_size=self.block_size,
         )
-        positives = ops.take(reference_rows, mined.positive, axis=0)
-        negatives = ops.take(reference_rows, mined.negative, axis=0)
-        d_ap, d_an = self.anchor_distances(embeddings, positives, negatives)
+        positives = ops.take(reference_features, mined.positive, axis=0)
+        negatives = ops.take(reference_features, mined.negative, axis=0)
+        d_ap, d_an = self.anchor_distances(features, positives, negatives)
         valid = ops.cast(mined.valid, embeddings.dtype)
         # A product, not a select: an invalid anchor gets 0 and zero gradient, yet NaN in
         # its embedding still reaches the loss.

@@ -44,4 +44,4 @@ class PNLoss(TripletLoss):
 
     def anchor_distances(self, anchors, positives, negatives):
         d_ap, d_an = super().anchor_distances(anchors, positives, negatives)
-        return d_ap, ops.minimum(d_an, self.distance.paired(positives, negatives))
+        return d_ap, ops.minimum(d_an, self.distance.paired_features(positives, negatives))
