@@ -1,10 +1,18 @@
-"""Row-block mining for eager PyTorch: the rules of ``mining._mine_block``, in place.
+"""Row-block mining for eager PyTorch: the rules of ``mining._mine_block``, in fewer passes.
 
-Eager torch runs one kernel per op and allocates every result. At ``B x M`` scale the fresh
-pages of those allocations cost more than the arithmetic, so this path writes each pass into
-one reused ``(rows, M)`` buffer, uses torch's single-pass ``argmax``/``argmin``, and skips
-work that the data makes unnecessary (the semi-hard fallback, when no anchor of the block
-needs it). It selects exactly what the ``keras.ops`` version selects (ties aside).
+Eager torch runs one kernel per op, so every op over a ``(rows, M)`` block of scores is a
+full pass through memory, and every fresh result costs page faults. This path keeps those
+passes to the few that need all scores:
+
+* Positives are few (a class's other members). Sorting the references by label once gives
+  every anchor its positives as a short ``(rows, K)`` list of columns, where ``K`` is the
+  largest class: the positive is chosen by gathering ``K`` scores per row, and positives are
+  excluded from the negatives by writing ``K`` entries per row. No ``(rows, M)`` label mask.
+* The remaining passes write into one reused buffer or into the fresh scores in place.
+* The semi-hard fallback (farthest negative) is computed only for the rows that need it.
+
+It selects what the ``keras.ops`` version selects (ties aside); the tests hold both to the
+same brute-force reference.
 """
 
 import torch
@@ -19,86 +27,119 @@ def mine(anchors, anchor_labels, anchor_positions, references, reference_labels,
          reference_mask, *, rows, distance, positive_strategy, negative_strategy, semi_margin):
     """Returns ``(positive, negative, valid)``, each ``(B,)``; see ``mining.mine_triplets``."""
     num_anchors = anchors.shape[0]
-    outputs = (
-        torch.empty(num_anchors, dtype=torch.int32, device=anchors.device),
-        torch.empty(num_anchors, dtype=torch.int32, device=anchors.device),
-        torch.empty(num_anchors, dtype=torch.bool, device=anchors.device),
-    )
+    rules = dict(distance=distance, positive_strategy=positive_strategy,
+                 negative_strategy=negative_strategy, semi_margin=semi_margin)
     with torch.no_grad():
-        buffer = torch.empty((min(rows, num_anchors), references.shape[0]),
-                             dtype=_score_dtype(distance, anchors, references),
-                             device=anchors.device)
+        classes = _ReferenceClasses(reference_labels, reference_mask)
+        anchor_positions = anchor_positions.long()
+        if rows >= num_anchors:
+            scores = distance.mining_scores(anchors, references)
+            positive, negative, valid = _mine_block(
+                scores, anchors, anchor_labels, anchor_positions, classes,
+                torch.empty_like(scores), **rules)
+            return positive.to(torch.int32), negative.to(torch.int32), valid
+        outputs = (
+            torch.empty(num_anchors, dtype=torch.int32, device=anchors.device),
+            torch.empty(num_anchors, dtype=torch.int32, device=anchors.device),
+            torch.empty(num_anchors, dtype=torch.bool, device=anchors.device),
+        )
+        buffer = None
         for start in range(0, num_anchors, rows):
             block = slice(start, start + rows)
+            scores = distance.mining_scores(anchors[block], references)
+            if buffer is None:
+                buffer = torch.empty((rows, scores.shape[1]), dtype=scores.dtype,
+                                     device=scores.device)
             chosen = _mine_block(
-                anchors[block], anchor_labels[block], anchor_positions[block], references,
-                reference_labels, reference_mask, buffer, distance=distance,
-                positive_strategy=positive_strategy, negative_strategy=negative_strategy,
-                semi_margin=semi_margin,
-            )
+                scores, anchors[block], anchor_labels[block], anchor_positions[block], classes,
+                buffer[: scores.shape[0]], **rules)
             for out, value in zip(outputs, chosen):
                 out[block] = value
     return outputs
 
 
-def _score_dtype(distance, anchors, references):
-    return distance.mining_scores(anchors[:1], references[:1]).dtype
+class _ReferenceClasses:
+    """The references grouped by label: every anchor's same-label columns, as a short list."""
+
+    def __init__(self, labels, mask):
+        self.labels = labels
+        self.order = torch.argsort(labels, stable=True)
+        self.sorted_labels = labels[self.order].contiguous()
+        # Masked-out references (empty memory slots) are neither positive nor negative.
+        self.mask = mask
+        self.excluded = None if mask is None else torch.nonzero(~mask).flatten()
+
+    def same_label_columns(self, anchor_labels):
+        """``(columns (n, K), present (n, K))``: the same-label references of each anchor.
+
+        Padding entries repeat the row's first column, or point at column 0 with
+        ``present`` False when the label has no reference at all.
+        """
+        labels = anchor_labels.to(self.sorted_labels.dtype)
+        first = torch.searchsorted(self.sorted_labels, labels, right=False)
+        count = torch.searchsorted(self.sorted_labels, labels, right=True) - first
+        width = max(int(count.max()), 1) if count.numel() else 1
+        offsets = torch.arange(width, device=labels.device)
+        present = offsets[None, :] < count[:, None]
+        slots = torch.where(present, first[:, None] + offsets[None, :], first[:, None])
+        slots = slots.clamp(max=self.order.shape[0] - 1)
+        return self.order[slots], present
 
 
 def _arg_extreme(values, largest):
     index = values.argmax(1) if largest else values.argmin(1)
-    return values.gather(1, index[:, None])[:, 0], index.to(torch.int32)
+    return values.gather(1, index[:, None])[:, 0], index
 
 
-def _mine_block(anchors, anchor_labels, anchor_positions, references, reference_labels,
-                reference_mask, buffer, *, distance, positive_strategy, negative_strategy,
-                semi_margin):
-    scores = distance.mining_scores(anchors, references)
-    same = anchor_labels[:, None] == reference_labels[None, :]
-    if reference_mask is not None:
-        # A masked-out reference is neither positive nor negative: treat it as "same"
-        # and drop it from the positives after they are scored.
-        same |= ~reference_mask[None, :]
-    work = buffer[: scores.shape[0]]
+def _set_columns(values, columns, present, fill):
+    """Writes ``fill`` at ``values[i, columns[i, j]]`` where ``present`` (padding repeats
+    columns, so a scatter of kept values could overwrite the fill)."""
+    rows = torch.arange(values.shape[0], device=values.device)[:, None].expand_as(columns)
+    values[rows[present], columns[present]] = fill
+
+
+def _mine_block(scores, anchors, anchor_labels, anchor_positions, classes, work, *,
+                distance, positive_strategy, negative_strategy, semi_margin):
     rows = torch.arange(scores.shape[0], device=scores.device)
-    is_reference = anchor_positions >= 0
-    self_rows, self_columns = rows[is_reference], anchor_positions[is_reference].long()
+    columns, same = classes.same_label_columns(anchor_labels)
+    not_self = columns != anchor_positions[:, None]
+    candidates = same & not_self
+    if classes.mask is not None:
+        candidates &= classes.mask[columns]
 
+    # The positive, from the K same-label scores of each row.
     hard_positive = positive_strategy == "hard"
     fill = -_INF if hard_positive else _INF
-    torch.where(same, scores, torch.tensor(fill, dtype=scores.dtype), out=work)
-    work[self_rows, self_columns] = fill
-    if reference_mask is not None:
-        work.masked_fill_(~reference_mask[None, :], fill)
-    positive_score, positive = _arg_extreme(work, largest=hard_positive)
-    has_positive = positive_score != fill
+    positive_scores = torch.where(candidates, scores.gather(1, columns), fill)
+    positive_score, choice = _arg_extreme(positive_scores, largest=hard_positive)
+    positive = columns[rows, choice]
+    has_positive = candidates.any(1)
 
-    if negative_strategy == "hard":
-        torch.where(same, torch.tensor(_INF, dtype=scores.dtype), scores, out=work)
-        negative_score, negative = _arg_extreme(work, largest=False)
+    # From here on, same-label columns (the anchor's own among them) are never negatives.
+    hard_negative = negative_strategy == "hard"
+    fill = _INF if hard_negative else -_INF
+    _set_columns(scores, columns, same, fill)
+    if classes.excluded is not None:
+        scores[:, classes.excluded] = fill
+    if hard_negative:
+        negative_score, negative = _arg_extreme(scores, largest=False)
         return positive, negative, has_positive & (negative_score < _INF)
     if negative_strategy == "easy":
-        scores.masked_fill_(same, -_INF)
         negative_score, negative = _arg_extreme(scores, largest=True)
         return positive, negative, has_positive & (negative_score > -_INF)
 
+    # Semi-hard: negatives strictly beyond the threshold keep their excess; the rest
+    # (including every -inf above) becomes +inf.
     threshold = semi_hard_threshold(distance, positive_score, anchors, semi_margin)
-    if hard_positive and semi_margin == 0 and reference_mask is None:
-        # Every positive scores at most the hardest one, the threshold itself, so its
-        # excess is <= 0 and the strict threshold drops it: no label mask needed. The
-        # anchor's own column is dropped explicitly (rounding could lift it above).
-        torch.sub(scores, threshold[:, None], out=work)
-        work[self_rows, self_columns] = -_INF
-    else:
-        torch.where(same, torch.tensor(-_INF, dtype=scores.dtype), scores, out=work)
-        work.sub_(threshold[:, None])
+    torch.sub(scores, threshold[:, None], out=work)
     F.threshold_(work, 0.0, _INF)
     semi_hard_excess, negative = _arg_extreme(work, largest=False)
     has_semi_hard = semi_hard_excess < _INF
-    # Anchors without a positive are invalid whatever their negative: they need no fallback.
-    if bool((has_semi_hard | ~has_positive).all()):
-        return positive, negative, has_positive
-    scores.masked_fill_(same, -_INF)
-    farthest_score, farthest = _arg_extreme(scores, largest=True)
-    negative = torch.where(has_semi_hard, negative, farthest)
-    return positive, negative, has_positive & (farthest_score > -_INF)
+    has_negative = has_semi_hard.clone()
+    # Anchors without a positive are invalid whatever their negative: no fallback needed.
+    fallback = torch.nonzero(~has_semi_hard & has_positive).flatten()
+    if fallback.numel():
+        farthest_score, farthest = _arg_extreme(scores[fallback], largest=True)
+        negative[fallback] = farthest
+        has_negative[fallback] = farthest_score > -_INF
+    return positive, negative, has_positive & has_negative
