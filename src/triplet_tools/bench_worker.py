@@ -8,7 +8,8 @@ under test inside its case. It prints one line, ``BENCH_RESULT {json}``, and exi
 ```
 inputs  = fixed-seed float32 embeddings (B, D) and int32 labels, `per_class` rows per class
 step    = loss + gradient with respect to the embeddings (the floor: one B x B x D product)
-result  = first call (trace + compile + run), then the median of up to `repeats` timed calls
+result  = first call (trace + compile + run), then the median of `repeats` timed calls, or of
+          as many as fill one second (at most 2000) when the step is fast
 ```
 
 Example (from a source checkout, in the project's environment)::
@@ -28,6 +29,10 @@ import time
 import numpy as np
 
 RESULT_PREFIX = "BENCH_RESULT "
+#: Fast steps are repeated until their timed calls add up to this many seconds...
+MIN_TIMED_S = 1.0
+#: ... or this many calls.
+MAX_CALLS = 2000
 
 #: Every loss is measured with this distance and margin; all four libraries support them.
 DISTANCE = "cosine"
@@ -264,7 +269,8 @@ def measure(case, batch, dim=128, per_class=8, seed=0, repeats=5, budget_s=float
     Args:
         case: a key of :data:`CASES`.
         batch, dim, per_class, seed: the inputs (see :func:`make_inputs`).
-        repeats: timed calls after the first one.
+        repeats: timed calls after the first one (more, up to :data:`MAX_CALLS`, until
+            they add up to :data:`MIN_TIMED_S` seconds).
         budget_s: stop repeating once the next call would likely end past this many
             seconds since the start (at least one timed call is always made).
 
@@ -285,7 +291,9 @@ def measure(case, batch, dim=128, per_class=8, seed=0, repeats=5, budget_s=float
     outputs = None
 
     times = []
-    while len(times) < repeats:
+    # At least `repeats` calls, and for fast steps enough calls to fill MIN_TIMED_S: five
+    # sub-millisecond calls are too few for a stable median.
+    while len(times) < repeats or (sum(times) < MIN_TIMED_S and len(times) < MAX_CALLS):
         tick = time.perf_counter()
         step()
         times.append(time.perf_counter() - tick)

@@ -3,7 +3,8 @@
 ```
 for each case (library x backend) and each batch size B, in increasing B:
     one fresh process runs triplet_tools/bench_worker.py with the case's Python:
-        first call (trace + compile + run), then the median of up to --repeats calls
+        first call (trace + compile + run), then the median of --repeats calls
+        (fast steps: as many as fill one second)
     this process watches it: past --time-limit -> "timeout", RSS past --memory-limit -> "OOM"
     peak RSS = the worker's own VmHWM, so every figure is one clean process
     after a failure, the case's larger sizes are "skipped", never dropped
@@ -354,9 +355,10 @@ def markdown_report(cases, records, sizes, meta):
         "",
         f"D={settings['dim']}, {settings['per_class']} rows per class, float32 unit-norm "
         f"embeddings (seed {settings['seed']}), distance `{bench_worker.DISTANCE}`, margin "
-        f"{bench_worker.MARGIN}. Each cell: median of up to {settings['repeats']} calls after a "
-        "first (compiling) call, and the peak RSS of that measurement's own process "
-        f"(imports included). Limits per measurement: {settings['time_limit']:g} s "
+        f"{bench_worker.MARGIN}. Each cell: median of {settings['repeats']} calls (fast steps: "
+        "as many as fill 1 s) after a first (compiling) call, and the peak RSS of that "
+        "measurement's own process (imports included). Limits per measurement: "
+        f"{settings['time_limit']:g} s "
         f"({settings['cubic_time_limit']:g} s for the cubic miner), "
         f"{settings['memory_limit_gb']:g} GB. "
         "`×floor`: time ÷ the floor on the same backend; `×0.2.3`: time ÷ triplet-tools 0.2.3; "
