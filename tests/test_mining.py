@@ -108,3 +108,64 @@ def test_invalid_strategy_names():
         mine_triplets(x, [0, 1], positive_strategy="medium")
     with pytest.raises(ValueError, match="negative_mining_strategy.*'semihard'.*'semi-hard'"):
         mine_triplets(x, [0, 1], negative_strategy="semihard")
+
+
+@pytest.mark.parametrize("positive,negative", [("hard", "semi-hard"), ("easy", "hard"),
+                                               ("hard", "easy")])
+def test_wide_batch_matches_dense_numpy(positive, negative):
+    """1,100 anchors x 1,100 references: rows wider than the small-batch code paths (PyTorch
+    searches rows of 1,024 or more in two levels; 1,100 leaves a ragged tail). The reference
+    is the whole distance matrix in float64 NumPy, with the SPEC's rules applied row-wise."""
+    rng = np.random.default_rng(5)
+    labels = rng.integers(0, 140, size=1100)
+    labels[:3] = [1000, 1001, 1002]  # singletons: no positive, invalid
+    x = rng.normal(size=(1100, 8)).astype("float32")
+    mined = mine_triplets(x, labels, distance="euclidean", positive_strategy=positive,
+                          negative_strategy=negative, semi_margin=0.05)
+    p, n, valid = (to_numpy(t) for t in mined)
+
+    xd = x.astype("float64")
+    d = np.sqrt(((xd[:, None, :] - xd[None, :, :]) ** 2).sum(-1))
+    same = labels[:, None] == labels[None, :]
+    is_positive = same & ~np.eye(len(x), dtype=bool)
+    has_positive = is_positive.any(1)
+    np.testing.assert_array_equal(valid, has_positive)
+    rows = np.flatnonzero(has_positive)
+    if positive == "hard":
+        d_ap = np.where(is_positive, d, -np.inf).max(1)
+    else:
+        d_ap = np.where(is_positive, d, np.inf).min(1)
+    np.testing.assert_allclose(d[rows, p[rows]], d_ap[rows], rtol=1e-5)
+    assert is_positive[rows, p[rows]].all()
+    farthest = np.where(same, -np.inf, d).max(1)
+    if negative == "hard":
+        d_an = np.where(same, np.inf, d).min(1)
+    elif negative == "easy":
+        d_an = farthest
+    else:
+        beyond = ~same & (d > d_ap[:, None] + 0.05)
+        nearest_beyond = np.where(beyond, d, np.inf).min(1)
+        d_an = np.where(beyond.any(1), nearest_beyond, farthest)
+    np.testing.assert_allclose(d[rows, n[rows]], d_an[rows], rtol=1e-5)
+    assert not same[rows, n[rows]].any()
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="the eager PyTorch miner's row search")
+def test_torch_two_level_row_search_keeps_the_first_of_ties():
+    """Integer-valued rows (many ties), all-inf and all-(-inf) rows, extremes in the ragged
+    tail: the two-level search returns torch's own argmin/argmax, i.e. the first index."""
+    import torch
+
+    from triplet_tools._torch_mining import _arg_extreme
+
+    generator = torch.Generator().manual_seed(0)
+    for width in (1000, 1024, 1100, 5000, 8192, 8200):
+        values = torch.randint(0, 7, (12, width), generator=generator).float()
+        values[3], values[4] = float("inf"), -float("inf")
+        values[5, width - 1] = -100.0
+        values[6, width - 1] = 100.0
+        for largest in (False, True):
+            value, index = _arg_extreme(values, largest)
+            want = values.argmax(1) if largest else values.argmin(1)
+            assert torch.equal(index, want), (width, largest)
+            assert torch.equal(value, values.gather(1, want[:, None])[:, 0])

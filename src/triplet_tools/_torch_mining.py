@@ -10,6 +10,8 @@ passes to the few that need all scores:
   excluded from the negatives by writing ``K`` entries per row. No ``(rows, M)`` label mask.
 * The remaining passes write into one reused buffer or into the fresh scores in place.
 * The semi-hard fallback (farthest negative) is computed only for the rows that need it.
+* Wide rows find their nearest/farthest column in two levels (``amin`` over chunks, then
+  ``argmin`` inside one chunk): CPU ``argmin`` is not vectorised, ``amin`` is.
 
 It selects what the ``keras.ops`` version selects (ties aside); the tests hold both to the
 same brute-force reference.
@@ -86,9 +88,40 @@ class _ReferenceClasses:
         return self.order[slots], present
 
 
+#: Rows at least this wide find their extreme in two levels (see :func:`_arg_extreme`).
+TWO_LEVEL_MIN_WIDTH = 1024
+
+
 def _arg_extreme(values, largest):
-    index = values.argmax(1) if largest else values.argmin(1)
-    return values.gather(1, index[:, None])[:, 0], index
+    """``(extreme value, first index of it)`` of every row of ``values``.
+
+    PyTorch's CPU ``argmin``/``argmax`` are not vectorised: over a row they run about 20
+    times slower than ``amin``/``amax``. For wide rows, the value-only reduction first
+    finds each row's extreme over chunks of ``c`` columns, ``argmin`` picks the first chunk
+    holding it (``M / c`` values per row), and a second ``argmin`` looks inside that chunk
+    (``c`` values). A tail of ``M mod c`` columns is searched on its own and wins only when
+    strictly better, so the first index among ties is kept.
+    """
+    width = values.shape[1]
+    if width < TWO_LEVEL_MIN_WIDTH:
+        index = values.argmax(1) if largest else values.argmin(1)
+        return values.gather(1, index[:, None])[:, 0], index
+    chunk = 64 if width < 8192 else 128
+    main = width - width % chunk
+    chunks = values[:, :main].unflatten(1, (-1, chunk))
+    if largest:
+        best_chunk = chunks.amax(2).argmax(1)
+    else:
+        best_chunk = chunks.amin(2).argmin(1)
+    rows = torch.arange(values.shape[0], device=values.device)
+    value, inner = _arg_extreme(chunks[rows, best_chunk], largest)
+    index = best_chunk * chunk + inner
+    if main < width:
+        tail_value, tail_index = _arg_extreme(values[:, main:], largest)
+        better = tail_value > value if largest else tail_value < value
+        value = torch.where(better, tail_value, value)
+        index = torch.where(better, tail_index + main, index)
+    return value, index
 
 
 def _set_columns(values, columns, present, fill):
