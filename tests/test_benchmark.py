@@ -91,6 +91,8 @@ def test_markdown_report_has_times_memory_ratios_and_failures():
         _record("triplet-tools-0.2.3", 256, 0.008),
         {"case": "triplet-tools-0.2.3", "batch": 1024, "status": "oom", "peak_rss_mb": 16500.0,
          "detail": "killed at RSS > 16 GB"},
+        {"case": "floor/tensorflow", "batch": 4096, "status": "oom", "peak_rss_mb": 900.0,
+         "detail": "Graph execution error:\n\nOOM when allocating\n [[node]]" + "x" * 400},
     ]
     meta = {**benchmark.machine_info(), "load_end": 0.5,
             "versions": {"this environment": {"keras": "3"}},
@@ -103,6 +105,10 @@ def test_markdown_report_has_times_memory_ratios_and_failures():
     peer_row = next(line for line in report.splitlines() if line.startswith("| triplet-tools 0.2.3"))
     assert "OOM (peak 17.30 GB)" in peer_row
     assert "killed at RSS > 16 GB" in report
+    # A framework's multi-line error stays one list item, cut short.
+    error_item = next(line for line in report.splitlines() if "B=4096: oom" in line)
+    assert "Graph execution error: OOM when allocating [[node]]" in error_item
+    assert len(error_item) < 400 and error_item.endswith("…")
     assert "this environment: keras 3" in report
 
 

@@ -396,8 +396,14 @@ def markdown_report(cases, records, sizes, meta):
         lines += ["", "Not measured:", ""]
         labels = {case.name: case.label for case in cases}
         lines += [f"- {labels.get(r['case'], r['case'])}, B={r['batch']}: {r['status']} — "
-                  f"{r.get('detail', '')}" for r in details]
+                  f"{_one_line(r.get('detail', ''))}" for r in details]
     return "\n".join(lines) + "\n"
+
+
+def _one_line(text, limit=300):
+    """A framework's multi-line error as one Markdown list item: whitespace collapsed, cut."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _label_2_and_5(value, _):

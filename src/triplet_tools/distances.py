@@ -111,8 +111,9 @@ class Distance:
     Both must agree (``paired(x, y)[i] == pairwise(x, y)[i, i]``) and mining assumes that a
     smaller value means more similar. Optionally, override the mining hooks
     (``mining_features`` with ``paired_features``, ``mining_scores``, ``score_to_distance``,
-    ``distance_to_score``) to transform rows once and mine on a cheaper monotone transform. To save and reload models that use it, register it
-    with ``keras.saving.register_keras_serializable`` and give it a ``get_config``.
+    ``distance_to_score``) to transform rows once and mine on a cheaper monotone transform.
+    To save and reload models that use it, register it with
+    ``keras.saving.register_keras_serializable`` and give it a ``get_config``.
 
     Example:
 
