@@ -64,7 +64,6 @@ class _ReferenceClasses:
     """The references grouped by label: every anchor's same-label columns, as a short list."""
 
     def __init__(self, labels, mask):
-        self.labels = labels
         self.order = torch.argsort(labels, stable=True)
         self.sorted_labels = labels[self.order].contiguous()
         # Masked-out references (empty memory slots) are neither positive nor negative.

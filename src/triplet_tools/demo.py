@@ -82,6 +82,8 @@ def run(loss="semihard", distance="cosine", epochs=20, batch_size=120, out="demo
     """
     check_choice(loss, tuple(LOSSES), "loss")
     check_choice(map_method, plots.MAP_METHODS, "map_method")
+    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
+        raise datasets.DataError(f"--memory must be an int >= 0; received {memory!r}")
     started = time.perf_counter()
     dataset = datasets.load_digits() if data is None else datasets.load_file(data, label_column)
     split = _split(dataset, seed)
@@ -90,8 +92,6 @@ def run(loss="semihard", distance="cosine", epochs=20, batch_size=120, out="demo
     echo(f"data: {dataset.description}: {len(dataset.y)} samples, {dataset.x.shape[1]} "
          f"features, {len(dataset.class_names)} classes; {len(split['y_test'])} held out "
          f"({HOLDOUT_FRACTION:.0%} of every class)")
-    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
-        raise datasets.DataError(f"--memory must be an int >= 0; received {memory!r}")
     echo(f"model: MLP 128-128 + L2Embedding({EMBEDDING_DIM}); loss: {loss_description}; "
          f"distance: {distance}; batches: {classes} classes x {per_class} samples; "
          f"cross-batch memory: {memory or 'none'}; backend: {keras.backend.backend()}")

@@ -20,6 +20,7 @@ slice, as every other library does, and the reduction follows the framework's co
 A world of one replica behaves exactly like no distribution at all.
 """
 
+import functools
 from typing import Callable, NamedTuple
 
 import keras
@@ -156,10 +157,12 @@ def _torch_sum(x):
 
 
 def _torch_gather(x):
-    return _TorchAllGather.apply(x)
+    return _torch_all_gather().apply(x)
 
 
-def _make_torch_all_gather():
+@functools.cache
+def _torch_all_gather():
+    """The autograd Function, built on first use so that importing this module needs no torch."""
     import torch
 
     class TorchAllGather(torch.autograd.Function):
@@ -180,20 +183,6 @@ def _make_torch_all_gather():
             return total[start:start + ctx.rows]
 
     return TorchAllGather
-
-
-class _LazyTorchAllGather:
-    """Builds the autograd Function on first use, so importing this module needs no torch."""
-
-    function = None
-
-    def apply(self, x):
-        if self.function is None:
-            type(self).function = _make_torch_all_gather()
-        return self.function.apply(x)
-
-
-_TorchAllGather = _LazyTorchAllGather()
 
 
 def replica_positions(group, local_rows):
