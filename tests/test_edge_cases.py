@@ -29,6 +29,15 @@ def test_no_valid_anchor_gives_exact_zero_and_zero_gradient(labels, kind, kwargs
 
 
 @pytest.mark.parametrize("kind,kwargs", ALL_LOSSES)
+def test_empty_batch_gives_exact_zero(kind, kwargs):
+    """Zero rows (say, an empty last batch): no valid anchor, so the loss is exactly 0."""
+    x = np.zeros((0, 4), "float32")
+    value, grad = value_and_grad(lambda t: KINDS[kind](**kwargs)(np.zeros((0,), "int32"), t), x)
+    assert value == 0.0 and grad.shape == (0, 4)
+    assert to_numpy(KINDS[kind](reduction="none", **kwargs)([], x)).shape == (0,)
+
+
+@pytest.mark.parametrize("kind,kwargs", ALL_LOSSES)
 def test_duplicate_embeddings(kind, kwargs):
     """Rows 0/1 and 2/3 are exact duplicates, within and across classes: zero distances and
     ties. The result must be one of the values a tied choice gives, with finite gradients."""

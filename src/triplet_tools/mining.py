@@ -279,6 +279,10 @@ def mine_features(
     if reference_mask is not None:
         reference_mask = ops.cast(ops.convert_to_tensor(reference_mask), "bool")
     anchor_positions = ops.cast(anchor_positions, "int32")
+    if num_anchors == 0:
+        # An empty batch has no valid anchor (and nothing to reduce over).
+        nothing = ops.zeros((0,), "int32")
+        return MinedTriplets(nothing, nothing, ops.zeros((0,), "bool"))
 
     rules = dict(distance=distance, positive_strategy=positive_strategy,
                  negative_strategy=negative_strategy, semi_margin=semi_margin)
