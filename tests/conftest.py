@@ -5,7 +5,27 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+from backend import BACKEND  # noqa: E402  (imports keras, after the log level is set)
+
 
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+#: Under PyTorch, mining-heavy modules run once per eager miner of ``_torch_mining``.
+MINERS = ["dense", "label-sorted"] if BACKEND == "torch" else [BACKEND]
+
+
+@pytest.fixture(params=MINERS)
+def each_torch_miner(request, monkeypatch):
+    """Under PyTorch, runs the test with each eager miner of ``triplet_tools._torch_mining``
+    (the dense one serves small problems, the label-sorted one large ones); elsewhere once.
+
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("each_torch_miner")``.
+    """
+    if request.param in ("dense", "label-sorted"):
+        from triplet_tools import _torch_mining
+
+        limit = 2**62 if request.param == "dense" else -1
+        monkeypatch.setattr(_torch_mining, "DENSE_MAX_SCORES", limit)

@@ -10,6 +10,9 @@ from test_losses import KINDS
 from triplet_tools import PNLoss, TripletLoss
 from triplet_tools.distances import DISTANCE_NAMES
 
+# Under PyTorch, each test runs with both eager miners (see conftest.py).
+pytestmark = pytest.mark.usefixtures("each_torch_miner")
+
 ALL_LOSSES = [
     ("triplet", {"distance": d}) for d in DISTANCE_NAMES
 ] + [("pn", {"distance": "euclidean", "soft_margin": True}), ("priming", {"distance": "cosine"})]

@@ -10,6 +10,9 @@ from backend import BACKEND, compiled_value_and_grad, to_numpy, value_and_grad
 from triplet_tools import PNLoss, PrimingLoss, TripletLoss
 from triplet_tools.distances import DISTANCE_NAMES
 
+# Under PyTorch, each test runs with both eager miners (see conftest.py).
+pytestmark = pytest.mark.usefixtures("each_torch_miner")
+
 KINDS = {"triplet": TripletLoss, "pn": PNLoss, "priming": PrimingLoss}
 
 

@@ -14,6 +14,9 @@ from backend import to_numpy
 from triplet_tools.losses import PNLoss, TripletLoss
 from triplet_tools.memory import CrossBatchMemory
 
+# Under PyTorch, each test runs with both eager miners (see conftest.py).
+pytestmark = pytest.mark.usefixtures("each_torch_miner")
+
 
 def _memory(size, dim=3, recording=True):
     layer = CrossBatchMemory(size)

@@ -7,6 +7,9 @@ import reference as ref
 from backend import BACKEND, compiled, to_numpy
 from triplet_tools.mining import auto_block_rows, mine_triplets
 
+# Under PyTorch, each test runs with both eager miners (see conftest.py).
+pytestmark = pytest.mark.usefixtures("each_torch_miner")
+
 
 def _chosen_distances(name, x, refs, mined):
     p, n, valid = (to_numpy(t) for t in mined)

@@ -12,6 +12,9 @@ passes to the few that need all scores:
 * The semi-hard fallback (farthest negative) is computed only for the rows that need it.
 * Wide rows find their nearest/farthest column in two levels (``amin`` over chunks, then
   ``argmin`` inside one chunk): CPU ``argmin`` is not vectorised, ``amin`` is.
+* Small problems (at most ``DENSE_MAX_SCORES`` scores) are cheaper the other way round: the
+  cost there is the number of ops, not the passes, so :func:`_mine_dense` builds the
+  ``(n, M)`` label mask and mines in about fifteen ops.
 
 It selects what the ``keras.ops`` version selects (ties aside); the tests hold both to the
 same brute-force reference.
@@ -32,8 +35,14 @@ def mine(anchors, anchor_labels, anchor_positions, references, reference_labels,
     rules = dict(distance=distance, positive_strategy=positive_strategy,
                  negative_strategy=negative_strategy, semi_margin=semi_margin)
     with torch.no_grad():
-        classes = _ReferenceClasses(reference_labels, reference_mask)
         anchor_positions = anchor_positions.long()
+        if num_anchors * references.shape[0] <= DENSE_MAX_SCORES:
+            scores = distance.mining_scores(anchors, references)
+            positive, negative, valid = _mine_dense(
+                scores, anchors, anchor_labels, anchor_positions, reference_labels,
+                reference_mask, **rules)
+            return positive.to(torch.int32), negative.to(torch.int32), valid
+        classes = _ReferenceClasses(reference_labels, reference_mask)
         if rows >= num_anchors:
             scores = distance.mining_scores(anchors, references)
             positive, negative, valid = _mine_block(
@@ -87,6 +96,11 @@ class _ReferenceClasses:
         return self.order[slots], present
 
 
+#: Problems of at most this many scores (B=256 in-batch) are mined by :func:`_mine_dense`.
+#: Measured on 2 cores: 2x faster than the label-sorted path at B=64, 1.2x at B=256,
+#: 1.3x slower at B=512.
+DENSE_MAX_SCORES = 2**16
+
 #: Rows at least this wide find their extreme in two levels (see :func:`_arg_extreme`).
 TWO_LEVEL_MIN_WIDTH = 1024
 
@@ -128,6 +142,39 @@ def _set_columns(values, columns, present, fill):
     columns, so a scatter of kept values could overwrite the fill)."""
     rows = torch.arange(values.shape[0], device=values.device)[:, None].expand_as(columns)
     values[rows[present], columns[present]] = fill
+
+
+def _mine_dense(scores, anchors, anchor_labels, anchor_positions, reference_labels,
+                reference_mask, *, distance, positive_strategy, negative_strategy, semi_margin):
+    """The rules of ``mining._mine_block`` with a dense ``(n, M)`` label mask; overwrites
+    ``scores``. Row reductions return the first index of ties, as ``_arg_extreme`` does."""
+    same = anchor_labels[:, None] == reference_labels[None, :]
+    columns = torch.arange(scores.shape[1], device=scores.device)
+    positive_mask = same & (columns[None, :] != anchor_positions[:, None])
+    if reference_mask is not None:
+        # A masked-out reference is neither positive nor negative: treat it as "same".
+        positive_mask &= reference_mask[None, :]
+        same |= ~reference_mask[None, :]
+
+    hard_positive = positive_strategy == "hard"
+    fill = -_INF if hard_positive else _INF
+    positive_scores = torch.where(positive_mask, scores, fill)
+    positive_score, positive = (positive_scores.max(1) if hard_positive
+                                else positive_scores.min(1))
+    has_positive = positive_score != fill
+
+    if negative_strategy == "hard":
+        negative_score, negative = scores.masked_fill_(same, _INF).min(1)
+        return positive, negative, has_positive & (negative_score < _INF)
+    negative_scores = scores.masked_fill_(same, -_INF)
+    farthest_score, negative = negative_scores.max(1)
+    valid = has_positive & (farthest_score > -_INF)
+    if negative_strategy == "easy":
+        return positive, negative, valid
+    threshold = semi_hard_threshold(distance, positive_score, anchors, semi_margin)
+    excess = F.threshold_(negative_scores - threshold[:, None], 0.0, _INF)
+    semi_hard_excess, semi_hard = excess.min(1)
+    return positive, torch.where(semi_hard_excess < _INF, semi_hard, negative), valid
 
 
 def _mine_block(scores, anchors, anchor_labels, anchor_positions, classes, work, *,
