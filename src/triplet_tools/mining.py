@@ -23,9 +23,9 @@ O(B*M).
 from typing import NamedTuple
 
 import keras
-from keras import ops
 
 from triplet_tools import distances as distances_module
+from triplet_tools._ops import ops
 
 #: Accepted values of ``positive_mining_strategy``.
 POSITIVE_STRATEGIES = ("hard", "easy")

@@ -13,11 +13,11 @@ from typing import NamedTuple
 
 import keras
 import numpy as np
-from keras import ops
 
 from triplet_tools import distances as distances_module
 from triplet_tools import distributed, mining
 from triplet_tools import memory as memory_module
+from triplet_tools._ops import ops
 
 REDUCTIONS = ("sum_over_batch_size", "sum", "none", "mean", "mean_with_sample_weight")
 

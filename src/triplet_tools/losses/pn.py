@@ -1,8 +1,8 @@
 """PN loss: the triplet loss whose negative distance also looks from the positive."""
 
 import keras
-from keras import ops
 
+from triplet_tools._ops import ops
 from triplet_tools.losses.triplet import TripletLoss
 
 

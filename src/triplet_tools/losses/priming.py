@@ -1,8 +1,8 @@
 """Priming loss (triplet-tools 0.2.3): pull the hardest positive in, push the hardest negative away."""
 
 import keras
-from keras import ops
 
+from triplet_tools._ops import ops
 from triplet_tools.losses.base import TripletFamilyLoss
 
 

@@ -1,8 +1,8 @@
 """Triplet loss with online mining, and the triplet-tools 0.2.3 entry points."""
 
 import keras
-from keras import ops
 
+from triplet_tools._ops import ops
 from triplet_tools.losses.base import TripletFamilyLoss, check_number
 
 SOFT_MARGIN_ERROR = "Margin value is not used when soft_margin is set to True."
