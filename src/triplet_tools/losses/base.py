@@ -253,7 +253,9 @@ class TripletFamilyLoss(keras.losses.Loss):
             loss = self.reduce(triplets.loss, triplets.valid, sample_weight)
             if self.reduction in ("sum_over_batch_size", "mean", "mean_with_sample_weight"):
                 # Keras' convention for a replica's mean under tf.distribute (1 elsewhere).
-                loss = loss * distributed.per_replica_loss_scale()
+                scale = distributed.per_replica_loss_scale()
+                if scale != 1:
+                    loss = loss * scale
             return loss
 
     def _replica_share(self, group, y_true, y_pred, sample_weight):
@@ -306,7 +308,8 @@ class TripletFamilyLoss(keras.losses.Loss):
         ``across`` sums the divisor over replicas (global mining), so that every replica
         divides its share by the global number (or weight) of valid anchors.
         """
-        weights = ops.cast(valid, losses.dtype)
+        valid = ops.cast(valid, losses.dtype)
+        weights = valid
         if sample_weight is not None:
             sample_weight = ops.cast(ops.convert_to_tensor(sample_weight), losses.dtype)
             if len(sample_weight.shape) == 2 and sample_weight.shape[1] == 1:
@@ -324,13 +327,14 @@ class TripletFamilyLoss(keras.losses.Loss):
         total = ops.sum(weighted)
         if self.reduction == "sum":
             return ops.cast(total, self.dtype)
-        if self.reduction == "mean_with_sample_weight":
-            divisor = ops.sum(weights)
-        else:
-            divisor = ops.sum(ops.cast(valid, losses.dtype))
+        by_weight = self.reduction == "mean_with_sample_weight"
+        divisor = ops.sum(weights if by_weight else valid)
         divisor = ops.stop_gradient(divisor if across is None else across(divisor))
         # No valid anchor: total is an exact 0 (or NaN from a NaN embedding), divided by 1.
-        divisor = ops.where(ops.equal(divisor, 0), ops.ones_like(divisor), divisor)
+        if by_weight:
+            divisor = ops.where(ops.equal(divisor, 0), ops.ones_like(divisor), divisor)
+        else:
+            divisor = ops.maximum(divisor, 1)  # a count: 0 or at least 1
         return ops.cast(total / divisor, self.dtype)
 
     # --- config --------------------------------------------------------------------------
