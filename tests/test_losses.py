@@ -81,6 +81,23 @@ def test_compiled_matches_reference(kind, distance):
     )
 
 
+@pytest.mark.skipif(BACKEND != "torch", reason="torch.compile is PyTorch's compiler")
+def test_torch_compile_matches_reference():
+    """The loss under ``torch.compile`` (what Keras' ``jit_compile=True`` uses on torch),
+    once per eager miner (the label-sorted one breaks the graph at its data-dependent
+    widths); gradient by autograd through the compiled graph."""
+    import torch
+
+    labels, x = batch("invalid")
+    ref_kwargs = {"loss": "triplet", "distance_name": "cosine", "negative": "semi-hard"}
+    loss = torch.compile(TripletLoss(distance="cosine"))
+    value, grad = value_and_grad(lambda t: loss(labels, t), x)
+    np.testing.assert_allclose(value, ref.loss_value(labels, x, **ref_kwargs), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        grad, ref.numerical_gradient(labels, x, **ref_kwargs), rtol=1e-3, atol=2e-5
+    )
+
+
 def test_semi_hard_fallback_uses_farthest_negative():
     """Class 0 is spread out and class 1 sits between its members, so for the anchors of
     class 0 no negative lies beyond the hardest positive: S(a) is empty and SPEC falls back

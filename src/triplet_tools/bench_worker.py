@@ -105,11 +105,12 @@ def _torch_step(loss_fn, embeddings, labels):
     return step, (lambda t: t.detach().numpy()), _versions("torch")
 
 
-def ours(strategy):
+def ours(strategy, torch_compile=False):
     """Our ``TripletLoss`` on the Keras backend named by ``KERAS_BACKEND``.
 
     TensorFlow runs under ``tf.function(jit_compile=True)``, JAX under
-    ``jax.jit(jax.value_and_grad(...))``, PyTorch eagerly.
+    ``jax.jit(jax.value_and_grad(...))``, PyTorch eagerly, or with ``torch_compile`` under
+    ``torch.compile`` (the loss; the gradient by autograd through the compiled graph).
     """
 
     def build(embeddings, labels):
@@ -129,6 +130,10 @@ def ours(strategy):
             step = lambda: jax.block_until_ready(value_and_grad(x, y))  # noqa: E731
             to_numpy, more = np.asarray, _versions("jax", "jaxlib")
         else:
+            if torch_compile:
+                import torch
+
+                loss = torch.compile(loss)
             step, to_numpy, more = _torch_step(loss, embeddings, labels)
         return step, to_numpy, {**versions, **more}
 
@@ -232,6 +237,8 @@ def _check_installed_copy(module, distribution, version):
 CASES = {
     "ours-semi-hard": ours("semi-hard"),
     "ours-batch-hard": ours("hard"),
+    "ours-semi-hard-compiled": ours("semi-hard", torch_compile=True),
+    "ours-batch-hard-compiled": ours("hard", torch_compile=True),
     "floor-tensorflow": floor("tensorflow"),
     "floor-jax": floor("jax"),
     "floor-torch": floor("torch"),

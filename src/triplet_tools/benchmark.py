@@ -11,8 +11,9 @@ for each case (library x backend) and each batch size B, in increasing B:
 then: results.json (raw), results.md (table), bench.png (log-log plot) in --out
 ```
 
-Cases: our ``TripletLoss`` (semi-hard and batch-hard) on TensorFlow (XLA), JAX (jit) and
-PyTorch (eager); the floor, one forward ``B x B x D`` product, per backend; and the peers,
+Cases: our ``TripletLoss`` (semi-hard and batch-hard) on TensorFlow (XLA), JAX (jit),
+PyTorch (eager) and PyTorch under ``torch.compile`` (its compile caches off, so the first
+call is a cold compile); the floor, one forward ``B x B x D`` product, per backend; and the peers,
 each in its own virtual environment under ``--peers-dir`` (``make bench`` creates them from
 ``bench/peers/``): triplet-tools 0.2.3 (it has our import name), TensorFlow Similarity 0.17.1
 under ``tf_keras``, and pytorch-metric-learning 2.9.0.
@@ -46,8 +47,11 @@ from triplet_tools import bench_worker
 
 DEFAULT_SIZES = (256, 1024, 4096, 16384, 65536)
 BACKENDS = ("tensorflow", "jax", "torch")
+#: How our loss runs: each backend, plus PyTorch under ``torch.compile``.
+MODES = BACKENDS + ("torch-compile",)
 LOSSES = ("semi-hard", "batch-hard")
-BACKEND_LABELS = {"tensorflow": "TF (XLA)", "jax": "JAX (jit)", "torch": "torch (eager)"}
+BACKEND_LABELS = {"tensorflow": "TF (XLA)", "jax": "JAX (jit)", "torch": "torch (eager)",
+                  "torch-compile": "torch (torch.compile)"}
 #: The peer every time is also divided by (the ``×0.2.3`` column).
 BASELINE = "triplet-tools-0.2.3"
 #: Statuses that are results (the library ran out of time or memory), not harness faults.
@@ -77,14 +81,17 @@ class Case:
     cubic: bool = False
 
 
-def our_case(loss, backend):
-    """Our ``TripletLoss`` with ``loss`` (``"semi-hard"`` or ``"batch-hard"``) on ``backend``."""
+def our_case(loss, mode):
+    """Our ``TripletLoss`` with ``loss`` (``"semi-hard"`` or ``"batch-hard"``) run as ``mode``
+    (one of :data:`MODES`)."""
+    backend = "torch" if mode == "torch-compile" else mode
     return Case(
-        name=f"ours-{loss}/{backend}",
-        label=f"triplet-tools TripletLoss {loss} · {BACKEND_LABELS[backend]}",
-        worker_case=f"ours-{loss}",
+        name=f"ours-{loss}/{mode}",
+        label=f"triplet-tools TripletLoss {loss} · {BACKEND_LABELS[mode]}",
+        worker_case=f"ours-{loss}" + ("-compiled" if mode == "torch-compile" else ""),
         backend=backend,
-        env=(("KERAS_BACKEND", backend),),
+        env=(("KERAS_BACKEND", backend),) + (
+            (("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1"),) if mode == "torch-compile" else ()),
     )
 
 
@@ -126,7 +133,7 @@ PEERS = {
 }
 
 
-def select_cases(backends=BACKENDS, losses=LOSSES, peers=tuple(PEERS)):
+def select_cases(backends=MODES, losses=LOSSES, peers=tuple(PEERS)):
     """The cases to run, in table order: ours, the floors, then the peers.
 
     A floor runs for every backend that a selected case uses, so each row has its ratio.
@@ -538,8 +545,9 @@ def add_arguments(parser):
     parser.add_argument("--sizes", type=_int_list, default=list(DEFAULT_SIZES),
                         help="comma-separated batch sizes (default: "
                         f"{','.join(map(str, DEFAULT_SIZES))})")
-    parser.add_argument("--backends", type=_choice_list(BACKENDS), default=list(BACKENDS),
-                        help="Keras backends for our loss (default: all three)")
+    parser.add_argument("--backends", type=_choice_list(MODES), default=list(MODES),
+                        help="Keras backends for our loss, and torch-compile for PyTorch "
+                             "under torch.compile (default: all four)")
     parser.add_argument("--losses", type=_choice_list(LOSSES), default=list(LOSSES),
                         help="our losses to measure (default: semi-hard,batch-hard)")
     peers = parser.add_mutually_exclusive_group()
