@@ -172,13 +172,17 @@ def test_call_returns_per_anchor_losses():
 
 
 @pytest.mark.skipif(BACKEND == "jax", reason="JAX runs float64 only with jax_enable_x64")
-def test_float64_is_computed_in_float64():
+@pytest.mark.parametrize("distance", DISTANCE_NAMES[:5])
+def test_float64_is_computed_in_float64(distance):
+    """Every step stays in float64, the normalisation of cosine / euclidean_norm included
+    (Keras 3.15's torch ``maximum(float64, scalar)`` returns float32)."""
     labels, x = batch("full")
-    x = x.astype(np.float64) * 1e-3  # tiny distances: float32 would lose digits
-    loss = TripletLoss(distance="euclidean", margin=1e-4, dtype="float64")
+    x = x.astype(np.float64)
+    loss = TripletLoss(distance=distance, margin=0.5, dtype="float64")
     value = to_numpy(loss(labels, x))
     assert value.dtype == np.float64
-    want = ref.loss_value(labels, x, distance_name="euclidean", margin=1e-4)
+    want = ref.loss_value(labels, x, distance_name=distance, margin=0.5)
+    # float32 anywhere would be off by ~1e-7 of the value; float64 by far less than 1e-10.
     np.testing.assert_allclose(value, want, rtol=1e-10)
 
 
