@@ -36,19 +36,20 @@ def mine(anchors, anchor_labels, anchor_positions, references, reference_labels,
                  negative_strategy=negative_strategy, semi_margin=semi_margin)
     with torch.no_grad():
         anchor_positions = anchor_positions.long()
-        if num_anchors * references.shape[0] <= DENSE_MAX_SCORES:
+        dense = num_anchors * references.shape[0] <= DENSE_MAX_SCORES
+        if dense or rows >= num_anchors:
             scores = distance.mining_scores(anchors, references)
-            positive, negative, valid = _mine_dense(
-                scores, anchors, anchor_labels, anchor_positions, reference_labels,
-                reference_mask, **rules)
+            if dense:
+                positive, negative, valid = _mine_dense(
+                    scores, anchors, anchor_labels, anchor_positions, reference_labels,
+                    reference_mask, **rules)
+            else:
+                positive, negative, valid = _mine_block(
+                    scores, anchors, anchor_labels, anchor_positions,
+                    _ReferenceClasses(reference_labels, reference_mask),
+                    torch.empty_like(scores), **rules)
             return positive.to(torch.int32), negative.to(torch.int32), valid
         classes = _ReferenceClasses(reference_labels, reference_mask)
-        if rows >= num_anchors:
-            scores = distance.mining_scores(anchors, references)
-            positive, negative, valid = _mine_block(
-                scores, anchors, anchor_labels, anchor_positions, classes,
-                torch.empty_like(scores), **rules)
-            return positive.to(torch.int32), negative.to(torch.int32), valid
         outputs = (
             torch.empty(num_anchors, dtype=torch.int32, device=anchors.device),
             torch.empty(num_anchors, dtype=torch.int32, device=anchors.device),
