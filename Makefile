@@ -4,7 +4,9 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
-DOCTESTS := --doctest-modules src/triplet_tools --ignore=src/triplet_tools/legacy.py
+# The library's doctests run on every backend; the demo's and the benchmark's once (test-tools).
+DOCTESTS := --doctest-modules src/triplet_tools --ignore=src/triplet_tools/legacy.py \
+	--ignore=src/triplet_tools/demo
 export TF_CPP_MIN_LOG_LEVEL := 3
 export PYTHONUNBUFFERED := 1
 
@@ -13,7 +15,7 @@ export PYTHONUNBUFFERED := 1
 DEMO_BACKEND ?= jax
 DEMO_ARGS ?=
 
-.PHONY: demo test test-tensorflow test-jax test-torch test-legacy bench bench-peers clean
+.PHONY: demo test test-tensorflow test-jax test-torch test-legacy test-tools bench bench-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,9 +34,10 @@ $(VENV)/.installed-demo-$(DEMO_BACKEND): pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed-demo-$(DEMO_BACKEND)
 	KERAS_BACKEND=$(DEMO_BACKEND) $(BIN)/triplet-tools demo $(DEMO_ARGS)
 
-# The suite once per Keras backend, each in its own process, then the tf_keras leg.
+# The suite once per Keras backend, each in its own process, then the tf_keras leg, then the
+# tools (the demo's doctests and the benchmark harness), which run once.
 test: $(VENV)/.installed-test
-	$(MAKE) --no-print-directory test-tensorflow test-jax test-torch test-legacy
+	$(MAKE) --no-print-directory test-tensorflow test-jax test-torch test-legacy test-tools
 
 test-tensorflow test-jax test-torch: test-%: $(VENV)/.installed-test
 	@echo "=== KERAS_BACKEND=$*"
@@ -45,10 +48,14 @@ test-legacy: $(VENV)/.installed-test
 	TF_USE_LEGACY_KERAS=1 KERAS_BACKEND=tensorflow $(PYTEST) tests/legacy \
 		--doctest-modules src/triplet_tools/legacy.py
 
-# --- make bench: ours on every backend against the peers (issue 4) -------------------------
+test-tools: $(VENV)/.installed-test
+	@echo "=== tools: demo doctests and the benchmark harness (KERAS_BACKEND=jax)"
+	KERAS_BACKEND=jax $(PYTEST) bench --doctest-modules src/triplet_tools/demo bench
+
+# --- make bench: ours on every backend against the peers ------------------------------------
 # Peers live in their own environments, one per bench/peers/<name>.txt, under $(BENCH_DIR).
 # `make bench SIZES=256,1024` for a short run; BENCH_ARGS passes any other option
-# (`triplet-tools bench -h`), e.g. BENCH_ARGS="--no-peers --backends jax".
+# (`.venv/bin/python bench/benchmark.py -h`), e.g. BENCH_ARGS="--no-peers --backends jax".
 BENCH_DIR ?= .bench
 SIZES ?=
 BENCH_ARGS ?=
@@ -56,7 +63,7 @@ PEER_NAMES := $(basename $(notdir $(filter-out %/constraints.txt,$(wildcard benc
 PEER_STAMPS := $(PEER_NAMES:%=$(BENCH_DIR)/%/.installed)
 
 bench: $(VENV)/.installed-test $(PEER_STAMPS)
-	$(BIN)/triplet-tools bench --peers-dir $(BENCH_DIR) $(if $(SIZES),--sizes $(SIZES)) $(BENCH_ARGS)
+	$(BIN)/python bench/benchmark.py --peers-dir $(BENCH_DIR) $(if $(SIZES),--sizes $(SIZES)) $(BENCH_ARGS)
 
 bench-peers: $(PEER_STAMPS)
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import reference as ref
-from triplet_tools import cli, datasets
+from triplet_tools.demo import cli
+from triplet_tools.demo import data as datasets
 
 
 def run_cli(capsys, *args):

@@ -2,7 +2,7 @@
 
 import sys
 
-from triplet_tools.cli import main
+from triplet_tools.demo.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,7 +4,6 @@
 triplet-tools demo [--loss semihard|hard|pn|priming|soft] [--distance NAME] [--epochs N]
                    [--batch-size B] [--out DIR] [--seed S] [--data FILE] [--label-column NAME]
                    [--memory ROWS]
-triplet-tools bench [--sizes 256,1024,...] [--backends ...] [--no-peers] [--out DIR] ...
 ```
 
 Each subcommand is one ``argparse`` subparser with a ``run`` function; add another with
@@ -17,7 +16,8 @@ status 2, never a traceback. (A Keras backend that is not installed fails earlie
 import argparse
 import sys
 
-from triplet_tools import benchmark, demo, plots
+from triplet_tools.demo import command as demo
+from triplet_tools.demo import pictures as plots
 from triplet_tools.distances import DISTANCE_NAMES
 
 PROG = "triplet-tools"
@@ -74,10 +74,6 @@ def build_parser():
                              help="cross-batch memory: also mine against the last ROWS "
                                   "training embeddings (default 0: in-batch mining only)")
     demo_parser.set_defaults(run=run_demo)
-    bench_help = "loss + gradient time and peak memory against the peers"
-    bench_parser = subparsers.add_parser("bench", help=bench_help, description=bench_help)
-    benchmark.add_arguments(bench_parser)
-    bench_parser.set_defaults(run=benchmark.run)
     return parser
 
 

@@ -18,7 +18,8 @@ import time
 import keras
 import numpy as np
 
-from triplet_tools import datasets, plots
+from triplet_tools.demo import data as datasets
+from triplet_tools.demo import pictures as plots
 from triplet_tools.evaluation import RetrievalMetricsCallback, metric_names, retrieval_metrics
 from triplet_tools.layers import L2Embedding
 from triplet_tools.losses import PNLoss, PrimingLoss, TripletLoss
@@ -59,7 +60,7 @@ def run(loss="semihard", distance="cosine", epochs=20, batch_size=120, out="demo
         out: folder for the pictures and ``metrics.json`` (created if missing).
         seed: seeds the split, the batches, the weights and the map.
         data: ``None`` for scikit-learn's digits, else a ``.npz`` / ``.csv`` path (see
-            :mod:`triplet_tools.datasets`).
+            :mod:`triplet_tools.demo.data`).
         label_column: the label column of a ``.csv`` file.
         map_method: ``"tsne"`` or ``"pca"`` for the 2-D map.
         memory: rows of cross-batch memory (``triplet_tools.memory.CrossBatchMemory``);
@@ -72,7 +73,7 @@ def run(loss="semihard", distance="cosine", epochs=20, batch_size=120, out="demo
         "train_seconds": float, "total_seconds": float, ...}``.
 
     Raises:
-        triplet_tools.datasets.DataError: for unusable data, with a one-line message.
+        triplet_tools.demo.data.DataError: for unusable data, with a one-line message.
 
     Example (what ``triplet-tools demo --loss hard --epochs 5`` runs)::
 

@@ -11,7 +11,8 @@ import sys
 import keras
 import pytest
 
-from triplet_tools import bench_worker, benchmark, cli
+import bench_worker
+import benchmark
 
 BACKEND = keras.backend.backend()
 
@@ -114,7 +115,7 @@ def test_markdown_report_has_times_memory_ratios_and_failures():
 
 def test_cli_bench_help_lists_the_options(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["bench", "-h"])
+        benchmark.main(["-h"])
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
     for option in ("--sizes", "--backends", "--no-peers", "--peers-dir", "--out", "--time-limit"):
@@ -122,15 +123,15 @@ def test_cli_bench_help_lists_the_options(capsys):
 
 
 def test_cli_rejects_bad_sizes(capsys):
-    assert cli.main(["bench", "--sizes", "64,x"]) == 2
+    assert benchmark.main(["--sizes", "64,x"]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.startswith("triplet-tools bench: error:") and "'64,x'" in error
+    assert error.startswith("make bench: error:") and "'64,x'" in error
     assert len(error.splitlines()) == 1
 
 
 def test_end_to_end_tiny_run_writes_table_json_and_plot(tmp_path, capsys):
-    code = cli.main([
-        "bench", "--sizes", "64", "--backends", BACKEND, "--losses", "semi-hard", "--no-peers",
+    code = benchmark.main([
+        "--sizes", "64", "--backends", BACKEND, "--losses", "semi-hard", "--no-peers",
         "--repeats", "2", "--out", str(tmp_path), "--time-limit", "240",
     ])
     assert code == 0

@@ -2,7 +2,7 @@
 
 ```
 for each case (library x backend) and each batch size B, in increasing B:
-    one fresh process runs triplet_tools/bench_worker.py with the case's Python:
+    one fresh process runs bench/bench_worker.py with the case's Python:
         first call (trace + compile + run), then the median of --repeats calls
         (fast steps: as many as fill one second)
     this process watches it: past --time-limit -> "timeout", RSS past --memory-limit -> "OOM"
@@ -43,7 +43,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from triplet_tools import bench_worker
+import bench_worker
+
+PROG = "make bench"
 
 DEFAULT_SIZES = (256, 1024, 4096, 16384, 65536)
 BACKENDS = ("tensorflow", "jax", "torch")
@@ -626,11 +628,29 @@ def run(args):
     return 1 if errors else 0
 
 
+class UsageError(Exception):
+    """A bad command-line argument; printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    # One line instead of argparse's usage block.
+    def error(self, message):
+        raise UsageError(f"{self.prog}: error: {message} (see {self.prog} --help)")
+
+
+def build_parser():
+    return add_arguments(_Parser(prog=PROG, description=__doc__.splitlines()[0]))
+
+
 def main(argv=None):
-    """``python -m triplet_tools.benchmark [options]``; the same as ``triplet-tools bench``."""
-    parser = add_arguments(argparse.ArgumentParser(
-        prog="triplet-tools bench", description=__doc__.splitlines()[0]))
-    return run(parser.parse_args(argv))
+    """``python bench/benchmark.py [options]`` (what ``make bench`` runs); returns the exit
+    status: 0, 1 when a measurement crashed, 2 after a one-line usage error on stderr."""
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as error:
+        print(" ".join(str(error).split()), file=sys.stderr)
+        return 2
+    return run(args)
 
 
 if __name__ == "__main__":
