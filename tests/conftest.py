@@ -19,13 +19,13 @@ MINERS = ["dense", "label-sorted"] if BACKEND == "torch" else [BACKEND]
 
 @pytest.fixture(params=MINERS)
 def each_torch_miner(request, monkeypatch):
-    """Under PyTorch, runs the test with each eager miner of ``triplet_tools._torch_mining``
+    """Under PyTorch, runs the test with each eager miner of ``triplet_tools.mining.torch_kernel``
     (the dense one serves small problems, the label-sorted one large ones); elsewhere once.
 
     Modules opt in with ``pytestmark = pytest.mark.usefixtures("each_torch_miner")``.
     """
     if request.param in ("dense", "label-sorted"):
-        from triplet_tools import _torch_mining
+        from triplet_tools.mining import torch_kernel as _torch_mining
 
         limit = 2**62 if request.param == "dense" else -1
         monkeypatch.setattr(_torch_mining, "DENSE_MAX_SCORES", limit)

@@ -159,7 +159,7 @@ def test_torch_two_level_row_search_keeps_the_first_of_ties():
     tail: the two-level search returns torch's own argmin/argmax, i.e. the first index."""
     import torch
 
-    from triplet_tools._torch_mining import _arg_extreme
+    from triplet_tools.mining.torch_kernel import _arg_extreme
 
     generator = torch.Generator().manual_seed(0)
     for width in (1000, 1024, 1100, 5000, 8192, 8200):

@@ -79,6 +79,10 @@ else:
     def maximum(x1, x2):
         if isinstance(x1, torch.Tensor) and isinstance(x2, (int, float)):
             return x1.clamp_min(x2)
+        if (isinstance(x1, torch.Tensor) and isinstance(x2, torch.Tensor)
+                and x1.dtype == x2.dtype):
+            # keras.ops.maximum computes two float64 tensors in float32 (Keras 3.15).
+            return torch.maximum(x1, x2)
         return _keras_ops.maximum(x1, x2)
 
     def square(x):

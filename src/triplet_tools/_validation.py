@@ -3,7 +3,7 @@
 The rule: Python and NumPy integers are integers, ``bool`` is not (``True`` is not a block
 size); numbers are finite ints or floats; a choice is a string from a fixed list. Every
 message says what the argument must be and what was received, e.g.
-``"block_size must be an int >= 1 or None; received True."``.
+``"block_size must be a positive int or None; received block_size=True."``.
 
 Example:
 
@@ -12,7 +12,7 @@ Example:
 >>> check_int(True, "block_size", minimum=1)
 Traceback (most recent call last):
     ...
-ValueError: block_size must be an int >= 1; received True.
+ValueError: block_size must be a positive int; received block_size=True.
 """
 
 from __future__ import annotations
@@ -35,16 +35,17 @@ def check_int(value: Any, argument: str, *, minimum: int | None = None,
     if value is None and allow_none:
         return None
     if not _is_int(value) or (minimum is not None and value < minimum):
-        bound = "" if minimum is None else f" >= {minimum}"
+        kind = ("a positive int" if minimum == 1 else
+                "an int" + ("" if minimum is None else f" >= {minimum}"))
         none = " or None" if allow_none else ""
-        raise ValueError(f"{argument} must be an int{bound}{none}; received {value!r}.")
+        raise ValueError(f"{argument} must be {kind}{none}; received {argument}={value!r}.")
     return int(value)
 
 
 def check_bool(value: Any, argument: str) -> bool:
     """``value`` if it is ``True`` or ``False`` (NumPy bools included)."""
     if not isinstance(value, bool) and type(value).__name__ != "bool_":
-        raise ValueError(f"{argument} must be True or False; received {value!r}.")
+        raise ValueError(f"{argument} must be True or False; received {argument}={value!r}.")
     return bool(value)
 
 
@@ -54,7 +55,7 @@ def check_number(value: Any, argument: str, *, minimum: float | None = None,
     if isinstance(value, bool) or not isinstance(value, Real):
         raise ValueError(f"{argument} must be a number; received {value!r}.")
     if not math.isfinite(value):
-        raise ValueError(f"{argument} must be finite; received {value!r}.")
+        raise ValueError(f"{argument} must be finite; received {argument}={value!r}.")
     if positive and not value > 0:
         raise ValueError(f"{argument} must be > 0; received {argument}={value!r}.")
     if minimum is not None and value < minimum:

@@ -27,7 +27,7 @@ name                definition                                   aliases
 
 Normalisation divides by ``max(||a||, 1e-6)``, so the zero vector maps to the zero vector, and
 every distance has a finite gradient at zero distance (square roots use the subgradient 0
-there).
+there). NaN or inf in an embedding gives NaN distances, never a finite stand-in.
 """
 
 import keras
@@ -45,6 +45,11 @@ def l2_normalize(x, axis=-1):
     x_hat = x / max(||x||, 1e-6)
     ```
 
+    The row is first divided by its largest absolute entry, so the squared norm cannot
+    overflow (embeddings of 1e30 normalise like any other) and a row with one non-zero
+    entry becomes exactly a unit vector (parallel rows get equal features, so mining and
+    the loss decide ties alike). NaN or inf in a row makes the row NaN.
+
     Args:
         x: tensor of shape ``(..., D)``, float32 or float64.
         axis: the axis to normalise along.
@@ -56,27 +61,37 @@ def l2_normalize(x, axis=-1):
 
     >>> import numpy as np
     >>> from keras import ops
-    >>> y = l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]], "float32"))
+    >>> y = l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0], [3e30, 4e30]], "float32"))
     >>> np.round(ops.convert_to_numpy(y).astype("float64"), 3).tolist()
-    [[0.6, 0.8], [0.0, 0.0]]
+    [[0.6, 0.8], [0.0, 0.0], [0.6, 0.8]]
     """
     x = ops.convert_to_tensor(x)
-    squared_norm = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    return x * ops.rsqrt(ops.maximum(squared_norm, NORM_EPSILON_SQUARED))
+    if 0 in x.shape:  # an empty batch: nothing to normalise (and no max to take)
+        return x
+    largest = ops.max(ops.abs(x), axis=axis, keepdims=True)
+    scale = ops.where(largest > 0, largest, ops.ones_like(largest))
+    scaled = x / scale
+    # max(||x||, 1e-6) = scale * max(||scaled||, 1e-6 / scale); the floor may overflow to
+    # inf for tiny rows, which then (correctly, to float precision) normalise to zero.
+    floor = NORM_EPSILON_SQUARED / ops.square(scale)
+    return scaled / ops.sqrt(ops.maximum(ops.sum(ops.square(scaled), axis=axis, keepdims=True),
+                                         floor))
 
 
 def safe_sqrt(x):
-    """``sqrt(max(x, 0))`` whose gradient at 0 is 0 instead of infinity.
+    """``sqrt(max(x, 0))`` whose gradient at 0 is 0 instead of infinity; NaN stays NaN.
 
     Example:
 
     >>> import numpy as np
     >>> from keras import ops
-    >>> ops.convert_to_numpy(safe_sqrt(np.array([4.0, 0.0, -1e-9], "float32"))).tolist()
-    [2.0, 0.0, 0.0]
+    >>> ops.convert_to_numpy(safe_sqrt(np.array([4.0, 0.0, -1e-9, np.nan], "float32"))).tolist()
+    [2.0, 0.0, 0.0, nan]
     """
     positive = x > 0
-    return ops.where(positive, ops.sqrt(ops.where(positive, x, ops.ones_like(x))), 0)
+    # x * 0 is 0 for the non-positive (rounding noise) entries, with gradient 0, and NaN
+    # for NaN, which must reach the loss.
+    return ops.where(positive, ops.sqrt(ops.where(positive, x, ops.ones_like(x))), x * 0)
 
 
 #: Products of at most this many entries use ``matmul`` on torch (see :func:`gram`).

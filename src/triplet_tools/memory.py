@@ -15,14 +15,19 @@ saved with the model); the loss is told about it and, during training, mines aga
     model = keras.Sequential([..., L2Embedding(64), memory])
     model.compile("adam", TripletLoss(memory=memory))
 
-During evaluation and prediction the memory is used but not written. After
-``keras.models.load_model`` the loss finds the memory again by the layer's name.
+During evaluation and prediction the memory is used but not written. A loss is bound to
+one layer object: after ``keras.models.load_model`` the deserialised loss binds, when it is
+built, to the memory layer of that name that was created last (the one ``load_model`` has
+just built), so two models loaded from one file each keep their own memory.
 """
 
 import weakref
 
 import keras
 from keras import ops
+
+from triplet_tools._inputs import backend_has_int64
+from triplet_tools._validation import check_int
 
 # Layers by name, so a deserialised loss can find the memory of the model loaded with it.
 _LAYERS = weakref.WeakValueDictionary()
@@ -61,9 +66,7 @@ class CrossBatchMemory(keras.layers.Layer):
 
     def __init__(self, size, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise ValueError(f"size must be an int >= 0; received size={size!r}.")
-        self.size = size
+        self.size = check_int(size, "size", minimum=0)
         _LAYERS[self.name] = self
 
     def build(self, input_shape):
@@ -76,9 +79,12 @@ class CrossBatchMemory(keras.layers.Layer):
             shape=(self.size, input_shape[-1]), initializer="zeros", trainable=False,
             name="embeddings", dtype="float32",
         )
+        # Class ids as wide as the backend holds them (int32 on JAX without x64, where
+        # the losses refuse larger ids), so a stored id never wraps.
+        label_dtype = "int64" if backend_has_int64() else "int32"
         self.labels = self.add_weight(
             shape=(self.size,), initializer="zeros", trainable=False, name="labels",
-            dtype="int32",
+            dtype=label_dtype,
         )
         # Next slot to write, and how many slots hold data (at most `size`).
         self.position = self.add_weight(shape=(), initializer="zeros", trainable=False,
@@ -88,6 +94,16 @@ class CrossBatchMemory(keras.layers.Layer):
         # 1 while the model runs in training mode: only training batches are recorded.
         self.recording = self.add_weight(shape=(), initializer="zeros", trainable=False,
                                          name="recording", dtype="int32")
+        # The contents as the last loss call saw them, before it recorded its batch, so
+        # that MiningStatistics (which Keras runs after the loss) mines what the loss mined.
+        self.previous_embeddings = self.add_weight(
+            shape=(self.size, input_shape[-1]), initializer="zeros", trainable=False,
+            name="previous_embeddings", dtype="float32")
+        self.previous_labels = self.add_weight(
+            shape=(self.size,), initializer="zeros", trainable=False, name="previous_labels",
+            dtype=label_dtype)
+        self.previous_filled = self.add_weight(shape=(), initializer="zeros", trainable=False,
+                                               name="previous_filled", dtype="int32")
 
     def call(self, inputs, training=None):
         self.recording.assign(ops.cast(bool(training), "int32"))
@@ -96,17 +112,26 @@ class CrossBatchMemory(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def contents(self):
-        """``(embeddings (M, D), labels (M,), written (M,) bool)`` as currently stored."""
-        written = ops.arange(self.size, dtype="int32") < self.filled
-        return self.embeddings.value, self.labels.value, written
+    def contents(self, before_last_record=False):
+        """``(embeddings (M, D), labels (M,), written (M,) bool)`` as stored now, or (with
+        ``before_last_record``) as the last :meth:`record` found them."""
+        if before_last_record:
+            embeddings, labels, filled = (self.previous_embeddings, self.previous_labels,
+                                          self.previous_filled)
+        else:
+            embeddings, labels, filled = self.embeddings, self.labels, self.filled
+        written = ops.arange(self.size, dtype="int32") < filled.value
+        return embeddings.value, labels.value, written
 
     def record(self, embeddings, labels):
         """Writes a batch into the ring buffer (only while ``recording``); no gradient."""
         if self.size == 0:
             return
+        self.previous_embeddings.assign(self.embeddings.value)
+        self.previous_labels.assign(self.labels.value)
+        self.previous_filled.assign(self.filled.value)
         embeddings = ops.stop_gradient(ops.cast(embeddings, "float32"))[-self.size:]
-        labels = ops.cast(labels, "int32")[-self.size:]
+        labels = ops.cast(labels, self.labels.dtype)[-self.size:]
         rows = embeddings.shape[0] if embeddings.shape[0] is not None else ops.shape(embeddings)[0]
         slots = (self.position.value + ops.arange(rows, dtype="int32")) % self.size
         on = ops.cast(self.recording.value, "bool")
@@ -137,17 +162,22 @@ def memory_name(memory):
     return memory if isinstance(memory, str) else memory.name
 
 
+def lookup(memory):
+    """The layer itself, or the :class:`CrossBatchMemory` of that name created last, or
+    ``None`` when no such layer exists (yet)."""
+    if memory is None or isinstance(memory, CrossBatchMemory):
+        return memory
+    return _LAYERS.get(memory)
+
+
 def resolve(memory):
-    """The :class:`CrossBatchMemory` for a layer or a layer name (after loading a model)."""
-    if isinstance(memory, CrossBatchMemory):
-        layer = memory
-    else:
-        layer = _LAYERS.get(memory)
-        if layer is None:
-            raise ValueError(
-                f"No CrossBatchMemory layer named {memory!r} exists; build or load the model "
-                "that contains it before computing the loss."
-            )
+    """The built :class:`CrossBatchMemory` for a layer or a layer name (after loading a model)."""
+    layer = lookup(memory)
+    if layer is None:
+        raise ValueError(
+            f"No CrossBatchMemory layer named {memory!r} exists; build or load the model "
+            "that contains it before computing the loss."
+        )
     if not layer.built:
         raise ValueError(
             f"The CrossBatchMemory layer {layer.name!r} is not built: it must be part of the "

@@ -3,6 +3,7 @@
 import keras
 from keras import ops
 
+from triplet_tools._validation import check_string
 from triplet_tools.losses.base import TripletFamilyLoss
 
 #: The statistics :class:`MiningStatistics` reports, in order.
@@ -13,7 +14,9 @@ STATISTICS = ("valid_anchors", "active_triplets", "mean_d_ap", "mean_d_an")
 class MiningStatistics(keras.metrics.Metric):
     """Share of valid anchors, share of active triplets and the mean mined distances.
 
-    Mines every batch exactly as ``loss`` does (``loss.anchor_triplets``) and accumulates,
+    Mines every batch exactly as ``loss`` does, against the same references (the batch, its
+    cross-batch memory as the loss saw it, or the global batch; ``loss.mine_batch``), and
+    accumulates,
     over the batches of an epoch:
 
     ```
@@ -35,10 +38,10 @@ class MiningStatistics(keras.metrics.Metric):
     ``evaluate(return_dict=True)`` and (with ``val_``) for validation data. Use ``prefix``
     to tell two of them apart.
 
-    Cost: one more mining pass per step, the forward cost of the loss without its gradient
-    (an ``(B, B)`` distance matrix for a batch of ``B``), because a Keras metric cannot see
-    the loss's intermediate values. It is pure ``keras.ops`` with fixed shapes, so it runs
-    inside the compiled train step (XLA on TensorFlow and JAX).
+    Cost: a few sums per step. Inside ``fit`` and ``evaluate`` the loss hands the metric
+    what it mined (Keras runs the loss first), so the counts are of the loss's own
+    references (the batch, its cross-batch memory or the global batch). Used on its own,
+    ``metric(y_true, y_pred)`` mines the batch as the loss would (one more mining pass).
 
     Args:
         loss: the :class:`~triplet_tools.losses.TripletFamilyLoss` whose mining to report
@@ -70,10 +73,11 @@ class MiningStatistics(keras.metrics.Metric):
             raise ValueError(
                 "loss must be a triplet_tools loss (TripletLoss, PNLoss, PrimingLoss or "
                 f"one of the triplet_batch_*_loss functions' results); received {loss!r}.")
-        if not isinstance(prefix, str):
-            raise ValueError(f"prefix must be a string; received {prefix!r}.")
         self.loss = loss
-        self.prefix = prefix
+        self.prefix = check_string(prefix, "prefix")
+        # Set by the loss when it hands over what it mined, read by the next update_state.
+        self._fed_by_loss = False
+        loss.report_to(self)
         counters = ("anchors", "valid", "active", "sum_d_ap", "sum_d_an")
         self._counters = {
             counter: self.add_variable(shape=(), initializer="zeros", dtype=self.dtype,
@@ -82,8 +86,25 @@ class MiningStatistics(keras.metrics.Metric):
         }
 
     def update_state(self, y_true, y_pred, sample_weight=None):
-        """Mines the batch like the loss and adds its counts; ``sample_weight`` is ignored."""
-        triplets = self.loss.anchor_triplets(y_true, y_pred)
+        """Adds the counts of what the loss mined in this step; ``sample_weight`` is ignored.
+
+        Inside ``fit`` / ``evaluate`` Keras calls the loss before the metrics, and the loss
+        hands this metric what it mined (:meth:`accumulate`), so nothing is mined twice
+        and the counts are those of the loss's own references (its memory, the global
+        batch). Called on its own, the metric mines the batch as the loss would.
+        """
+        if self._fed_by_loss:
+            self._fed_by_loss = False
+            return
+        triplets, _ = self.loss.mine_batch(y_true, y_pred, as_last_seen=True)
+        self._add(triplets)
+
+    def accumulate(self, triplets):
+        """Called by the loss with the :class:`~triplet_tools.losses.AnchorTriplets` it mined."""
+        self._add(triplets)
+        self._fed_by_loss = True
+
+    def _add(self, triplets):
         valid = ops.cast(triplets.valid, self.dtype)
         active = ops.cast(triplets.loss > 0, self.dtype) * valid
         increments = {

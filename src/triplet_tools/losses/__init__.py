@@ -1,6 +1,7 @@
 """Triplet-family losses: ``TripletLoss``, ``PNLoss``, ``PrimingLoss`` and the 0.2.3 functions."""
 
-from triplet_tools.losses.base import REDUCTIONS, AnchorTriplets, TripletFamilyLoss
+from triplet_tools.losses.base import AnchorTriplets, TripletFamilyLoss
+from triplet_tools.losses.reduction import REDUCTIONS
 from triplet_tools.losses.pn import PNLoss
 from triplet_tools.losses.priming import PrimingLoss, triplet_batch_priming_loss
 from triplet_tools.losses.triplet import (

@@ -3,7 +3,8 @@
 import keras
 
 from triplet_tools._ops import ops
-from triplet_tools.losses.base import TripletFamilyLoss, check_number
+from triplet_tools._validation import check_bool, check_number
+from triplet_tools.losses.base import TripletFamilyLoss
 
 SOFT_MARGIN_ERROR = "Margin value is not used when soft_margin is set to True."
 
@@ -83,13 +84,11 @@ class TripletLoss(TripletFamilyLoss):
         reduction="sum_over_batch_size",
         **kwargs,
     ):
-        if not isinstance(soft_margin, bool):
-            raise ValueError(f"soft_margin must be True or False; received {soft_margin!r}.")
+        soft_margin = check_bool(soft_margin, "soft_margin")
         margin = check_number(margin, "margin")
         if soft_margin and margin != 1.0:
             raise ValueError(SOFT_MARGIN_ERROR)
-        if margin < 0:
-            raise ValueError(f"margin must be >= 0; received margin={margin}.")
+        margin = check_number(margin, "margin", minimum=0)
         super().__init__(
             distance=distance,
             positive_mining_strategy=positive_mining_strategy,

@@ -1,4 +1,4 @@
-"""Row-block mining for eager PyTorch: the rules of ``mining._mine_block``, in fewer passes.
+"""The per-anchor kernel for eager PyTorch: the rules of ``mining.rules``, in fewer passes.
 
 Eager torch runs one kernel per op, so every op over a ``(rows, M)`` block of scores is a
 full pass through memory, and every fresh result costs page faults. This path keeps those
@@ -16,24 +16,23 @@ passes to the few that need all scores:
   cost there is the number of ops, not the passes, so :func:`_mine_dense` builds the
   ``(n, M)`` label mask and mines in about fifteen ops.
 
-It selects what the ``keras.ops`` version selects (ties aside); the tests hold both to the
+It selects what the ``keras.ops`` kernel (``mining.kernel``) selects (ties aside); the tests hold both to the
 same brute-force reference.
 """
 
 import torch
 import torch.nn.functional as F
 
-from triplet_tools.mining import semi_hard_threshold
+from triplet_tools.mining.rules import semi_hard_threshold
 
 _INF = float("inf")
 
 
 def mine(anchors, anchor_labels, anchor_positions, references, reference_labels,
-         reference_mask, *, rows, distance, positive_strategy, negative_strategy, semi_margin):
+         reference_mask, *, rows, rules):
     """Returns ``(positive, negative, valid)``, each ``(B,)``; see ``mining.mine_triplets``."""
     num_anchors = anchors.shape[0]
-    rules = dict(distance=distance, positive_strategy=positive_strategy,
-                 negative_strategy=negative_strategy, semi_margin=semi_margin)
+    distance = rules.distance
     with torch.no_grad():
         anchor_positions = anchor_positions.long()
         dense = num_anchors * references.shape[0] <= DENSE_MAX_SCORES
@@ -42,12 +41,12 @@ def mine(anchors, anchor_labels, anchor_positions, references, reference_labels,
             if dense:
                 positive, negative, valid = _mine_dense(
                     scores, anchors, anchor_labels, anchor_positions, reference_labels,
-                    reference_mask, **rules)
+                    reference_mask, rules)
             else:
                 positive, negative, valid = _mine_block(
                     scores, anchors, anchor_labels, anchor_positions,
                     _ReferenceClasses(reference_labels, reference_mask),
-                    torch.empty_like(scores), **rules)
+                    torch.empty_like(scores), rules)
             return positive.to(torch.int32), negative.to(torch.int32), valid
         classes = _ReferenceClasses(reference_labels, reference_mask)
         outputs = (
@@ -64,7 +63,7 @@ def mine(anchors, anchor_labels, anchor_positions, references, reference_labels,
                                      device=scores.device)
             chosen = _mine_block(
                 scores, anchors[block], anchor_labels[block], anchor_positions[block], classes,
-                buffer[: scores.shape[0]], **rules)
+                buffer[: scores.shape[0]], rules)
             for out, value in zip(outputs, chosen):
                 out[block] = value
     return outputs
@@ -146,8 +145,8 @@ def _set_columns(values, columns, present, fill):
 
 
 def _mine_dense(scores, anchors, anchor_labels, anchor_positions, reference_labels,
-                reference_mask, *, distance, positive_strategy, negative_strategy, semi_margin):
-    """The rules of ``mining._mine_block`` with a dense ``(n, M)`` label mask; overwrites
+                reference_mask, rules):
+    """The rules of ``mining.rules`` with a dense ``(n, M)`` label mask; overwrites
     ``scores``. Row reductions return the first index of ties, as ``_arg_extreme`` does."""
     same = anchor_labels[:, None] == reference_labels[None, :]
     columns = torch.arange(scores.shape[1], device=scores.device)
@@ -157,29 +156,28 @@ def _mine_dense(scores, anchors, anchor_labels, anchor_positions, reference_labe
         positive_mask &= reference_mask[None, :]
         same |= ~reference_mask[None, :]
 
-    hard_positive = positive_strategy == "hard"
+    hard_positive = rules.positive == "hard"
     fill = -_INF if hard_positive else _INF
     positive_scores = torch.where(positive_mask, scores, fill)
     positive_score, positive = (positive_scores.max(1) if hard_positive
                                 else positive_scores.min(1))
     has_positive = positive_score != fill
 
-    if negative_strategy == "hard":
+    if rules.negative == "hard":
         negative_score, negative = scores.masked_fill_(same, _INF).min(1)
         return positive, negative, has_positive & (negative_score < _INF)
     negative_scores = scores.masked_fill_(same, -_INF)
     farthest_score, negative = negative_scores.max(1)
     valid = has_positive & (farthest_score > -_INF)
-    if negative_strategy == "easy":
+    if rules.negative == "easy":
         return positive, negative, valid
-    threshold = semi_hard_threshold(distance, positive_score, anchors, semi_margin)
+    threshold = semi_hard_threshold(rules.distance, positive_score, anchors, rules.semi_margin)
     excess = F.threshold_(negative_scores - threshold[:, None], 0.0, _INF)
     semi_hard_excess, semi_hard = excess.min(1)
     return positive, torch.where(semi_hard_excess < _INF, semi_hard, negative), valid
 
 
-def _mine_block(scores, anchors, anchor_labels, anchor_positions, classes, work, *,
-                distance, positive_strategy, negative_strategy, semi_margin):
+def _mine_block(scores, anchors, anchor_labels, anchor_positions, classes, work, rules):
     rows = torch.arange(scores.shape[0], device=scores.device)
     columns, same = classes.same_label_columns(anchor_labels)
     not_self = columns != anchor_positions[:, None]
@@ -188,7 +186,7 @@ def _mine_block(scores, anchors, anchor_labels, anchor_positions, classes, work,
         candidates &= classes.mask[columns]
 
     # The positive, from the K same-label scores of each row.
-    hard_positive = positive_strategy == "hard"
+    hard_positive = rules.positive == "hard"
     fill = -_INF if hard_positive else _INF
     positive_scores = torch.where(candidates, scores.gather(1, columns), fill)
     positive_score, choice = _arg_extreme(positive_scores, largest=hard_positive)
@@ -196,7 +194,7 @@ def _mine_block(scores, anchors, anchor_labels, anchor_positions, classes, work,
     has_positive = candidates.any(1)
 
     # From here on, same-label columns (the anchor's own among them) are never negatives.
-    hard_negative = negative_strategy == "hard"
+    hard_negative = rules.negative == "hard"
     fill = _INF if hard_negative else -_INF
     _set_columns(scores, columns, same, fill)
     if classes.excluded is not None:
@@ -204,13 +202,13 @@ def _mine_block(scores, anchors, anchor_labels, anchor_positions, classes, work,
     if hard_negative:
         negative_score, negative = _arg_extreme(scores, largest=False)
         return positive, negative, has_positive & (negative_score < _INF)
-    if negative_strategy == "easy":
+    if rules.negative == "easy":
         negative_score, negative = _arg_extreme(scores, largest=True)
         return positive, negative, has_positive & (negative_score > -_INF)
 
     # Semi-hard: negatives strictly beyond the threshold keep their excess; the rest
     # (including every -inf above) becomes +inf.
-    threshold = semi_hard_threshold(distance, positive_score, anchors, semi_margin)
+    threshold = semi_hard_threshold(rules.distance, positive_score, anchors, rules.semi_margin)
     torch.sub(scores, threshold[:, None], out=work)
     F.threshold_(work, 0.0, _INF)
     semi_hard_excess, negative = _arg_extreme(work, largest=False)

@@ -1,0 +1,85 @@
+"""Row blocks: how many anchors are mined at once, and the loop over blocks in ``keras.ops``.
+
+Peak memory of mining is that of one block of scores, ``rows x M``, not ``B x M``. Under
+XLA the loop is ``keras.ops.map`` over a padded ``(blocks, rows, ...)`` stack, so it
+compiles to one loop with static shapes.
+"""
+
+import keras
+
+from triplet_tools._ops import ops
+
+# Scores mined at once. XLA fuses the passes over a block, which then run in cache at about
+# a million scores (4 MB in float32). Eager torch pays a Python round trip per op and block,
+# so it takes blocks four times larger.
+BLOCK_ELEMENTS = 2**22 if keras.backend.backend() == "torch" else 2**20
+
+
+def auto_block_rows(num_anchors, num_references, dim, distance, elements=None):
+    """Rows of anchors mined at once: all when ``B*M`` is small, else blocks of ~2**20 scores.
+
+    The target is :data:`BLOCK_ELEMENTS` scores per block (2**20 under XLA, 2**22 in eager
+    torch); a distance that materialises ``(n, m, D)`` differences gets ``D`` times fewer
+    rows. The result is a power of two.
+
+    Args:
+        num_anchors: ``B``, or ``None`` when unknown at trace time (then one block).
+        num_references: ``M``, or ``None``.
+        dim: the embedding width ``D``.
+        distance: the ``Distance``; one that materialises ``(n, m, D)`` differences gets
+            blocks ``D`` times smaller.
+        elements: the target number of scores per block (default :data:`BLOCK_ELEMENTS`).
+
+    Example:
+
+    >>> from triplet_tools.distances import get
+    >>> rows = auto_block_rows(65536, 65536, 128, get("cosine"))
+    >>> rows in (16, 64)   # 16 under XLA, 64 in eager torch
+    True
+    """
+    if num_anchors is None or num_references is None:
+        return num_anchors
+    elements = elements or BLOCK_ELEMENTS
+    per_row = num_references * (dim if distance.materializes_differences else 1)
+    if num_anchors * per_row <= elements:
+        return num_anchors
+    rows = max(1, elements // max(per_row, 1))
+    return min(num_anchors, 1 << (rows.bit_length() - 1))
+
+
+def map_blocks(fn, arrays, rows, pad_values):
+    """Applies ``fn`` to row blocks of ``arrays`` and concatenates its outputs along rows.
+
+    Args:
+        fn: ``fn(*blocks) -> tuple of (rows, ...) tensors``.
+        arrays: tensors sharing their first dimension ``B``.
+        rows: rows per block; ``None`` or ``>= B`` runs ``fn`` once on everything.
+        pad_values: one constant per array, used to pad the last block.
+
+    Returns:
+        The tuple of ``fn``'s outputs over all ``B`` rows.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> x = ops.convert_to_tensor(np.arange(5.0))
+    >>> (y,) = map_blocks(lambda b: (b * 2,), (x,), rows=2, pad_values=(0,))
+    >>> ops.convert_to_numpy(y).tolist()
+    [0.0, 2.0, 4.0, 6.0, 8.0]
+    """
+    total = arrays[0].shape[0]
+    if rows is None or total is None or rows >= total:
+        return tuple(fn(*arrays))
+    num_blocks = -(-total // rows)
+    padding = num_blocks * rows - total
+    blocked = []
+    for array, value in zip(arrays, pad_values):
+        if padding:
+            widths = [[0, padding]] + [[0, 0]] * (len(array.shape) - 1)
+            array = ops.pad(array, widths, constant_values=value)
+        blocked.append(ops.reshape(array, (num_blocks, rows, *array.shape[1:])))
+    outputs = ops.map(lambda block: tuple(fn(*block)), tuple(blocked))
+    return tuple(
+        ops.reshape(t, (num_blocks * rows, *t.shape[2:]))[:total] for t in outputs
+    )
