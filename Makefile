@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED := 1
 DEMO_BACKEND ?= jax
 DEMO_ARGS ?=
 
-.PHONY: demo test test-tensorflow test-jax test-torch test-legacy test-tools bench bench-peers clean
+.PHONY: demo lint test test-tensorflow test-jax test-torch test-legacy test-tools bench bench-peers clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,20 @@ $(VENV)/.installed-demo-$(DEMO_BACKEND): pyproject.toml | $(BIN)/python
 
 demo: $(VENV)/.installed-demo-$(DEMO_BACKEND)
 	KERAS_BACKEND=$(DEMO_BACKEND) $(BIN)/triplet-tools demo $(DEMO_ARGS)
+
+# ruff and mypy (the lint extra) with the package, its own stamp like the demo's.
+$(VENV)/.installed-lint: pyproject.toml | $(BIN)/python
+	$(PIP) install -q --disable-pip-version-check -e ".[lint]"
+	touch $@
+
+# Lint, format and type check (settings in pyproject.toml); all three run, then any failure
+# fails the target. `ruff format .` and `ruff check --fix .` apply what the first two report.
+lint: $(VENV)/.installed-lint
+	@status=0; \
+	echo "=== ruff check"; $(BIN)/ruff check . || status=1; \
+	echo "=== ruff format --check"; $(BIN)/ruff format --check . || status=1; \
+	echo "=== mypy"; $(BIN)/mypy || status=1; \
+	exit $$status
 
 # The suite once per Keras backend, each in its own process, then the tf_keras leg, then the
 # tools (the demo's doctests and the benchmark harness), which run once.
@@ -77,4 +91,5 @@ $(BENCH_DIR)/%/.installed: bench/peers/%.txt bench/peers/constraints.txt
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(BENCH_DIR) bench-output .pytest_cache build dist src/*.egg-info
+	rm -rf $(VENV) $(BENCH_DIR) bench-output .pytest_cache .ruff_cache .mypy_cache build dist \
+		src/*.egg-info
