@@ -91,8 +91,8 @@ def files(tmp_path):
         (["--seed", "-1"], "argument --seed: expected an integer >= 0; received '-1'"),
         (["--seed", "1.5"], "argument --seed: expected an integer >= 0; received '1.5'"),
         (["--data", "two_labels_csv"], "the header names 'label' 2 times (columns 1, 3); name the label column once"),
-        (["--data", "overflow_csv"], "2 values overflow float32 (largest 3.403e+38), which the model computes in: "
-                                     "line 2 column 'f1' = 1e39, line 3 column 'f2' = -2e39"),
+        (["--data", "overflow_csv"], ("2 values overflow float32 (largest 3.403e+38), which the model computes in: "
+                                      "line 2 column 'f1' = 1e39, line 3 column 'f2' = -2e39")),
         (["--data", "overflow"], "1 values overflow float32 (largest 3.403e+38), which the model computes in: x[1, 1] = 5e+38"),
         (["--data", "folder"], "a_folder is a folder; --data takes a .npz or .csv file"),
     ],
@@ -313,8 +313,8 @@ def test_without_keras_backend_and_tensorflow_the_one_installed_backend_is_used(
     assert done.returncode == 0, done.stderr
     assert "usage: triplet-tools demo" in done.stdout
     notes = [line for line in done.stderr.splitlines() if not BACKEND_IMPORT_LOG.match(line)]
-    assert notes == ["triplet-tools: KERAS_BACKEND is not set and TensorFlow (Keras' default) "
-                     "is not installed: using jax, the one installed backend"], done.stderr
+    assert notes == [("triplet-tools: KERAS_BACKEND is not set and TensorFlow (Keras' default) "
+                      "is not installed: using jax, the one installed backend")], done.stderr
 
 
 @pytest.mark.parametrize("hidden,expected", [

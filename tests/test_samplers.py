@@ -132,8 +132,8 @@ def test_fit_trains_on_a_new_complete_table_every_epoch_and_repeats_with_the_see
         ({"seed": "a"}, "seed must be an int"),
         ({"seed": -1}, r"^seed must be an int >= 0; received -1\.$"),
         ({"y": np.array(["a", "b", "b", "c", "c", "c", "d", "d", "d", "d"])},
-         r"^y: class ids must be integers; map string labels to ids first, e\.g\. with "
-         r"numpy\.unique\(\.\.\., return_inverse=True\); received dtype <U1\.$"),
+         (r"^y: class ids must be integers; map string labels to ids first, e\.g\. with "
+          r"numpy\.unique\(\.\.\., return_inverse=True\); received dtype <U1\.$")),
         ({"y": np.array([0, 1, 1, 2, 2, 2, 3, 3, 3, 3], object)}, "class ids must be integers; .*received dtype object"),
         ({"y": np.array([0, 1, 1, 2, 2, 2, 3, 3, 3, 3]) + 0.2},
          r"y must hold whole-number class ids; received 10 non-integral or non-finite values, e\.g\. 0\.2 at index 0\."),

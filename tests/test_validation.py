@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from triplet_tools import PNLoss, PrimingLoss, TripletLoss
+from triplet_tools._validation import CLASS_IDS_MESSAGE, as_label_vector, check_class_ids
 
 
 def test_negative_margin():
@@ -67,12 +68,6 @@ def test_bad_sample_weight_shape():
 
 
 # --- the shared label helpers of triplet_tools._validation --------------------------------
-
-from triplet_tools._validation import (  # noqa: E402
-    CLASS_IDS_MESSAGE,
-    as_label_vector,
-    check_class_ids,
-)
 
 
 @pytest.mark.parametrize("labels", [[4, 2, 4], [[4], [2], [4]], np.array([4, 2, 4], "int64")])
