@@ -58,6 +58,13 @@ def files(tmp_path):
     paths["ragged_csv"].write_text("f1,f2,label\n1,2,a\n3,b\n")
     paths["txt"] = tmp_path / "data.txt"
     paths["txt"].write_text("1 2 3\n")
+    paths["two_labels_csv"] = tmp_path / "two_labels.csv"
+    paths["two_labels_csv"].write_text("label,f1,label\na,1,b\nb,2,a\n")
+    paths["overflow_csv"] = tmp_path / "overflow.csv"
+    paths["overflow_csv"].write_text("f1,f2,label\n1e39,2,a\n3,-2e39,b\n1,1,a\n")
+    npz("overflow", x=np.array([[0.0, 1.0], [0.0, 5e38], [1.0, 1.0], [2.0, 2.0]]), y=[0, 0, 1, 1])
+    paths["folder"] = tmp_path / "a_folder"
+    paths["folder"].mkdir()
     return paths
 
 
@@ -81,6 +88,13 @@ def files(tmp_path):
         (["--epochs", "0"], "argument --epochs: expected an integer >= 1; received '0'"),
         (["--batch-size", "3"], "--batch-size must be at least 4 (2 classes x 2 samples); received 3"),
         (["--memory", "-5"], "argument --memory: expected an integer >= 0; received '-5'"),
+        (["--seed", "-1"], "argument --seed: expected an integer >= 0; received '-1'"),
+        (["--seed", "1.5"], "argument --seed: expected an integer >= 0; received '1.5'"),
+        (["--data", "two_labels_csv"], "the header names 'label' 2 times (columns 1, 3); name the label column once"),
+        (["--data", "overflow_csv"], ("2 values overflow float32 (largest 3.403e+38), which the model computes in: "
+                                      "line 2 column 'f1' = 1e39, line 3 column 'f2' = -2e39")),
+        (["--data", "overflow"], "1 values overflow float32 (largest 3.403e+38), which the model computes in: x[1, 1] = 5e+38"),
+        (["--data", "folder"], "a_folder is a folder; --data takes a .npz or .csv file"),
     ],
 )
 def test_bad_input_gives_one_error_line_and_status_2(capsys, tmp_path, files, args, expected):
@@ -174,3 +188,166 @@ def test_holdout_split_takes_30_percent_of_every_class():
     labels = np.repeat([0, 1, 2], [10, 5, 2])
     held_out = datasets.holdout_split(labels, 0.3, seed=0)
     assert [int(held_out[labels == c].sum()) for c in range(3)] == [3, 2, 1]  # round(3, 1.5, 0.6)
+
+
+def test_csv_with_a_byte_order_mark_reads_its_first_column(tmp_path):
+    """Excel's "CSV UTF-8" starts with U+FEFF; the first header name is still 'label'."""
+    path = tmp_path / "excel.csv"
+    path.write_bytes("label,f1,f2\ncat,1,2\ndog,3,4\ncat,5,6\n".encode("utf-8-sig"))
+    assert path.read_bytes()[:3] == b"\xef\xbb\xbf"
+    data = datasets.load_file(path)
+    assert data.class_names == ("cat", "dog") and data.y.tolist() == [0, 1, 0]
+    assert data.x.tolist() == [[1, 2], [3, 4], [5, 6]]
+
+
+@pytest.mark.parametrize("name", ["overflow_csv", "overflow"])
+def test_float32_overflow_is_one_error_without_numpy_warnings(files, name):
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a RuntimeWarning (overflow in cast) would raise
+        with pytest.raises(datasets.DataError, match="overflow float32"):
+            datasets.load_file(files[name])
+
+
+def _unwritable_folder(tmp_path):
+    """A folder nobody here may create files in (root ignores permission bits: use /sys)."""
+    if os.geteuid() != 0:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o500)
+        return locked / "out"
+    try:
+        os.makedirs("/sys/triplet-tools-probe")
+    except OSError:
+        return "/sys/triplet-tools-probe"
+    os.rmdir("/sys/triplet-tools-probe")
+    pytest.skip("no unwritable folder found for root")
+
+
+@pytest.mark.parametrize("case", ["existing file", "under a file", "unwritable"])
+def test_bad_out_fails_in_one_line_before_training(capsys, tmp_path, case):
+    digits_subset(tmp_path / "digits.npz")
+    (tmp_path / "taken").write_text("not a folder")
+    out, expected = {
+        "existing file": (tmp_path / "taken", "taken: an existing file, not a folder"),
+        "under a file": (tmp_path / "taken" / "out", "taken is a file, so no folder can be made under it"),
+        "unwritable": (_unwritable_folder(tmp_path), "cannot create the folder or write in it ("),
+    }[case]
+    status, printed, err = run_cli(capsys, "demo", "--data", str(tmp_path / "digits.npz"),
+                                   "--epochs", "1", "--out", str(out))
+    assert_one_line_error(status, err, f"error: --out {out}")
+    assert expected in err
+    assert printed == ""  # nothing trained, not even the model announced
+
+
+def test_missing_demo_extra_fails_before_training(capsys, tmp_path, monkeypatch):
+    """matplotlib absent (None in sys.modules: find_spec and import both fail)."""
+    digits_subset(tmp_path / "digits.npz")
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    status, printed, err = run_cli(capsys, "demo", "--data", str(tmp_path / "digits.npz"),
+                                   "--epochs", "1", "--out", str(tmp_path / "out"))
+    assert_one_line_error(status, err, 'missing: matplotlib): pip install "triplet-tools[demo]"')
+    assert printed == "" and not (tmp_path / "out").exists()
+
+
+# --- the Keras backend, settled before Keras is imported (fresh processes) --------------
+
+# The hidden packages are "not installed": finding or importing them raises
+# ModuleNotFoundError, as when pip never installed them.
+HIDE = """import sys
+class Hide:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in {hidden!r}:
+            raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+sys.meta_path.insert(0, Hide())
+"""
+CONSOLE_SCRIPT = HIDE + """from triplet_tools.demo.cli import main  # what the installed script runs
+sys.exit(main({argv!r}))
+"""
+DASH_M = HIDE + """import runpy
+sys.argv = ["triplet_tools", *{argv!r}]
+runpy.run_module("triplet_tools", run_name="__main__", alter_sys=True)  # python -m
+"""
+
+
+def run_child(tmp_path, argv, backend, hidden=(), template=CONSOLE_SCRIPT):
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    env["KERAS_HOME"] = str(tmp_path / "keras-home")  # no keras.json choice of the user's
+    if backend is not None:
+        env["KERAS_BACKEND"] = backend
+    code = template.format(hidden=tuple(hidden), argv=list(argv))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+@pytest.mark.parametrize("template", [CONSOLE_SCRIPT, DASH_M], ids=["script", "dash-m"])
+@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["demo", "--epochs", "1"]])
+def test_unknown_backend_is_one_line_naming_those_that_work(tmp_path, template, argv):
+    done = run_child(tmp_path, argv, "nonexistent", template=template)
+    assert_one_line_error(done.returncode, done.stderr,
+                          "Keras backend 'nonexistent' (from KERAS_BACKEND) does not exist; the "
+                          "backends that work are tensorflow, jax, torch (installed: "
+                          "tensorflow, jax, torch)", backend_noise=True)
+    assert done.stdout == ""
+
+
+def test_numpy_backend_cannot_train_one_line(tmp_path):
+    done = run_child(tmp_path, ["demo", "--epochs", "1"], "numpy")
+    assert_one_line_error(done.returncode, done.stderr,
+                          "Keras backend 'numpy' (from KERAS_BACKEND) cannot train (no model.fit); "
+                          "the backends that work are tensorflow, jax, torch", backend_noise=True)
+
+
+def test_backend_named_but_not_installed(tmp_path):
+    done = run_child(tmp_path, ["demo", "--help"], "torch", hidden=["torch"])
+    assert_one_line_error(done.returncode, done.stderr,
+                          "Keras backend 'torch' (from KERAS_BACKEND) is not installed; installed: "
+                          'tensorflow, jax: set KERAS_BACKEND to one of them, or pip install '
+                          '"triplet-tools[torch]"', backend_noise=True)
+
+
+def test_without_keras_backend_and_tensorflow_the_one_installed_backend_is_used(tmp_path):
+    """pip install "triplet-tools[jax]" only: Keras would default to the missing TensorFlow."""
+    done = run_child(tmp_path, ["demo", "--help"], None, hidden=["tensorflow", "torch"])
+    assert done.returncode == 0, done.stderr
+    assert "usage: triplet-tools demo" in done.stdout
+    notes = [line for line in done.stderr.splitlines() if not BACKEND_IMPORT_LOG.match(line)]
+    assert notes == [("triplet-tools: KERAS_BACKEND is not set and TensorFlow (Keras' default) "
+                      "is not installed: using jax, the one installed backend")], done.stderr
+
+
+@pytest.mark.parametrize("hidden,expected", [
+    (["tensorflow"], "choose one of the installed backends: KERAS_BACKEND=jax or torch"),
+    (["tensorflow", "jax", "torch"], 'no Keras backend is installed: pip install "triplet-tools[jax]"'),
+])
+def test_without_keras_backend_and_tensorflow_say_how_to_choose(tmp_path, hidden, expected):
+    done = run_child(tmp_path, ["demo", "--help"], None, hidden=hidden)
+    assert_one_line_error(done.returncode, done.stderr, expected, backend_noise=True)
+
+
+def test_library_import_with_a_working_backend_is_unchanged(tmp_path):
+    """import triplet_tools imports Keras and defines every public name, as before."""
+    code = ("import sys, triplet_tools\n"
+            "assert 'keras' in sys.modules\n"
+            "print(sorted(n for n in triplet_tools.__all__ if hasattr(triplet_tools, n)))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    import triplet_tools
+
+    assert done.stdout.strip() == str(sorted(triplet_tools.__all__))
+
+
+def test_library_import_with_an_unknown_backend_names_the_problem_on_use(tmp_path):
+    code = ("import sys, triplet_tools\n"
+            "assert 'keras' not in sys.modules\n"
+            "from triplet_tools import TripletLoss\n")
+    env = {**os.environ, "KERAS_BACKEND": "nonexistent"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, timeout=300)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "ImportError: cannot use triplet_tools.TripletLoss: Keras backend 'nonexistent' (from "
+        "KERAS_BACKEND) does not exist; the backends that work are tensorflow, jax, torch "
+        "(installed: tensorflow, jax, torch): set KERAS_BACKEND to one of them")

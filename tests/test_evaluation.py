@@ -144,7 +144,13 @@ def test_100k_by_100k_blocks_stay_small():
         ((np.array([[0.0, np.nan], [1, 1], [2, 2]]), [0, 0, 1]), {}, "embeddings contain 1 NaN or infinite"),
         ((np.array([["a", "b"], ["c", "d"]]), [0, 0]), {}, "embeddings must be numeric"),
         ((np.zeros((3, 2)), [0, 1, 2]), {}, "No query has a relevant reference"),
-        ((np.zeros((3, 2)), [0, 0, 1]), {"block_size": 0}, "block_size must be a positive int"),
+        ((np.zeros((3, 2)), [0, 0, 1]), {"block_size": 0}, r"block_size must be an int >= 1 or None; received 0\."),
+        ((np.zeros((3, 2)), [0, 0, 1]), {"block_size": True}, "block_size must be an int >= 1 or None; received True"),
+        ((np.zeros((3, 2)), [0, 0, 1]), {"k": True}, "k must be a positive int .*received True"),
+        ((np.zeros((3, 2)), [np.nan] * 3), {}, r"labels contain 3 NaN or infinite values; class labels must be finite"),
+        ((np.zeros((3, 2)), [0.0, 0.0, np.inf]), {}, "labels contain 1 NaN or infinite values"),
+        ((np.zeros((3, 2)), [0, 0, 1], np.zeros((2, 2)), [1.0, np.nan]), {}, "ref_labels contain 1 NaN"),
+        ((np.zeros((3, 2), "complex64"), [0, 0, 1]), {}, "embeddings must be numeric; received dtype complex64"),
     ],
 )
 def test_bad_input(args, kwargs, pattern):
@@ -244,8 +250,15 @@ def test_callback_with_reference_set_and_prefix():
 @pytest.mark.parametrize(
     "kwargs,pattern",
     [
-        ({"every": 0}, "every must be a positive int; received 0"),
-        ({"batch_size": 2.5}, "batch_size must be a positive int"),
+        ({"every": 0}, r"every must be an int >= 1; received 0\."),
+        ({"every": True}, r"every must be an int >= 1; received True\."),
+        ({"batch_size": 2.5}, r"batch_size must be an int >= 1; received 2.5\."),
+        ({"prefix": 3}, r"prefix must be a string; received 3\."),
+        ({"x": None}, r"x must be model inputs: an array or tensor of shape \(N, ...\) or a dict of them; received NoneType None"),
+        ({"x": np.array([[0.0, 1, 2], [3, np.nan, 5], [6, 7, np.inf], [0, 0, 0]])}, r"x contain 2 NaN or infinite values \(the model would embed them as NaN\)"),
+        ({"x": {"a": np.zeros((4, 3)), "b": np.zeros((3, 1))}}, r"every input must have the same number of rows; received \{'a': shape \(4, 3\), 'b': shape \(3, 1\)\}"),
+        ({"ref_x": None, "ref_y": [0, 1]}, "ref_x and ref_y must be given together"),
+        ({"ref_x": np.full((2, 3), np.nan), "ref_y": [0, 1]}, "ref_x contain 6 NaN or infinite values"),
         ({"y": [0, 1, 2, 3]}, "No query in x has a relevant reference"),
         ({"y": [0, 0]}, r"y must have shape \(4,\) to match x"),
         ({"ref_x": np.zeros((2, 3))}, "ref_x and ref_y must be given together"),
@@ -259,3 +272,53 @@ def test_callback_bad_arguments(kwargs, pattern):
     arguments = {"x": np.zeros((4, 3)), "y": [0, 0, 1, 1], **kwargs}
     with pytest.raises(ValueError, match=pattern):
         RetrievalMetricsCallback(**arguments)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_embeddings_give_the_float32_metrics(rng, dtype):
+    """bfloat16 / float16 arrays (what ``predict`` returns under a mixed policy) are ranked
+    in float32: the metrics equal those of the same values cast to float32 by NumPy."""
+    x, labels = random_set(rng)
+    half = to_numpy(keras.ops.cast(tensor(x), dtype))
+    assert str(half.dtype) == dtype
+    want = ref.retrieval_metrics(half.astype(np.float64), labels)
+    assert_metrics_equal(retrieval_metrics(half, labels), want, tol=near_tie_tolerance(
+        half.astype(np.float64)))
+    assert_metrics_equal(retrieval_metrics(tensor(half), labels), want,
+                         tol=near_tie_tolerance(half.astype(np.float64)))
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_callback_under_a_mixed_precision_policy_runs_every_epoch(policy):
+    """Under a mixed policy the model's outputs are half precision; the callback must still
+    compute every epoch (it stopped training after epoch 1 with "must be numeric")."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        model, x, labels = _model_and_data(3)
+        assert str(to_numpy(model.predict(x[:2], verbose=0)).dtype) == policy.split("_")[1]
+        metrics = RetrievalMetricsCallback(x, labels)
+        history = model.fit(x, labels, batch_size=16, epochs=2, verbose=0, callbacks=[metrics])
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert metrics.epochs == [0, 1] and len(history.history["val_map@r"]) == 2
+    assert all(0.0 <= v <= 1.0 for v in history.history["val_map@r"])
+
+
+def test_callback_with_dict_inputs_counts_rows_not_keys():
+    """A two-input model's x is a dict; its length is the rows, not the number of keys."""
+    a = keras.Input((3,), name="a")
+    b = keras.Input((2,), name="b")
+    out = keras.layers.Dense(2, kernel_initializer=keras.initializers.GlorotUniform(0))(
+        keras.layers.Concatenate()([a, b]))
+    model = keras.Model({"a": a, "b": b}, out)
+    model.compile("sgd", TripletLoss())
+    rng = np.random.default_rng(0)
+    x = {"a": rng.normal(size=(12, 3)).astype("float32"),
+         "b": rng.normal(size=(12, 2)).astype("float32")}
+    labels = np.arange(12) % 3
+    metrics = RetrievalMetricsCallback(x, labels)
+    model.fit(x, labels, epochs=1, batch_size=12, verbose=0, callbacks=[metrics])
+    embeddings = to_numpy(model.predict(x, verbose=0)).astype(np.float64)
+    assert_metrics_equal({n: v[0] for n, v in metrics.history.items()},
+                         ref.retrieval_metrics(embeddings, labels), tol=1e-5)

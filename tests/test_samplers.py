@@ -127,8 +127,20 @@ def test_fit_trains_on_a_new_complete_table_every_epoch_and_repeats_with_the_see
         ({"classes_per_batch": 4}, r"needs that many classes with at least 2 samples; "
                                    r"received 3 such classes \(class sizes: \{0: 1, 1: 2, 2: 3, 3: 4\}\)"),
         ({"y": np.zeros(3)}, r"y must have shape \(10,\) to match x; received shape \(3,\)"),
-        ({"batches_per_epoch": 0}, "batches_per_epoch must be a positive int or None; received 0"),
+        ({"batches_per_epoch": 0}, r"batches_per_epoch must be an int >= 1 or None; received 0\."),
+        ({"batches_per_epoch": True}, r"batches_per_epoch must be an int >= 1 or None; received True\."),
         ({"seed": "a"}, "seed must be an int"),
+        ({"seed": -1}, r"^seed must be an int >= 0; received -1\.$"),
+        ({"y": np.array(["a", "b", "b", "c", "c", "c", "d", "d", "d", "d"])},
+         (r"^y: class ids must be integers; map string labels to ids first, e\.g\. with "
+          r"numpy\.unique\(\.\.\., return_inverse=True\); received dtype <U1\.$")),
+        ({"y": np.array([0, 1, 1, 2, 2, 2, 3, 3, 3, 3], object)}, "class ids must be integers; .*received dtype object"),
+        ({"y": np.array([0, 1, 1, 2, 2, 2, 3, 3, 3, 3]) + 0.2},
+         r"y must hold whole-number class ids; received 10 non-integral or non-finite values, e\.g\. 0\.2 at index 0\."),
+        ({"y": np.array([0, 1, 1, 2, 2, 2, 3, 3, np.nan, np.nan])}, r"received 2 non-integral or non-finite values, e\.g\. nan at index 8"),
+        ({"x": {"a": np.zeros((10, 2))}, "y": np.zeros(4)}, r"y must have shape \(10,\) to match x; received shape \(4,\)"),
+        ({"x": {"a": np.zeros((10, 2)), "b": np.zeros((9, 1))}}, r"x must be a dict of inputs with the same number of rows; received \{'a': 10, 'b': 9\}"),
+        ({"x": 3}, r"x must be an array of N inputs \(or a dict of them\); received int\."),
     ],
 )
 def test_bad_arguments(kwargs, pattern):
@@ -136,3 +148,42 @@ def test_bad_arguments(kwargs, pattern):
     arguments = {"x": x, "y": labels, "classes_per_batch": 2, "samples_per_class": 2, **kwargs}
     with pytest.raises(ValueError, match=pattern):
         ClassBalancedBatches(**arguments)
+
+
+def test_float_labels_holding_whole_numbers_are_classes():
+    """Labels 0.0 / 1.0 / 2.0 (floats) are classes 0, 1, 2: batches pair x and y as for ints."""
+    x, labels = make_data([4, 4, 4])
+    batches = ClassBalancedBatches(x, labels.astype("float64"), 2, 2, seed=0)
+    for index in range(len(batches)):
+        xb, yb = batches[index]
+        assert np.array_equal(labels[xb[:, 0].astype(int)], yb)
+        assert sorted(collections.Counter(yb.tolist()).values()) == [2, 2]
+
+
+def test_dict_inputs_are_indexed_together():
+    """A two-input model's x: every input is indexed with the same rows, y with them."""
+    x, labels = make_data([5, 6, 7])
+    inputs = {"index": x, "twice": 2 * x[:, 0]}
+    batches = ClassBalancedBatches(inputs, labels, 3, 2, seed=1)
+    assert len(batches) == 18 // 6
+    for index in range(len(batches)):
+        xb, yb = batches[index]
+        assert set(xb) == {"index", "twice"} and xb["index"].shape == (6, 1)
+        rows = xb["index"][:, 0].astype(int)
+        assert np.array_equal(xb["twice"], 2.0 * rows) and np.array_equal(labels[rows], yb)
+        assert sorted(collections.Counter(yb.tolist()).values()) == [2, 2, 2]
+
+
+def test_dict_inputs_train_a_two_input_model():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 6)
+    inputs = {"a": rng.normal(size=(24, 3)).astype("float32"),
+              "b": rng.normal(size=(24, 2)).astype("float32")}
+    a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    out = keras.layers.Dense(2, kernel_initializer=keras.initializers.GlorotUniform(0))(
+        keras.layers.Concatenate()([a, b]))
+    model = keras.Model({"a": a, "b": b}, out)
+    model.compile("sgd", TripletLoss())
+    history = model.fit(ClassBalancedBatches(inputs, labels, 2, 3, seed=0), epochs=1,
+                        shuffle=False, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()

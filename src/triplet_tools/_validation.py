@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from numbers import Integral, Real
 from typing import Any, TypeVar
 
+import numpy as np
+
 T = TypeVar("T")
 
 
@@ -78,3 +80,73 @@ def check_string(value: Any, argument: str) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{argument} must be a string; received {value!r}.")
     return value
+
+
+def as_label_vector(labels: Any, size: int | None = None, argument: str = "labels",
+                    rows: str = "the inputs") -> np.ndarray:
+    """``labels`` as a 1-D NumPy array: ``(N,)`` stays, ``(N, 1)`` becomes ``(N,)``.
+
+    Args:
+        labels: array-like (NumPy array, list); convert backend tensors to NumPy first.
+        size: the required length ``N``, or ``None`` for any length.
+        argument: the argument's name, for the message.
+        rows: what ``size`` counts, for the message (e.g. ``"x"``).
+
+    Returns:
+        The ``(N,)`` array (a view of ``labels`` where possible).
+
+    Raises:
+        ValueError: for any other shape, naming the expected and the received one.
+
+    Example:
+
+    >>> as_label_vector([[3], [1], [3]]).tolist()
+    [3, 1, 3]
+    >>> as_label_vector([0, 1], size=3, argument="y", rows="x")
+    Traceback (most recent call last):
+        ...
+    ValueError: y must have shape (3,) to match x; received shape (2,).
+    """
+    array = np.asarray(labels)
+    if array.ndim == 2 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 1 or (size is not None and len(array) != size):
+        expected = f"({size},) to match {rows}" if size is not None else "(N,) or (N, 1)"
+        raise ValueError(f"{argument} must have shape {expected}; received shape "
+                         f"{array.shape}.")
+    return array
+
+
+#: The one message for labels that are not class ids (the losses give the same).
+CLASS_IDS_MESSAGE = ("class ids must be integers; map string labels to ids first, e.g. with "
+                     "numpy.unique(..., return_inverse=True)")
+
+
+def check_class_ids(labels: np.ndarray, argument: str = "y") -> np.ndarray:
+    """``labels`` (a NumPy array) if it holds class ids: integers, bools, or whole finite floats.
+
+    Strings and objects are refused with :data:`CLASS_IDS_MESSAGE`; floats that are not whole
+    numbers (``0.2``) or not finite (NaN, inf) are refused naming the first of them.
+
+    Example:
+
+    >>> check_class_ids(np.array([1.0, 2.0, 1.0])).tolist()
+    [1.0, 2.0, 1.0]
+    >>> check_class_ids(np.array([0.2, 0.7]))
+    Traceback (most recent call last):
+        ...
+    ValueError: y must hold whole-number class ids; received 2 non-integral or non-finite values, e.g. 0.2 at index 0.
+    """
+    kind = labels.dtype.kind
+    if kind in "iub":
+        return labels
+    if kind != "f":
+        raise ValueError(f"{argument}: {CLASS_IDS_MESSAGE}; received dtype {labels.dtype}.")
+    with np.errstate(invalid="ignore"):
+        bad = ~np.isfinite(labels) | (labels != np.round(labels))
+    if np.any(bad):
+        first = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{argument} must hold whole-number class ids; received {int(np.count_nonzero(bad))} "
+            f"non-integral or non-finite values, e.g. {labels[first].item()!r} at index {first}.")
+    return labels

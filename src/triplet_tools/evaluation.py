@@ -20,11 +20,14 @@ references, so peak memory is O(block x N) and never O(N^2): 100,000 x 100,000 w
 well under a gigabyte. Only the first ``max(R, K)`` neighbours of each query are sorted.
 """
 
+from numbers import Integral
+
 import keras
 import numpy as np
 from keras import ops
 
 from triplet_tools import distances as distances_module
+from triplet_tools._validation import as_label_vector, check_int, check_string
 
 #: Distance-matrix elements computed at once (16 MB in float32).
 _BLOCK_ELEMENTS = 2**22
@@ -47,8 +50,10 @@ def retrieval_metrics(embeddings, labels, ref_embeddings=None, ref_labels=None,
     reference index (lower first).
 
     Args:
-        embeddings: ``(N, D)`` query embeddings (NumPy array or backend tensor).
-        labels: ``(N,)`` or ``(N, 1)`` class labels of the queries (integers or strings).
+        embeddings: ``(N, D)`` query embeddings (NumPy array or backend tensor; any float
+            dtype, bfloat16 and float16 included, compared in float32 or float64).
+        labels: ``(N,)`` or ``(N, 1)`` class labels of the queries (integers, strings, or
+            finite floats).
         ref_embeddings: optional ``(M, D)`` reference embeddings. Default ``None``: leave-one-
             out, every query is ranked against the other ``N - 1`` queries.
         ref_labels: ``(M,)`` labels of the references; required with ``ref_embeddings``.
@@ -64,7 +69,8 @@ def retrieval_metrics(embeddings, labels, ref_embeddings=None, ref_labels=None,
 
     Raises:
         ValueError: for embeddings that are not 2-D, not finite or of different widths,
-            labels whose length differs from the embeddings', ``ref_embeddings`` without
+            labels whose length differs from the embeddings' or that hold NaN or infinity
+            (a NaN label is no class), ``ref_embeddings`` without
             ``ref_labels`` (or the reverse), a bad ``k`` or ``distance``, or when no query
             has a relevant reference.
 
@@ -91,9 +97,7 @@ def retrieval_metrics(embeddings, labels, ref_embeddings=None, ref_labels=None,
         raise ValueError(
             "No query has a relevant reference: every query's class has no other member "
             f"among the {len(reference_labels)} references. Give at least two samples of a class.")
-    if block_size is not None and (isinstance(block_size, bool)
-                                   or not isinstance(block_size, int) or block_size < 1):
-        raise ValueError(f"block_size must be a positive int or None; received {block_size!r}.")
+    block_size = check_int(block_size, "block_size", minimum=1, allow_none=True)
     rows = block_size or query_block_rows(len(queries), len(references), queries.shape[1],
                                           distance)
 
@@ -130,16 +134,14 @@ def metric_names(k=(1, 5, 10)):
 
 def _check_cutoffs(k):
     """Returns the sorted distinct cut-offs of ``k`` (an int or ints >= 1), else ValueError."""
-    values = (k,) if isinstance(k, (int, np.integer)) else k
     try:
-        values = tuple(values)
-    except TypeError:
-        values = None
-    if (not values or any(isinstance(c, bool) or not isinstance(c, (int, np.integer)) or c < 1
-                          for c in values)):
-        raise ValueError(
-            f"k must be a positive int or a non-empty sequence of positive ints; received {k!r}.")
-    return tuple(sorted({int(c) for c in values}))
+        values = (k,) if isinstance(k, Integral) else tuple(k)
+        if not values:
+            raise ValueError
+        return tuple(sorted({check_int(c, "k", minimum=1) for c in values}))
+    except (TypeError, ValueError):
+        raise ValueError("k must be a positive int or a non-empty sequence of positive ints; "
+                         f"received {k!r}.") from None
 
 
 def _relevant_counts(query_labels, reference_labels, leave_one_out):
@@ -226,20 +228,33 @@ def _as_embeddings(x, argument):
     if array.ndim != 2 or 0 in array.shape:
         raise ValueError(f"{argument} must be a non-empty (N, D) array; received shape "
                          f"{array.shape}.")
-    if array.dtype.kind not in "fiub":
+    if not _is_numeric(array.dtype):
         raise ValueError(f"{argument} must be numeric; received dtype {array.dtype}.")
     array = array.astype(np.float64 if array.dtype == np.float64 else np.float32)
     _check_finite(array, argument, "")
     return array
 
 
+def _is_numeric(dtype):
+    """NumPy's numbers, and the float types NumPy does not know (bfloat16, float8: ml_dtypes,
+    which JAX, TensorFlow and Keras use, registers them as unstructured ``V`` dtypes)."""
+    if dtype.kind in "fiub":
+        return True
+    if dtype.kind != "V" or dtype.names is not None:
+        return False
+    try:
+        np.zeros(1, dtype).astype(np.float32)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _as_labels(y, size, argument, rows):
-    array = np.asarray(ops.convert_to_numpy(y) if _is_tensor(y) else y)
-    if array.ndim == 2 and array.shape[1] == 1:
-        array = array[:, 0]
-    if array.ndim != 1 or len(array) != size:
-        raise ValueError(f"{argument} must have shape ({size},) to match {rows}; received shape "
-                         f"{array.shape}.")
+    array = as_label_vector(ops.convert_to_numpy(y) if _is_tensor(y) else y, size, argument, rows)
+    if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        raise ValueError(f"{argument} contain {bad} NaN or infinite values; class labels must "
+                         "be finite (a NaN label belongs to no class).")
     return array
 
 
@@ -248,6 +263,34 @@ def _check_finite(array, what, hint):
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
         hint = f" {hint}" if hint else ""
         raise ValueError(f"{what} contain {bad} NaN or infinite values{hint}.")
+
+
+def _count_inputs(x, argument):
+    """The number of samples in model inputs ``x`` (an array, a tensor or a dict of them),
+    after checking that every float input is finite: a NaN input gives a NaN embedding, and
+    the error is clearer now than after the first epoch."""
+    arrays = (list(x.values()) if isinstance(x, dict)
+              else list(x) if isinstance(x, (list, tuple)) else [x])
+    if not arrays or any(a is None or not hasattr(a, "shape") or len(a.shape) == 0
+                         for a in arrays):
+        raise ValueError(f"{argument} must be model inputs: an array or tensor of shape (N, ...) "
+                         f"or a dict of them; received {_describe_inputs(x)}.")
+    sizes = {int(a.shape[0]) for a in arrays}
+    if len(sizes) != 1:
+        raise ValueError(f"{argument}: every input must have the same number of rows; received "
+                         f"{_describe_inputs(x)}.")
+    for array in arrays:
+        array = np.asarray(ops.convert_to_numpy(array) if _is_tensor(array) else array)
+        if array.dtype.kind == "f" or (array.dtype.kind == "V" and _is_numeric(array.dtype)):
+            _check_finite(array.astype(np.float32, copy=False) if array.dtype.kind == "V"
+                          else array, argument, "(the model would embed them as NaN)")
+    return sizes.pop()
+
+
+def _describe_inputs(x):
+    if isinstance(x, dict):
+        return "{" + ", ".join(f"{k!r}: {_describe_inputs(v)}" for k, v in x.items()) + "}"
+    return f"shape {tuple(x.shape)}" if hasattr(x, "shape") else f"{type(x).__name__} {x!r:.60}"
 
 
 def _is_tensor(x):
@@ -285,7 +328,8 @@ class RetrievalMetricsCallback(keras.callbacks.Callback):
     ``N`` validation points (about a second for N = 10,000 on a laptop CPU).
 
     Args:
-        x: ``(N, ...)`` model inputs of the queries.
+        x: ``(N, ...)`` model inputs of the queries: an array or tensor, or a dict (or list)
+            of them for a model with several inputs. Float inputs must be finite (checked here).
         y: ``(N,)`` class labels of the queries.
         ref_x, ref_y: optional reference set (model inputs and labels); default: leave-one-
             out within ``x``.
@@ -318,18 +362,16 @@ class RetrievalMetricsCallback(keras.callbacks.Callback):
     def __init__(self, x, y, ref_x=None, ref_y=None, *, every=1, distance="cosine",
                  k=(1, 5, 10), batch_size=256, prefix="val_", log_metrics=None):
         super().__init__()
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be a positive int; received {every!r}.")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int; received {batch_size!r}.")
-        if not isinstance(prefix, str):
-            raise ValueError(f"prefix must be a string; received {prefix!r}.")
+        every = check_int(every, "every", minimum=1)
+        batch_size = check_int(batch_size, "batch_size", minimum=1)
+        prefix = check_string(prefix, "prefix")
         if (ref_x is None) != (ref_y is None):
             raise ValueError("ref_x and ref_y must be given together; received "
                              f"ref_x={_describe(ref_x)} and ref_y={_describe(ref_y)}.")
         self.x, self.ref_x = x, ref_x
-        self.y = _as_labels(y, len(x), "y", "x")
-        self.ref_y = None if ref_x is None else _as_labels(ref_y, len(ref_x), "ref_y", "ref_x")
+        self.y = _as_labels(y, _count_inputs(x, "x"), "y", "x")
+        self.ref_y = None if ref_x is None else _as_labels(ref_y, _count_inputs(ref_x, "ref_x"),
+                                                           "ref_y", "ref_x")
         counts = _relevant_counts(self.y, self.y if ref_x is None else self.ref_y, ref_x is None)
         if not np.any(counts):
             raise ValueError("No query in x has a relevant reference: give at least two "

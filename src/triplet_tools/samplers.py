@@ -12,6 +12,8 @@ are *invalid*: they are left out of the loss and teach nothing. A batch of ``P``
 import keras
 import numpy as np
 
+from triplet_tools._validation import as_label_vector, check_class_ids, check_int
+
 
 class ClassBalancedBatches(keras.utils.PyDataset):
     """Batches of ``P`` distinct classes with ``K`` samples each, reproducible from a seed.
@@ -43,18 +45,23 @@ class ClassBalancedBatches(keras.utils.PyDataset):
     unseeded ``random`` module.
 
     Args:
-        x: ``(N, ...)`` inputs (a NumPy array or anything indexable by an index array).
-        y: ``(N,)`` or ``(N, 1)`` integer class ids; batches yield them as ``(P*K,)``.
+        x: ``(N, ...)`` inputs (a NumPy array or anything indexable by an index array), or
+            a dict of them for a model with several inputs (batches then yield dicts).
+        y: ``(N,)`` or ``(N, 1)`` integer class ids (floats holding whole numbers are
+            accepted); batches yield them as ``(P*K,)``. String labels are refused, as the
+            losses refuse them: map them to ids first, e.g.
+            ``numpy.unique(y, return_inverse=True)[1]``.
         classes_per_batch: ``P >= 2``, at most the number of eligible classes.
         samples_per_class: ``K >= 2``.
         batches_per_epoch: batches in one epoch; default ``max(1, n_eligible // (P*K))``, so
             an epoch draws about as many samples as the eligible classes hold.
-        seed: an int; the same seed gives the same batches.
+        seed: an int >= 0; the same seed gives the same batches.
         **kwargs: ``keras.utils.PyDataset`` arguments (``workers``, ``use_multiprocessing``,
             ``max_queue_size``).
 
     Raises:
-        ValueError: for ``P < 2`` or ``K < 2``, mismatched lengths, or fewer than ``P``
+        ValueError: for ``P < 2`` or ``K < 2``, mismatched lengths, labels that are not
+            class ids (strings, fractions, NaN), a negative seed, or fewer than ``P``
             eligible classes (the message lists the class sizes).
 
     Example:
@@ -78,16 +85,12 @@ class ClassBalancedBatches(keras.utils.PyDataset):
     def __init__(self, x, y, classes_per_batch, samples_per_class, batches_per_epoch=None,
                  seed=0, **kwargs):
         super().__init__(**kwargs)
-        for value, argument in ((classes_per_batch, "classes_per_batch"),
-                                (samples_per_class, "samples_per_class")):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 2:
-                raise ValueError(f"{argument} must be an int >= 2; received {value!r}.")
-        labels = np.asarray(y)
-        if labels.ndim == 2 and labels.shape[1] == 1:
-            labels = labels[:, 0]
-        if labels.ndim != 1 or len(labels) != len(x):
-            raise ValueError(f"y must have shape ({len(x)},) to match x; received shape "
-                             f"{labels.shape}.")
+        classes_per_batch = check_int(classes_per_batch, "classes_per_batch", minimum=2)
+        samples_per_class = check_int(samples_per_class, "samples_per_class", minimum=2)
+        batches_per_epoch = check_int(batches_per_epoch, "batches_per_epoch", minimum=1,
+                                      allow_none=True)
+        seed = check_int(seed, "seed", minimum=0)
+        labels = check_class_ids(as_label_vector(y, _count_rows(x), "y", "x"), "y")
         classes, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
         eligible = np.flatnonzero(sizes >= 2)
         if len(eligible) < classes_per_batch:
@@ -98,17 +101,11 @@ class ClassBalancedBatches(keras.utils.PyDataset):
         if batches_per_epoch is None:
             batches_per_epoch = max(1, int(sizes[eligible].sum()) // (
                 classes_per_batch * samples_per_class))
-        if (isinstance(batches_per_epoch, bool)
-                or not isinstance(batches_per_epoch, (int, np.integer)) or batches_per_epoch < 1):
-            raise ValueError(f"batches_per_epoch must be a positive int or None; received "
-                             f"{batches_per_epoch!r}.")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-            raise ValueError(f"seed must be an int; received {seed!r}.")
+        self.batches_per_epoch = batches_per_epoch
         self.x, self.y = x, labels
-        self.classes_per_batch = int(classes_per_batch)
-        self.samples_per_class = int(samples_per_class)
-        self.batches_per_epoch = int(batches_per_epoch)
-        self.seed = int(seed)
+        self.classes_per_batch = classes_per_batch
+        self.samples_per_class = samples_per_class
+        self.seed = seed
         # Sample indices of every eligible class, in the order of np.unique.
         self.members = [np.flatnonzero(inverse == c) for c in eligible]
         self.epoch = 0
@@ -119,6 +116,8 @@ class ClassBalancedBatches(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         rows = self._table[index]
+        if isinstance(self.x, dict):
+            return {name: inputs[rows] for name, inputs in self.x.items()}, self.y[rows]
         return self.x[rows], self.y[rows]
 
     def on_epoch_end(self):
@@ -141,6 +140,20 @@ class ClassBalancedBatches(keras.utils.PyDataset):
         rounds = -(-self.samples_per_class // len(members))
         return np.concatenate([rng.permutation(members) for _ in range(rounds)])[
             :self.samples_per_class]
+
+
+def _count_rows(x):
+    """The number of samples in ``x``: its length, or the common length of a dict's inputs."""
+    if not isinstance(x, dict):
+        if not hasattr(x, "__len__") or isinstance(x, (str, bytes)):
+            raise ValueError("x must be an array of N inputs (or a dict of them); received "
+                             f"{type(x).__name__}.")
+        return len(x)
+    sizes = {name: len(inputs) for name, inputs in x.items()}
+    if len(set(sizes.values())) != 1:
+        raise ValueError("x must be a dict of inputs with the same number of rows; received "
+                         f"{'no inputs' if not sizes else sizes}.")
+    return next(iter(sizes.values()))
 
 
 def _describe_sizes(classes, sizes, shown=10):

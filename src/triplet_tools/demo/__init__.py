@@ -5,6 +5,13 @@ digits or a ``.npz`` / ``.csv`` file, ``pictures`` draws the embedding map and t
 ``cli`` parses the command line.
 """
 
-from triplet_tools.demo.command import LOSSES, run
-
 __all__ = ["LOSSES", "run"]
+
+
+def __getattr__(name):
+    # Imported on use, so that the command (cli) can settle the Keras backend first.
+    if name in __all__:
+        from triplet_tools.demo import command
+
+        return getattr(command, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

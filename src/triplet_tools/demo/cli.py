@@ -9,16 +9,20 @@ triplet-tools demo [--loss semihard|hard|pn|priming|soft] [--distance NAME] [--e
 Each subcommand is one ``argparse`` subparser with a ``run`` function; add another with
 ``subparsers.add_parser(...)`` and ``set_defaults(run=...)`` in :func:`build_parser`. Bad
 arguments and bad data end with one ``triplet-tools: error: ...`` line on stderr and exit
-status 2, never a traceback. (A Keras backend that is not installed fails earlier, when
-``import triplet_tools`` imports Keras: set ``KERAS_BACKEND`` to an installed one.)
+status 2, never a traceback.
+
+The backend is settled before anything imports Keras (this module imports nothing that
+does; ``triplet_tools/__init__.py`` leaves Keras unimported when its backend cannot load):
+an unknown, missing or non-training backend is one error line naming the backends that
+work and those installed; with no ``KERAS_BACKEND`` and no TensorFlow (Keras' default), the
+one installed backend is used and a note says so (see ``triplet_tools._backend``).
 """
 
 import argparse
 import sys
 
-from triplet_tools.demo import command as demo
-from triplet_tools.demo import pictures as plots
-from triplet_tools.distances import DISTANCE_NAMES
+from triplet_tools import _backend
+from triplet_tools._validation import check_int
 
 PROG = "triplet-tools"
 
@@ -36,14 +40,20 @@ class _Parser(argparse.ArgumentParser):
 def _int_at_least(low):
     """An argparse type: a whole number ``>= low``."""
     def parse(text):
-        value = int(text) if text.strip().lstrip("+").isdigit() else low - 1
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}; received {text!r}")
-        return value
+        try:
+            return check_int(int(text), "value", minimum=low)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an integer >= {low}; received {text!r}") from None
     return parse
 
 
 def build_parser():
+    """The argument parser (imports Keras: call it once the backend is settled)."""
+    from triplet_tools.demo import command as demo
+    from triplet_tools.demo import pictures as plots
+    from triplet_tools.distances import DISTANCE_NAMES
+
     parser = _Parser(prog=PROG, description="Online-mined triplet losses for Keras 3.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo_parser = subparsers.add_parser(
@@ -62,7 +72,7 @@ def build_parser():
                              help="rows per batch, split into P classes x K samples (default 120)")
     demo_parser.add_argument("--out", default="demo-output",
                              help="folder for the pictures and metrics.json (default demo-output)")
-    demo_parser.add_argument("--seed", type=int, default=0, help="default 0")
+    demo_parser.add_argument("--seed", type=_int_at_least(0), default=0, help="default 0")
     demo_parser.add_argument("--data", metavar="FILE",
                              help=".npz with arrays x (N x D) and y (N), or .csv with a header "
                                   "row, a 'label' column and numeric feature columns")
@@ -78,6 +88,8 @@ def build_parser():
 
 
 def run_demo(args):
+    from triplet_tools.demo import command as demo
+
     demo.run(loss=args.loss, distance=args.distance, epochs=args.epochs,
              batch_size=args.batch_size, out=args.out, seed=args.seed, data=args.data,
              label_column=args.label_column, map_method=args.map, memory=args.memory)
@@ -96,6 +108,9 @@ def main(argv=None):
     2
     """
     try:
+        note = _backend.choose_for_command()
+        if note:
+            print(f"{PROG}: {note}", file=sys.stderr)
         args = build_parser().parse_args(argv)
         return args.run(args)
     except UsageError as error:

@@ -11,13 +11,16 @@ The held-out part is only measured, never used to choose anything, so its number
 not optimistic.
 """
 
+import importlib.util
 import json
 import os
+import tempfile
 import time
 
 import keras
 import numpy as np
 
+from triplet_tools._validation import check_choice, check_int
 from triplet_tools.demo import data as datasets
 from triplet_tools.demo import pictures as plots
 from triplet_tools.evaluation import RetrievalMetricsCallback, metric_names, retrieval_metrics
@@ -25,7 +28,6 @@ from triplet_tools.layers import L2Embedding
 from triplet_tools.losses import PNLoss, PrimingLoss, TripletLoss
 from triplet_tools.memory import CrossBatchMemory
 from triplet_tools.metrics import MiningStatistics
-from triplet_tools.mining import check_choice
 from triplet_tools.samplers import ClassBalancedBatches
 
 #: ``--loss`` choices: name -> (description, factory taking the loss's keyword options).
@@ -42,6 +44,8 @@ LOSSES = {
     "soft": ("TripletLoss, hardest positive, semi-hard negative, softplus(d_ap - d_an)",
              lambda **options: TripletLoss(soft_margin=True, **options)),
 }
+#: What the demo needs beyond the library (the ``demo`` extra): import name -> package.
+EXTRAS = {"sklearn": "scikit-learn", "matplotlib": "matplotlib"}
 HOLDOUT_FRACTION = 0.3
 EMBEDDING_DIM = 32
 
@@ -57,8 +61,9 @@ def run(loss="semihard", distance="cosine", epochs=20, batch_size=120, out="demo
         epochs: training epochs (>= 1).
         batch_size: rows per batch (>= 4); split into ``P`` classes x ``K`` samples by
             :func:`batch_shape`.
-        out: folder for the pictures and ``metrics.json`` (created if missing).
-        seed: seeds the split, the batches, the weights and the map.
+        out: folder for the pictures and ``metrics.json`` (created if missing, before
+            training, so that a folder that cannot be written fails before the work).
+        seed: an int >= 0; seeds the split, the batches, the weights and the map.
         data: ``None`` for scikit-learn's digits, else a ``.npz`` / ``.csv`` path (see
             :mod:`triplet_tools.demo.data`).
         label_column: the label column of a ``.csv`` file.
@@ -73,7 +78,9 @@ def run(loss="semihard", distance="cosine", epochs=20, batch_size=120, out="demo
         "train_seconds": float, "total_seconds": float, ...}``.
 
     Raises:
-        triplet_tools.demo.data.DataError: for unusable data, with a one-line message.
+        triplet_tools.demo.data.DataError: for unusable data, a missing ``demo`` extra
+            (scikit-learn, matplotlib) or an ``out`` that cannot be a writable folder, with a
+            one-line message; ValueError for other bad arguments.
 
     Example (what ``triplet-tools demo --loss hard --epochs 5`` runs)::
 
@@ -83,12 +90,16 @@ def run(loss="semihard", distance="cosine", epochs=20, batch_size=120, out="demo
     """
     check_choice(loss, tuple(LOSSES), "loss")
     check_choice(map_method, plots.MAP_METHODS, "map_method")
-    if isinstance(memory, bool) or not isinstance(memory, int) or memory < 0:
-        raise datasets.DataError(f"--memory must be an int >= 0; received {memory!r}")
+    check_int(memory, "--memory", minimum=0)
+    check_int(epochs, "--epochs", minimum=1)
+    check_int(batch_size, "--batch-size")
+    check_int(seed, "--seed", minimum=0)
+    check_demo_extras()
     started = time.perf_counter()
     dataset = datasets.load_digits() if data is None else datasets.load_file(data, label_column)
     split = _split(dataset, seed)
     classes, per_class = batch_shape(batch_size, split["trainable_classes"])
+    prepare_output_folder(out)
     loss_description, make_loss = LOSSES[loss]
     echo(f"data: {dataset.description}: {len(dataset.y)} samples, {dataset.x.shape[1]} "
          f"features, {len(dataset.class_names)} classes; {len(split['y_test'])} held out "
@@ -139,6 +150,55 @@ def run(loss="semihard", distance="cosine", epochs=20, batch_size=120, out="demo
         json.dump(result, handle, indent=1)
     echo(f"pictures and metrics.json written to {os.path.abspath(out)}")
     return result
+
+
+def check_demo_extras():
+    """Raises DataError (one line) if scikit-learn or matplotlib is missing: they are needed
+    only after training (the map, the pictures), so the check comes first.
+
+    Example:
+
+    >>> check_demo_extras()  # both installed: nothing to say
+    """
+    missing = [package for module, package in EXTRAS.items()
+               if importlib.util.find_spec(module) is None]
+    if missing:
+        raise datasets.DataError(f"the demo needs scikit-learn and matplotlib (missing: "
+                                 f'{", ".join(missing)}): pip install "triplet-tools[demo]"')
+
+
+def prepare_output_folder(out):
+    """Creates ``out`` if needed and checks that a file can be written in it, before training.
+
+    Raises:
+        DataError: one line, if ``out`` is an existing file, lies under a file, or cannot be
+            created or written.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> folder = os.path.join(tempfile.mkdtemp(), "new", "out")
+    >>> prepare_output_folder(folder)
+    >>> os.path.isdir(folder)
+    True
+    """
+    path = os.path.abspath(os.fspath(out))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise datasets.DataError(f"--out {out}: an existing file, not a folder; give a folder "
+                                 "(created if missing)")
+    above = path
+    while not os.path.exists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise datasets.DataError(f"--out {out}: {above} is a file, so no folder can be made "
+                                 "under it")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise datasets.DataError(f"--out {out}: cannot create the folder or write in it "
+                                 f"({error.strerror or error})") from None
 
 
 def build_model(input_dim, seed=0):
@@ -222,7 +282,6 @@ def _split(dataset, seed):
 def _write_outputs(out, split, embeddings, class_names, raw_map_at_r, retrieval, loss, active,
                    map_method, seed):
     """Writes the two pictures; returns their paths and that of metrics.json (written last)."""
-    os.makedirs(out, exist_ok=True)
     files = [os.path.join(out, name) for name in
              ("embedding_map.png", "training_curves.png", "metrics.json")]
     plots.embedding_map(split["raw_test"], embeddings, split["y_test"], class_names,

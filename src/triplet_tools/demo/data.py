@@ -4,8 +4,10 @@ File formats (``triplet-tools demo --data FILE``):
 
 * ``.npz``: arrays ``x`` of shape ``(N, D)`` (numeric features) and ``y`` of shape ``(N,)``
   (class labels: integers or strings), e.g. ``np.savez("mine.npz", x=x, y=y)``.
-* ``.csv``: comma-separated with a header row; the column named ``label`` (or the one given
-  by ``label_column``) holds the class labels, every other column is a numeric feature.
+* ``.csv``: comma-separated UTF-8 (a byte-order mark, as Excel's "CSV UTF-8" writes, is
+  fine) with a header row; the one column named ``label`` (or the one given by
+  ``label_column``) holds the class labels, every other column is a numeric feature. Features
+  must fit in float32 (about +-3.4e38).
 
 Labels are mapped to ``0 .. C-1`` in sorted order; :attr:`Dataset.class_names` keeps the
 originals.
@@ -17,6 +19,8 @@ import zipfile
 from typing import NamedTuple
 
 import numpy as np
+
+from triplet_tools._validation import as_label_vector
 
 
 class DataError(ValueError):
@@ -59,8 +63,9 @@ def load_file(path, label_column="label"):
         label_column: the header name of a ``.csv`` file's label column (default ``"label"``).
 
     Raises:
-        DataError: a missing or unreadable file, a missing array or column, wrong shapes,
-            non-numeric or non-finite features, or fewer than two classes.
+        DataError: a missing or unreadable file (or a folder), a missing array or column, a
+            label column named twice, wrong shapes, non-numeric or non-finite features or
+            ones that overflow float32, or fewer than two classes.
 
     Example:
 
@@ -73,6 +78,8 @@ def load_file(path, label_column="label"):
     ((4, 2), [1, 0, 1, 0], ('a', 'b'))
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise DataError(f"{path} is a folder; --data takes a .npz or .csv file")
     if not os.path.isfile(path):
         raise DataError(f"no such file: {path}")
     extension = os.path.splitext(path)[1].lower()
@@ -123,7 +130,7 @@ def _read_npz(path):
 
 def _read_csv(path, label_column):
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = [row for row in csv.reader(handle) if row]
     except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{path}: cannot read it as .csv ({_first_line(error)})") from error
@@ -133,8 +140,12 @@ def _read_csv(path, label_column):
     if label_column not in header:
         raise DataError(f"{path}: no column named {label_column!r} in the header row "
                         f"(found: {', '.join(header)})")
+    named = [column + 1 for column, name in enumerate(header) if name == label_column]
+    if len(named) > 1:
+        raise DataError(f"{path}: the header names {label_column!r} {len(named)} times "
+                        f"(columns {', '.join(map(str, named))}); name the label column once")
     label_index = header.index(label_column)
-    features, labels = [], []
+    features, labels, overflowing = [], [], []
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
             raise DataError(f"{path}, line {line}: {len(row)} fields, the header has "
@@ -149,15 +160,21 @@ def _read_csv(path, label_column):
             except ValueError:
                 raise DataError(f"{path}, line {line}, column {header[column]!r}: "
                                 f"non-numeric feature {field.strip()!r}") from None
+            if _FLOAT32_MAX < abs(values[-1]) < np.inf:
+                overflowing.append(f"line {line} column {header[column]!r} = {field.strip()}")
         features.append(values)
+    if overflowing:
+        raise DataError(_overflow_message(path, overflowing))
     return np.array(features, np.float64).reshape(len(features), len(header) - 1), \
         np.array(labels)
 
 
 def _dataset(x, y, description, source="data"):
     x, y = np.asarray(x), np.asarray(y)
-    if y.ndim == 2 and y.shape[1] == 1:
-        y = y[:, 0]
+    try:
+        y = as_label_vector(y)
+    except ValueError:
+        pass  # reported with x's shape below
     if x.ndim != 2 or y.ndim != 1 or len(x) != len(y) or x.shape[1] == 0:
         raise DataError(f"{source}: x must be (N, D) with D >= 1 and y (N,); received x of "
                         f"shape {x.shape} and y of shape {y.shape}")
@@ -165,6 +182,11 @@ def _dataset(x, y, description, source="data"):
         raise DataError(f"{source}: x must hold numbers; received dtype {x.dtype}")
     if not np.all(np.isfinite(x)):
         raise DataError(f"{source}: x contains NaN or infinite values")
+    too_large = np.abs(x) > _FLOAT32_MAX
+    if np.any(too_large):
+        rows, columns = np.nonzero(too_large)
+        raise DataError(_overflow_message(
+            source, [f"x[{r}, {c}] = {x[r, c]:g}" for r, c in zip(rows, columns)]))
     if y.dtype.kind not in "iuUSb" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
         raise DataError(f"{source}: y must hold class labels (integers or strings); "
                         f"received dtype {y.dtype}")
@@ -173,6 +195,15 @@ def _dataset(x, y, description, source="data"):
         raise DataError(f"{source}: too few classes: found {len(names)}, need at least 2")
     return Dataset(x.astype(np.float32), codes.astype(np.int32), tuple(names.tolist()),
                    description)
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _overflow_message(source, cells, shown=3):
+    more = f" and {len(cells) - shown} more" if len(cells) > shown else ""
+    return (f"{source}: {len(cells)} values overflow float32 (largest {_FLOAT32_MAX:.4g}), "
+            f"which the model computes in: {', '.join(cells[:shown])}{more}")
 
 
 def _first_line(error):
