@@ -9,6 +9,8 @@ The docstrings are written for the terminal and for doctest (``python -m pytest
 * roles such as ``:class:`TripletLoss``` become inline code;
 * a paragraph ending in ``::`` (a reST literal block) ends in ``:``; the indented block
   under it is then a Markdown code block;
+* ``Example:`` followed by a blank line (the doctest is not indented under it, so that it
+  reads as one block in ``help()``) becomes a bold heading;
 * a ``Call arguments:`` section (Keras' name for the arguments of ``__call__``) becomes a
   list, since it is not one of the Google sections.
 
@@ -49,6 +51,10 @@ def _keras_sections(lines):
     out, i = [], 0
     while i < len(lines):
         line = lines[i]
+        if line in ("Example:", "Examples:") and (i + 1 == len(lines) or not lines[i + 1].strip()):
+            out.append(f"**{line[:-1]}**")
+            i += 1
+            continue
         if line.strip() in _KERAS_SECTIONS and i + 1 < len(lines) and lines[i + 1].startswith(" "):
             out.append(f"**{line.strip()[:-1]}**")
             out.append("")
