@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED := 1
 DEMO_BACKEND ?= jax
 DEMO_ARGS ?=
 
-.PHONY: demo lint test test-tensorflow test-jax test-torch test-legacy test-tools bench bench-peers clean
+.PHONY: demo lint test test-tensorflow test-jax test-torch test-legacy test-tools bench bench-peers docs docs-serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -55,16 +55,31 @@ test: $(VENV)/.installed-test
 
 test-tensorflow test-jax test-torch: test-%: $(VENV)/.installed-test
 	@echo "=== KERAS_BACKEND=$*"
-	KERAS_BACKEND=$* $(PYTEST) tests --ignore=tests/legacy $(DOCTESTS)
+	KERAS_BACKEND=$* $(PYTEST) tests --ignore=tests/legacy --ignore=tests/test_docs.py $(DOCTESTS)
 
 test-legacy: $(VENV)/.installed-test
 	@echo "=== tf_keras (TF_USE_LEGACY_KERAS=1)"
 	TF_USE_LEGACY_KERAS=1 KERAS_BACKEND=tensorflow $(PYTEST) tests/legacy \
 		--doctest-modules src/triplet_tools/legacy.py
 
+# The documentation's examples run here, once: tests/test_docs.py (a page about another
+# backend starts its own process).
 test-tools: $(VENV)/.installed-test
-	@echo "=== tools: demo doctests and the benchmark harness (KERAS_BACKEND=jax)"
-	KERAS_BACKEND=jax $(PYTEST) bench --doctest-modules src/triplet_tools/demo bench
+	@echo "=== tools: demo doctests, the benchmark harness and the docs examples (KERAS_BACKEND=jax)"
+	KERAS_BACKEND=jax $(PYTEST) bench --doctest-modules src/triplet_tools/demo bench \
+		tests/test_docs.py --durations=5
+
+# --- make docs: the site (mkdocs-material + mkdocstrings) into site/ --------------------------
+# --strict: a broken link, a missing reference or a docstring that does not render fails it.
+$(VENV)/.installed-docs: pyproject.toml | $(BIN)/python
+	$(PIP) install -q --disable-pip-version-check -e ".[docs]"
+	touch $@
+
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 # --- make bench: ours on every backend against the peers ------------------------------------
 # Peers live in their own environments, one per bench/peers/<name>.txt, under $(BENCH_DIR).
@@ -91,5 +106,5 @@ $(BENCH_DIR)/%/.installed: bench/peers/%.txt bench/peers/constraints.txt
 	touch $@
 
 clean:
-	rm -rf $(VENV) $(BENCH_DIR) bench-output .pytest_cache .ruff_cache .mypy_cache build dist \
+	rm -rf $(VENV) $(BENCH_DIR) bench-output .pytest_cache .ruff_cache .mypy_cache build dist site \
 		src/*.egg-info

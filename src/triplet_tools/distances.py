@@ -15,15 +15,14 @@ hooks then default to the exact distances.
 
 Names and aliases (SPEC):
 
-==================  ===========================================  ======================
-name                definition                                   aliases
-==================  ===========================================  ======================
-``euclidean_norm``  ``||a/||a|| - b/||b||||``                    --
-``euclidean``       ``||a - b||``                                ``l2``
-``squared_euclidean`` ``||a - b||^2``                            ``sql2``
-``cosine``          ``1 - (a/||a||).(b/||b||)``                  --
-``manhattan``       ``sum |a - b|``                              ``l1``
-==================  ===========================================  ======================
+```
+name                definition                     aliases
+euclidean_norm      ||a/||a|| - b/||b||||          --
+euclidean           ||a - b||                      l2
+squared_euclidean   ||a - b||^2                    sql2
+cosine              1 - (a/||a||).(b/||b||)        --
+manhattan           sum |a - b|                    l1
+```
 
 Normalisation divides by ``max(||a||, 1e-6)``, so the zero vector maps to the zero vector, and
 every distance has a finite gradient at zero distance (square roots use the subgradient 0

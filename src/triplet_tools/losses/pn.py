@@ -21,8 +21,7 @@ class PNLoss(TripletLoss):
     ``d(p*, n*)`` is computed from the two gathered embeddings, so it is also correct when
     the references are not the batch.
 
-    Args:
-        The same as :class:`TripletLoss`; ``name`` defaults to ``"PNLoss"``.
+    It takes the arguments of :class:`TripletLoss`; ``name`` defaults to ``"PNLoss"``.
 
     Example:
 
