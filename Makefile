@@ -97,12 +97,16 @@ bench: $(VENV)/.installed-test $(PEER_STAMPS)
 bench-peers: $(PEER_STAMPS)
 
 # From scratch each time, so a half-finished install is never reused; the stamp comes last.
-$(BENCH_DIR)/%/.installed: bench/peers/%.txt bench/peers/constraints.txt
+# A peer whose frameworks differ from the shared pins (tensorflow-addons: TF 2.15) has its own
+# bench/peers/<name>.constraints, used instead of constraints.txt.
+peer_constraints = $(firstword $(wildcard bench/peers/$(1).constraints) bench/peers/constraints.txt)
+.SECONDEXPANSION:
+$(BENCH_DIR)/%/.installed: bench/peers/%.txt $$(call peer_constraints,$$*)
 	@echo "=== peer environment $(@D)"
 	rm -rf $(@D)
 	$(PYTHON) -m venv $(@D)
 	$(@D)/bin/python -m pip install -q --disable-pip-version-check \
-		-c bench/peers/constraints.txt -r $<
+		-c $(call peer_constraints,$*) -r $<
 	touch $@
 
 clean:

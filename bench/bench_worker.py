@@ -1,4 +1,4 @@
-"""One benchmark measurement, run in its own process by :mod:`triplet_tools.benchmark`.
+"""One benchmark measurement, run in its own process by ``bench/benchmark.py``.
 
 This file is executed by path with ``python -I`` -- by the project's environment for our
 losses and the floor, and by each peer's own virtual environment for the peers -- so it
@@ -14,7 +14,7 @@ result  = first call (trace + compile + run), then the median of `repeats` timed
 
 Example (from a source checkout, in the project's environment)::
 
-    KERAS_BACKEND=jax python -I src/triplet_tools/bench_worker.py \\
+    KERAS_BACKEND=jax PYTHONPATH=src python -I bench/bench_worker.py \\
         --case ours-semi-hard --batch 256
 """
 
@@ -105,8 +105,43 @@ def _torch_step(loss_fn, embeddings, labels):
     return step, (lambda t: t.detach().numpy()), _versions("torch")
 
 
-def ours(strategy, torch_compile=False):
-    """Our ``TripletLoss`` on the Keras backend named by ``KERAS_BACKEND``.
+class NotAvailable(Exception):
+    """A loss that this checkout of triplet-tools does not have (yet): reported as missing."""
+
+
+def _ours(module, name):
+    """``module.name`` from triplet-tools, or :class:`NotAvailable` if this checkout lacks it.
+
+    Only a missing module or name counts: an error raised while importing a module that
+    exists is a real failure and propagates.
+
+    Example:
+
+    >>> try:
+    ...     _ours("triplet_tools", "no_such_loss")
+    ... except NotAvailable as error:
+    ...     print(str(error).split(" (")[0])
+    triplet_tools.no_such_loss is not in this triplet-tools
+    """
+    import importlib
+
+    try:
+        found = importlib.import_module(module)
+    except ModuleNotFoundError as error:
+        if error.name is None or not (module == error.name
+                                      or module.startswith(error.name + ".")):
+            raise
+        raise NotAvailable(f"{module}.{name} is not in this triplet-tools ({error})") from None
+    if not hasattr(found, name):
+        raise NotAvailable(
+            f"{module}.{name} is not in this triplet-tools "
+            f"({_versions('triplet-tools').get('triplet-tools', 'unknown version')})"
+        )
+    return getattr(found, name)
+
+
+def keras_loss(make_loss, torch_compile=False, distributions=("triplet-tools", "keras")):
+    """A Keras 3 loss (``make_loss()`` builds it) on the backend named by ``KERAS_BACKEND``.
 
     TensorFlow runs under ``tf.function(jit_compile=True)``, JAX under
     ``jax.jit(jax.value_and_grad(...))``, PyTorch eagerly, or with ``torch_compile`` under
@@ -115,11 +150,10 @@ def ours(strategy, torch_compile=False):
 
     def build(embeddings, labels):
         import keras
-        from triplet_tools.losses import TripletLoss
 
-        loss = TripletLoss(distance=DISTANCE, margin=MARGIN, negative_mining_strategy=strategy)
+        loss = make_loss()
         backend = keras.backend.backend()
-        versions = _versions("triplet-tools", "keras")
+        versions = _versions(*distributions)
         if backend == "tensorflow":
             step, to_numpy, more = _tensorflow_step(loss, embeddings, labels, jit_compile=True)
         elif backend == "jax":
@@ -138,6 +172,67 @@ def ours(strategy, torch_compile=False):
         return step, to_numpy, {**versions, **more}
 
     return build
+
+
+def ours(strategy, torch_compile=False):
+    """Our ``TripletLoss`` with ``negative_mining_strategy=strategy`` (see :func:`keras_loss`)."""
+
+    def make_loss():
+        from triplet_tools.losses import TripletLoss
+
+        return TripletLoss(distance=DISTANCE, margin=MARGIN, negative_mining_strategy=strategy)
+
+    return keras_loss(make_loss, torch_compile)
+
+
+#: Our losses beyond ``TripletLoss`` (the SPEC's "Every pair, every triplet, and the pair-based
+#: losses"): loss name -> (module, name, keyword arguments). Where a peer has the same loss,
+#: its arguments match these (see :data:`SETTINGS`).
+OURS = {
+    "batch-all": ("triplet_tools", "triplet_batch_all_loss",
+                  {"margin": MARGIN, "metric": DISTANCE}),
+    "tfa-semihard": ("triplet_tools.tfa", "TripletSemiHardLoss",
+                     {"margin": MARGIN, "distance_metric": "angular"}),
+    "multi-similarity": ("triplet_tools.losses", "MultiSimilarityLoss", {}),
+    "circle": ("triplet_tools.losses", "CircleLoss", {}),
+    "soft-nn": ("triplet_tools.losses", "SoftNearestNeighborLoss", {}),
+    "lifted": ("triplet_tools.tfa", "LiftedStructLoss", {}),
+}
+
+#: What each loss is measured with, ours and the peers' alike (the report's header says it).
+SETTINGS = {
+    "semi-hard": f"`{DISTANCE}`, margin {MARGIN}",
+    "batch-hard": f"`{DISTANCE}`, margin {MARGIN}",
+    "batch-all": f"`{DISTANCE}`, margin {MARGIN}, mean over the triplets with a positive loss",
+    "tfa-semihard": f"tfa's `angular` (= `{DISTANCE}`), margin {MARGIN}, every positive pair",
+    "multi-similarity": "`cosine`, alpha 2, beta 40, epsilon 0.1, lambda (base) 0.5 "
+                        "(SPEC's and TF Similarity's defaults)",
+    "circle": "`cosine`, gamma 80, margin 0.4 (the defaults everywhere)",
+    "soft-nn": "`squared_euclidean`, temperature 1 (the defaults)",
+    "lifted": "`euclidean`, margin 1 (tfa's defaults)",
+}
+
+
+def our_loss(loss, torch_compile=False):
+    """Our loss ``loss`` (a key of :data:`OURS`) built with its default or matched arguments."""
+    module, name, kwargs = OURS[loss]
+    return keras_loss(lambda: _ours(module, name)(**kwargs), torch_compile)
+
+
+def keras_version():
+    """The installed Keras version (for the ``keras.losses.Circle`` row's label)."""
+    return _versions("keras").get("keras", "(not installed)")
+
+
+def keras_circle():
+    """``keras.losses.Circle()`` (its defaults: gamma 80, margin 0.4) on the Keras backend."""
+
+    def make_loss():
+        import keras
+
+        return keras.losses.Circle()
+
+    return keras_loss(make_loss, distributions=("keras",))
 
 
 def floor(backend):
@@ -223,6 +318,98 @@ def metric_learning(miner_name):
     return build
 
 
+def tf_similarity_pair(loss_name):
+    """TF Similarity's pair-based losses with their defaults, under ``tf_keras``, in a graph."""
+
+    def build(embeddings, labels):
+        from tensorflow_similarity import losses
+
+        loss = getattr(losses, loss_name)()
+        step, to_numpy, versions = _tensorflow_step(loss, embeddings, labels, jit_compile=False)
+        return step, to_numpy, {**versions, **_versions("tensorflow-similarity", "tf-keras")}
+
+    return build
+
+
+def metric_learning_loss(loss_name):
+    """pytorch-metric-learning without a per-anchor miner, eager PyTorch.
+
+    ``all-triplets``: ``TripletMarginLoss`` alone, every triplet of the batch (its default
+    ``AvgNonZeroReducer``); ``multi-similarity``: ``MultiSimilarityMiner(epsilon=0.1)`` then
+    ``MultiSimilarityLoss(alpha=2, beta=40, base=0.5)`` (TF Similarity's defaults, the
+    miner being its pair selection); ``circle``: ``CircleLoss(m=0.4, gamma=80)``.
+    """
+
+    def build(embeddings, labels):
+        from pytorch_metric_learning import distances, losses, miners
+
+        miner = None
+        if loss_name == "all-triplets":
+            loss = losses.TripletMarginLoss(margin=MARGIN, distance=distances.CosineSimilarity())
+        elif loss_name == "multi-similarity":
+            miner = miners.MultiSimilarityMiner(epsilon=0.1)
+            loss = losses.MultiSimilarityLoss(alpha=2.0, beta=40.0, base=0.5)
+        else:
+            loss = losses.CircleLoss(m=0.4, gamma=80.0)
+
+        def loss_fn(y, x):
+            return loss(x, y, miner(x, y)) if miner is not None else loss(x, y)
+
+        step, to_numpy, versions = _torch_step(loss_fn, embeddings, labels)
+        return step, to_numpy, {**versions, **_versions("pytorch-metric-learning")}
+
+    return build
+
+
+def tensorflow_addons(loss_name):
+    """tensorflow-addons 0.23 (TensorFlow 2.15, Keras 2) in a TF graph (``tf.function``).
+
+    ``semihard``: ``TripletSemiHardLoss(margin, distance_metric="angular")``, every positive
+    pair; ``lifted``: ``LiftedStructLoss()`` (``lifted_struct_loss``, euclidean, margin 1).
+    """
+
+    def build(embeddings, labels):
+        import tensorflow_addons as tfa
+
+        if loss_name == "semihard":
+            loss = tfa.losses.TripletSemiHardLoss(margin=MARGIN, distance_metric="angular")
+        else:
+            loss = tfa.losses.LiftedStructLoss(margin=1.0)
+        step, to_numpy, versions = _tensorflow_step(loss, embeddings, labels, jit_compile=False)
+        more = _versions("tensorflow-cpu", "tensorflow-addons")
+        return step, to_numpy, {**versions, **more}
+
+    return build
+
+
+def sentence_transformers(loss_name):
+    """sentence-transformers' batch-level triplet losses, called on the embeddings, eager PyTorch.
+
+    ``BatchAllTripletLoss.batch_all_triplet_loss`` / ``BatchSemiHardTripletLoss
+    .batch_semi_hard_triplet_loss`` with its cosine distance and the margin: the losses take a
+    model only to embed text, so a stand-in module is passed and no model is ever loaded.
+    """
+
+    def build(embeddings, labels):
+        import torch
+
+        try:  # sentence-transformers >= 6 moved them; the old path warns
+            from sentence_transformers.sentence_transformer import losses
+        except ImportError:
+            from sentence_transformers import losses
+
+        distance = losses.BatchHardTripletLossDistanceFunction.cosine_distance
+        cls = {"batch-all": losses.BatchAllTripletLoss,
+               "batch-semihard": losses.BatchSemiHardTripletLoss}[loss_name]
+        loss = cls(torch.nn.Identity(), distance_metric=distance, margin=MARGIN)
+        batch_loss = (loss.batch_all_triplet_loss if loss_name == "batch-all"
+                      else loss.batch_semi_hard_triplet_loss)
+        step, to_numpy, versions = _torch_step(batch_loss, embeddings, labels)
+        return step, to_numpy, {**versions, **_versions("sentence-transformers")}
+
+    return build
+
+
 def _check_installed_copy(module, distribution, version):
     # triplet-tools 0.2.3 shares our import name: make sure the peer's copy was imported.
     found = importlib.metadata.version(distribution)
@@ -239,6 +426,9 @@ CASES = {
     "ours-batch-hard": ours("hard"),
     "ours-semi-hard-compiled": ours("semi-hard", torch_compile=True),
     "ours-batch-hard-compiled": ours("hard", torch_compile=True),
+    **{f"ours-{loss}": our_loss(loss) for loss in OURS},
+    **{f"ours-{loss}-compiled": our_loss(loss, torch_compile=True) for loss in OURS},
+    "keras-circle": keras_circle(),
     "floor-tensorflow": floor("tensorflow"),
     "floor-jax": floor("jax"),
     "floor-torch": floor("torch"),
@@ -248,6 +438,16 @@ CASES = {
     "pml-batch-hard": metric_learning("batch-hard"),
     "pml-batch-semihard": metric_learning("batch-semihard"),
     "pml-triplet-margin-semihard": metric_learning("triplet-margin-semihard"),
+    "pml-all-triplets": metric_learning_loss("all-triplets"),
+    "pml-multi-similarity": metric_learning_loss("multi-similarity"),
+    "pml-circle": metric_learning_loss("circle"),
+    "tfsim-multi-similarity": tf_similarity_pair("MultiSimilarityLoss"),
+    "tfsim-circle": tf_similarity_pair("CircleLoss"),
+    "tfsim-soft-nn": tf_similarity_pair("SoftNearestNeighborLoss"),
+    "tfa-semihard": tensorflow_addons("semihard"),
+    "tfa-lifted": tensorflow_addons("lifted"),
+    "st-batch-all": sentence_transformers("batch-all"),
+    "st-batch-semihard": sentence_transformers("batch-semihard"),
 }
 
 
@@ -336,6 +536,8 @@ def main(argv=None):
         result = measure(
             args.case, args.batch, args.dim, args.per_class, args.seed, args.repeats, args.budget
         )
+    except NotAvailable as error:
+        result = {"status": "missing", "detail": str(error)[-600:]}
     except MemoryError as error:
         result = {"status": "oom", "detail": f"MemoryError: {error}"[:300]}
     except Exception as error:  # noqa: BLE001  (reported, never dropped)

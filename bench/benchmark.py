@@ -11,12 +11,15 @@ for each case (library x backend) and each batch size B, in increasing B:
 then: results.json (raw), results.md (table), bench.png (log-log plot) in --out
 ```
 
-Cases: our ``TripletLoss`` (semi-hard and batch-hard) on TensorFlow (XLA), JAX (jit),
-PyTorch (eager) and PyTorch under ``torch.compile`` (its compile caches off, so the first
-call is a cold compile); the floor, one forward ``B x B x D`` product, per backend; and the peers,
-each in its own virtual environment under ``--peers-dir`` (``make bench`` creates them from
-``bench/peers/``): triplet-tools 0.2.3 (it has our import name), TensorFlow Similarity 0.17.1
-under ``tf_keras``, and pytorch-metric-learning 2.9.0.
+Cases: our losses (:data:`LOSSES`: ``TripletLoss`` semi-hard and batch-hard, batch-all,
+tfa-style semi-hard, multi-similarity, circle, soft nearest neighbour, lifted structure) on
+TensorFlow (XLA), JAX (jit), PyTorch (eager) and PyTorch under ``torch.compile`` (its compile
+caches off, so the first call is a cold compile); ``keras.losses.Circle`` beside our circle
+loss, on each Keras backend; the floor, one forward ``B x B x D`` product, per backend; and the
+peers, each in its own virtual environment under ``--peers-dir`` (``make bench`` creates them
+from ``bench/peers/``): triplet-tools 0.2.3 (it has our import name), TensorFlow Similarity
+0.17.1 under ``tf_keras``, pytorch-metric-learning 2.9.0, tensorflow-addons 0.23 (TensorFlow
+2.15) and sentence-transformers. A loss this checkout does not have yet reads "not available".
 
 Memory is limited by watching RSS rather than with ``RLIMIT_AS``: TensorFlow, XLA and
 PyTorch reserve far more address space than they touch, so an address-space limit fails
@@ -26,7 +29,7 @@ child's ``ru_maxrss``, and this process has imported Keras.
 
 Example::
 
-    triplet-tools bench --sizes 256,1024 --backends jax --no-peers --out /tmp/bench
+    .venv/bin/python bench/benchmark.py --sizes 256,1024 --backends jax --no-peers --out /tmp/bench
 """
 
 import argparse
@@ -51,7 +54,20 @@ DEFAULT_SIZES = (256, 1024, 4096, 16384, 65536)
 BACKENDS = ("tensorflow", "jax", "torch")
 #: How our loss runs: each backend, plus PyTorch under ``torch.compile``.
 MODES = BACKENDS + ("torch-compile",)
-LOSSES = ("semi-hard", "batch-hard")
+#: Our losses, by the names ``--losses`` takes (the demo's ``--loss`` names).
+LOSSES = ("semi-hard", "batch-hard", "batch-all", "tfa-semihard", "multi-similarity", "circle",
+          "soft-nn", "lifted")
+#: Row labels of our losses.
+LOSS_LABELS = {
+    "semi-hard": "TripletLoss semi-hard",
+    "batch-hard": "TripletLoss batch-hard",
+    "batch-all": "triplet_batch_all_loss",
+    "tfa-semihard": "tfa.TripletSemiHardLoss",
+    "multi-similarity": "MultiSimilarityLoss",
+    "circle": "CircleLoss",
+    "soft-nn": "SoftNearestNeighborLoss",
+    "lifted": "tfa.LiftedStructLoss",
+}
 BACKEND_LABELS = {"tensorflow": "TF (XLA)", "jax": "JAX (jit)", "torch": "torch (eager)",
                   "torch-compile": "torch (torch.compile)"}
 #: The peer every time is also divided by (the ``×0.2.3`` column).
@@ -71,7 +87,10 @@ class Case:
         backend: the framework it runs on (its floor is ``floor/<backend>``).
         peer: the virtual environment under ``--peers-dir``, or ``None`` for this one.
         env: extra environment variables, as ``(name, value)`` pairs.
-        cubic: enumerates every triplet; runs under ``--cubic-time-limit``.
+        cubic: enumerates every triplet (or tiles ``B x B x B``); runs under
+            ``--cubic-time-limit``.
+        loss: for a peer, which of our :data:`LOSSES` it is the counterpart of: it runs only
+            when that loss is selected (``None``: whenever its environment is selected).
     """
 
     name: str
@@ -81,19 +100,37 @@ class Case:
     peer: str = None
     env: tuple = ()
     cubic: bool = False
+    loss: str = None
 
 
 def our_case(loss, mode):
-    """Our ``TripletLoss`` with ``loss`` (``"semi-hard"`` or ``"batch-hard"``) run as ``mode``
-    (one of :data:`MODES`)."""
+    """Our loss ``loss`` (one of :data:`LOSSES`) run as ``mode`` (one of :data:`MODES`).
+
+    Example:
+
+    >>> our_case("batch-all", "torch-compile").worker_case
+    'ours-batch-all-compiled'
+    """
     backend = "torch" if mode == "torch-compile" else mode
     return Case(
         name=f"ours-{loss}/{mode}",
-        label=f"triplet-tools TripletLoss {loss} · {BACKEND_LABELS[mode]}",
+        label=f"triplet-tools {LOSS_LABELS[loss]} · {BACKEND_LABELS[mode]}",
         worker_case=f"ours-{loss}" + ("-compiled" if mode == "torch-compile" else ""),
         backend=backend,
         env=(("KERAS_BACKEND", backend),) + (
             (("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1"),) if mode == "torch-compile" else ()),
+    )
+
+
+def keras_circle_case(backend):
+    """``keras.losses.Circle`` (Keras' own, in this environment) on ``backend``, run as ours."""
+    return Case(
+        name=f"keras-circle/{backend}",
+        label=f"keras {bench_worker.keras_version()} losses.Circle · {BACKEND_LABELS[backend]}",
+        worker_case="keras-circle",
+        backend=backend,
+        env=(("KERAS_BACKEND", backend),),
+        loss="circle",
     )
 
 
@@ -108,6 +145,8 @@ def floor_case(backend):
 
 
 _LEGACY_KERAS = (("TF_USE_LEGACY_KERAS", "1"),)
+_TFSIM, _PML = "tf-similarity-0.17.1", "pytorch-metric-learning-2.9.0"
+_TFA, _ST = "tensorflow-addons-0.23.0", "sentence-transformers-6.0.1"
 
 #: Peer virtual environment (a file ``bench/peers/<name>.txt`` pins it) -> its cases.
 PEERS = {
@@ -120,6 +159,14 @@ PEERS = {
              "tensorflow", peer="tf-similarity-0.17.1", env=_LEGACY_KERAS),
         Case("tfsim-triplet", "TF Similarity 0.17.1 TripletLoss semi-hard · tf_keras graph",
              "tfsim-triplet", "tensorflow", peer="tf-similarity-0.17.1", env=_LEGACY_KERAS),
+        Case("tfsim-multi-similarity",
+             "TF Similarity 0.17.1 MultiSimilarityLoss · tf_keras graph",
+             "tfsim-multi-similarity", "tensorflow", peer=_TFSIM, env=_LEGACY_KERAS,
+             loss="multi-similarity"),
+        Case("tfsim-circle", "TF Similarity 0.17.1 CircleLoss · tf_keras graph", "tfsim-circle",
+             "tensorflow", peer=_TFSIM, env=_LEGACY_KERAS, loss="circle"),
+        Case("tfsim-soft-nn", "TF Similarity 0.17.1 SoftNearestNeighborLoss · tf_keras graph",
+             "tfsim-soft-nn", "tensorflow", peer=_TFSIM, env=_LEGACY_KERAS, loss="soft-nn"),
     ),
     "pytorch-metric-learning-2.9.0": (
         Case("pml-batch-hard", "pytorch-metric-learning 2.9.0 BatchHardMiner · torch",
@@ -131,6 +178,26 @@ PEERS = {
              "pytorch-metric-learning 2.9.0 TripletMarginMiner(semihard) · torch",
              "pml-triplet-margin-semihard", "torch", peer="pytorch-metric-learning-2.9.0",
              cubic=True),
+        Case("pml-all-triplets",
+             "pytorch-metric-learning 2.9.0 TripletMarginLoss, every triplet (no miner) · torch",
+             "pml-all-triplets", "torch", peer=_PML, cubic=True, loss="batch-all"),
+        Case("pml-multi-similarity",
+             "pytorch-metric-learning 2.9.0 MultiSimilarityMiner + MultiSimilarityLoss · torch",
+             "pml-multi-similarity", "torch", peer=_PML, loss="multi-similarity"),
+        Case("pml-circle", "pytorch-metric-learning 2.9.0 CircleLoss · torch", "pml-circle",
+             "torch", peer=_PML, loss="circle"),
+    ),
+    _TFA: (
+        Case("tfa-semihard", "tensorflow-addons 0.23 TripletSemiHardLoss · TF 2.15 graph",
+             "tfa-semihard", "tensorflow", peer=_TFA, cubic=True, loss="tfa-semihard"),
+        Case("tfa-lifted", "tensorflow-addons 0.23 LiftedStructLoss · TF 2.15 graph",
+             "tfa-lifted", "tensorflow", peer=_TFA, cubic=True, loss="lifted"),
+    ),
+    _ST: (
+        Case("st-batch-all", "sentence-transformers 6.0.1 BatchAllTripletLoss · torch",
+             "st-batch-all", "torch", peer=_ST, cubic=True, loss="batch-all"),
+        Case("st-batch-semihard", "sentence-transformers 6.0.1 BatchSemiHardTripletLoss · torch",
+             "st-batch-semihard", "torch", peer=_ST, cubic=True, loss="tfa-semihard"),
     ),
 }
 
@@ -139,15 +206,25 @@ def select_cases(backends=MODES, losses=LOSSES, peers=tuple(PEERS)):
     """The cases to run, in table order: ours, the floors, then the peers.
 
     A floor runs for every backend that a selected case uses, so each row has its ratio.
+    A peer row that is the counterpart of one of our losses (``Case.loss``) runs only when
+    that loss is selected; the others whenever their environment is. ``keras.losses.Circle``
+    runs beside our circle loss on each selected Keras backend (``torch-compile`` excepted)
+    unless no peer is selected.
 
     Example:
 
     >>> cases = select_cases(["jax"], ["semi-hard"], ["pytorch-metric-learning-2.9.0"])
     >>> [case.name for case in cases[:3]]
     ['ours-semi-hard/jax', 'floor/jax', 'floor/torch']
+    >>> [case.name for case in select_cases(["jax"], ["circle"], ["tf-similarity-0.17.1"])]
+    ['ours-circle/jax', 'keras-circle/jax', 'floor/tensorflow', 'floor/jax', 'tfsim-pn', \
+'tfsim-triplet', 'tfsim-circle']
     """
     ours = [our_case(loss, backend) for backend in backends for loss in losses]
-    peer_cases = [case for peer in peers for case in PEERS[peer]]
+    if peers and "circle" in losses:
+        ours += [keras_circle_case(backend) for backend in backends if backend in BACKENDS]
+    peer_cases = [case for peer in peers for case in PEERS[peer]
+                  if case.loss is None or case.loss in losses]
     used = {case.backend for case in ours + peer_cases}
     floors = [floor_case(backend) for backend in BACKENDS if backend in used]
     return ours + floors + peer_cases
@@ -311,6 +388,8 @@ def describe(record):
     '0.0123 s · 0.94 GB'
     >>> describe({"status": "skipped", "detail": "oom at B=16384"})
     'skipped (oom at B=16384)'
+    >>> describe({"status": "missing", "detail": "triplet_tools.losses.CircleLoss is not in ..."})
+    'not available'
     """
     status = record["status"]
     if status == "ok":
@@ -323,7 +402,9 @@ def describe(record):
     if status == "skipped":
         return f"skipped ({record['detail']})"
     if status == "missing":
-        return "not installed"
+        # A peer environment not created, or a loss this checkout of triplet-tools lacks.
+        return "not installed" if "make bench-peers" in record.get("detail", "") else \
+            "not available"
     return "error"
 
 
@@ -363,12 +444,13 @@ def markdown_report(cases, records, sizes, meta):
         ),
         "",
         f"D={settings['dim']}, {settings['per_class']} rows per class, float32 unit-norm "
-        f"embeddings (seed {settings['seed']}), distance `{bench_worker.DISTANCE}`, margin "
-        f"{bench_worker.MARGIN}. Each cell: median of {settings['repeats']} calls (fast steps: "
+        f"embeddings (seed {settings['seed']}). Settings, ours and the peers alike: "
+        + "; ".join(f"{loss}: {bench_worker.SETTINGS[loss]}" for loss in _losses_of(cases))
+        + f". Each cell: median of {settings['repeats']} calls (fast steps: "
         "as many as fill 1 s) after a first (compiling) call, and the peak RSS of that "
         "measurement's own process (imports included). Limits per measurement: "
         f"{settings['time_limit']:g} s "
-        f"({settings['cubic_time_limit']:g} s for the cubic miner), "
+        f"({settings['cubic_time_limit']:g} s for the peers that enumerate every triplet), "
         f"{settings['memory_limit_gb']:g} GB. "
         "`×floor`: time ÷ the floor on the same backend; `×0.2.3`: time ÷ triplet-tools 0.2.3; "
         "both from this run.",
@@ -407,6 +489,14 @@ def markdown_report(cases, records, sizes, meta):
         lines += [f"- {labels.get(r['case'], r['case'])}, B={r['batch']}: {r['status']} — "
                   f"{_one_line(r.get('detail', ''))}" for r in details]
     return "\n".join(lines) + "\n"
+
+
+def _losses_of(cases):
+    """Our losses that ``cases`` measure (or compare with), in :data:`LOSSES` order."""
+    found = {case.loss for case in cases}
+    found |= {case.worker_case.removeprefix("ours-").removesuffix("-compiled")
+              for case in cases if case.name.startswith("ours-")}
+    return [loss for loss in LOSSES if loss in found] or list(LOSSES[:2])
 
 
 def _one_line(text, limit=300):
@@ -551,7 +641,8 @@ def add_arguments(parser):
                         help="Keras backends for our loss, and torch-compile for PyTorch "
                              "under torch.compile (default: all four)")
     parser.add_argument("--losses", type=_choice_list(LOSSES), default=list(LOSSES),
-                        help="our losses to measure (default: semi-hard,batch-hard)")
+                        help="our losses to measure, and the peer rows that compare with them "
+                             f"(default: all: {','.join(LOSSES)})")
     peers = parser.add_mutually_exclusive_group()
     peers.add_argument("--peers", type=_choice_list(tuple(PEERS)), default=list(PEERS),
                        help=f"peer environments to compare with (default: {','.join(PEERS)})")
@@ -567,8 +658,9 @@ def add_arguments(parser):
     parser.add_argument("--time-limit", type=float, default=600.0,
                         help="seconds per measurement, compile included (default: %(default)s)")
     parser.add_argument("--cubic-time-limit", type=float, default=60.0,
-                        help="seconds per measurement for the cubic TripletMarginMiner "
-                        "(default: %(default)s)")
+                        help="seconds per measurement for the peers that enumerate every "
+                        "triplet (TripletMarginMiner, all-triplets TripletMarginLoss, tfa and "
+                        "sentence-transformers) (default: %(default)s)")
     parser.add_argument("--memory-limit", type=float, default=None,
                         help="peak RSS per measurement in GB (default: 16, at most 75%% of RAM)")
     parser.add_argument("--dim", type=_positive_int, default=128,
@@ -620,9 +712,9 @@ def run(args):
     print(f"wrote {out / 'results.md'}, {out / 'results.json'}"
           + (f", {out / 'bench.png'}" if plotted else " (no plot: matplotlib is not installed)"))
     errors = [r for r in records if r["status"] == "error"]
-    missing = {r["case"] for r in records if r["status"] == "missing"}
-    if missing:
-        print(f"not installed: {', '.join(sorted(missing))} (make bench-peers)", file=sys.stderr)
+    missing = {r["case"]: r["detail"] for r in records if r["status"] == "missing"}
+    for name, detail in sorted(missing.items()):
+        print(f"missing: {name}: {_one_line(detail)}", file=sys.stderr)
     for record in errors:
         print(f"error: {record['case']} B={record['batch']}: {record['detail']}", file=sys.stderr)
     return 1 if errors else 0

@@ -157,3 +157,167 @@ def test_end_to_end_tiny_run_writes_table_json_and_plot(tmp_path, capsys):
     assert "Limits per measurement: 240 s" in table and "{" not in table
     assert f"triplet-tools TripletLoss semi-hard · {benchmark.BACKEND_LABELS[BACKEND]}" in table
     assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --- the rows of "Every pair, every triplet, and the pair-based losses" ---------------------
+
+NEW_LOSSES = ("batch-all", "tfa-semihard", "multi-similarity", "circle", "soft-nn", "lifted")
+
+
+def test_losses_option_knows_every_loss_and_unique_prefixes():
+    parse = benchmark.build_parser().parse_args
+    assert parse([]).losses == list(benchmark.LOSSES)
+    assert set(NEW_LOSSES) <= set(benchmark.LOSSES)
+    chosen = parse(["--losses", "batch-all,tfa,multi,circle,soft,lifted"]).losses
+    assert chosen == list(NEW_LOSSES)
+
+
+def test_losses_option_rejects_an_ambiguous_prefix_in_one_line(capsys):
+    assert benchmark.main(["--losses", "batch"]) == 2  # batch-hard or batch-all
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "'batch' is not one of" in error and "batch-all" in error
+
+
+def test_every_case_has_a_worker_and_every_peer_a_pin_file():
+    cases = benchmark.select_cases()
+    assert {c.worker_case for c in cases} <= set(bench_worker.CASES)
+    peers_dir = benchmark.Path(benchmark.__file__).parent / "peers"
+    pinned = {p.stem for p in peers_dir.glob("*.txt")} - {"constraints"}
+    assert pinned == set(benchmark.PEERS)
+    assert {c.loss for c in cases} - {None} <= set(benchmark.LOSSES)
+
+
+def test_every_peer_environment_is_held_to_the_local_torch():
+    # Any other torch requirement would download a multi-GB CUDA build.
+    peers_dir = benchmark.Path(benchmark.__file__).parent / "peers"
+    for name in benchmark.PEERS:
+        own = peers_dir / f"{name}.constraints"
+        constraints = (own if own.exists() else peers_dir / "constraints.txt").read_text()
+        assert "torch==2.13.0" in constraints.split(), name
+
+
+def test_new_losses_run_on_every_mode_with_their_peers():
+    cases = benchmark.select_cases(benchmark.MODES, ["batch-all"], list(benchmark.PEERS))
+    names = [c.name for c in cases]
+    assert names[:4] == [f"ours-batch-all/{mode}" for mode in benchmark.MODES]
+    assert [c.worker_case for c in cases[:4]] == ["ours-batch-all"] * 3 + [
+        "ours-batch-all-compiled"]
+    assert "st-batch-all" in names and "pml-all-triplets" in names
+    # The per-anchor peers run as before; the other new losses' peers do not.
+    assert "triplet-tools-0.2.3" in names and "pml-batch-hard" in names
+    assert not {"tfa-semihard", "tfa-lifted", "tfsim-circle", "pml-circle"} & set(names)
+    assert not any(name.startswith("keras-circle/") for name in names)
+
+
+def test_each_new_loss_selects_its_counterparts():
+    expected = {
+        "tfa-semihard": {"tfa-semihard", "st-batch-semihard"},
+        "multi-similarity": {"tfsim-multi-similarity", "pml-multi-similarity"},
+        "circle": {"tfsim-circle", "pml-circle", "keras-circle/tensorflow", "keras-circle/jax",
+                   "keras-circle/torch"},
+        "soft-nn": {"tfsim-soft-nn"},
+        "lifted": {"tfa-lifted"},
+    }
+    every = set().union(*expected.values())
+    for loss, counterparts in expected.items():
+        names = {c.name for c in benchmark.select_cases(benchmark.MODES, [loss])}
+        assert names & every == counterparts, loss
+        assert {f"ours-{loss}/{mode}" for mode in benchmark.MODES} <= names
+
+
+def test_keras_circle_runs_on_keras_backends_only_and_not_without_peers():
+    names = [c.name for c in benchmark.select_cases(["torch-compile", "jax"], ["circle"], [])]
+    assert names == ["ours-circle/torch-compile", "ours-circle/jax", "floor/jax", "floor/torch"]
+    names = [c.name for c in benchmark.select_cases(["torch-compile", "jax"], ["circle"],
+                                                    ["pytorch-metric-learning-2.9.0"])]
+    assert "keras-circle/jax" in names and "keras-circle/torch" not in names
+    (circle,) = [c for c in benchmark.select_cases(["jax"], ["circle"]) if c.worker_case ==
+                 "keras-circle"]
+    assert circle.peer is None and dict(circle.env) == {"KERAS_BACKEND": "jax"}
+
+
+def test_a_loss_this_checkout_lacks_is_one_missing_line(monkeypatch, capsys):
+    missing = bench_worker.keras_loss(lambda: bench_worker._ours("triplet_tools", "no_such")())
+    monkeypatch.setitem(bench_worker.CASES, "ours-no-such", missing)
+    assert bench_worker.main(["--case", "ours-no-such", "--batch", "8"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    result = json.loads(line[len(bench_worker.RESULT_PREFIX):])
+    assert result["status"] == "missing"
+    assert result["detail"].startswith("triplet_tools.no_such is not in this triplet-tools")
+    record = {"case": "ours-batch-all/jax", "batch": 64, **result}
+    assert benchmark.describe(record) == "not available"
+
+
+def test_a_missing_loss_skips_its_larger_sizes_and_is_no_error():
+    def fake(case, batch):
+        if case.name.startswith("ours-lifted"):
+            return {"case": case.name, "batch": batch, "status": "missing",
+                    "detail": "triplet_tools.tfa.LiftedStructLoss is not in this triplet-tools"}
+        return {"case": case.name, "batch": batch, "status": "ok"}
+
+    cases = [benchmark.our_case("lifted", "jax"), benchmark.floor_case("jax")]
+    records = benchmark.run_cases(cases, [64, 256], fake, log=None)
+    assert [r["status"] for r in records] == ["missing", "skipped", "ok", "ok"]
+    assert records[1]["detail"] == "missing at B=64"
+
+
+def _meta():
+    return {**benchmark.machine_info(), "load_end": 0.5,
+            "versions": {"this environment": {"keras": "3"}},
+            "settings": {"dim": 128, "per_class": 8, "seed": 0, "repeats": 5,
+                         "time_limit": 300.0, "cubic_time_limit": 60.0, "memory_limit_gb": 16.0}}
+
+
+def test_report_of_the_new_rows_states_settings_and_failures():
+    cases = benchmark.select_cases(["jax"], ["batch-all", "lifted"],
+                                   ["sentence-transformers-6.0.1", "tensorflow-addons-0.23.0"])
+    records = [
+        {"case": "ours-batch-all/jax", "batch": 256, "status": "missing",
+         "detail": "triplet_tools.triplet_batch_all_loss is not in this triplet-tools (1.0.0)"},
+        _record("ours-lifted/jax", 256, 0.002),
+        _record("floor/jax", 256, 0.001),
+        _record("st-batch-all", 256, 0.05),
+        {"case": "st-batch-all", "batch": 1024, "status": "oom", "peak_rss_mb": 4000.0,
+         "detail": "killed at RSS > 4 GB"},
+        {"case": "tfa-lifted", "batch": 256, "status": "timeout", "peak_rss_mb": 2000.0,
+         "detail": "killed after 60 s"},
+    ]
+    report = benchmark.markdown_report(cases, records, [256, 1024], _meta())
+    table = report.split("First call")[0]  # the main table, not the first calls'
+    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines()
+            if line.startswith("| ") and " · " in line.split(" | ")[0]}
+    assert "not available" in rows["triplet-tools triplet_batch_all_loss · JAX (jit)"]
+    lifted = rows["triplet-tools tfa.LiftedStructLoss · JAX (jit)"]
+    assert "0.002 s · 1.05 GB | 2× · —" in lifted
+    assert "OOM (peak 4.19 GB)" in rows["sentence-transformers 6.0.1 BatchAllTripletLoss · torch"]
+    assert "timeout (peak 2.10 GB)" in rows[
+        "tensorflow-addons 0.23 LiftedStructLoss · TF 2.15 graph"]
+    for loss in ("batch-all", "lifted"):
+        assert f"{loss}: {bench_worker.SETTINGS[loss]}" in report
+    assert "multi-similarity:" not in report  # only the settings of the losses in the table
+    not_measured = report.split("Not measured:")[1].strip().splitlines()
+    assert len(not_measured) == 3
+    assert not_measured[0].startswith("- triplet-tools triplet_batch_all_loss · JAX (jit), B=256:"
+                                      " missing — triplet_tools.triplet_batch_all_loss is not")
+
+
+def test_end_to_end_a_new_loss_runs_or_reads_not_available(tmp_path):
+    code = benchmark.main([
+        "--sizes", "32", "--backends", BACKEND, "--losses", "batch-all,lifted", "--no-peers",
+        "--repeats", "2", "--out", str(tmp_path), "--time-limit", "240",
+    ])
+    assert code == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    by_case = {r["case"]: r for r in results["results"]}
+    assert set(by_case) == {f"ours-batch-all/{BACKEND}", f"ours-lifted/{BACKEND}",
+                            f"floor/{BACKEND}"}
+    for name in (f"ours-batch-all/{BACKEND}", f"ours-lifted/{BACKEND}"):
+        record = by_case[name]
+        assert record["status"] in ("ok", "missing"), record
+        if record["status"] == "ok":
+            assert math.isfinite(record["loss"]) and record["grad_finite"] is True
+        else:
+            assert "is not in this triplet-tools" in record["detail"]
+    table = (tmp_path / "results.md").read_text()
+    assert f"triplet-tools triplet_batch_all_loss · {benchmark.BACKEND_LABELS[BACKEND]}" in table
