@@ -23,7 +23,6 @@ counted units (SPEC); :func:`reduce` applies SPEC's reductions to them.
 import math
 
 import numpy as np
-
 from reference import distance
 
 #: tensorflow-addons' ``distance_metric`` names (SPEC, ``triplet_tools.tfa``).

@@ -2,14 +2,11 @@
 real peers wherever SPEC says that we agree with them. Not part of the test suite (pytest
 does not collect this file): each peer runs in its own environment.
 
-=========  ====================================================================  ==========
-section    environment                                                           run with
-=========  ====================================================================  ==========
-``tfa``    ``tensorflow-cpu==2.15.1 tensorflow-addons==0.23.0``                   python
-``tfsim``  ``bench/peers/tf-similarity-0.17.1.txt`` under ``constraints.txt``    python, ``TF_USE_LEGACY_KERAS=1``
-``pml``    ``torch==2.13.0 pytorch-metric-learning==2.9.0``                      python
-``keras``  the project's own environment (``keras.losses.circle``)                 python
-=========  ====================================================================  ==========
+- ``tfa``: ``tensorflow-cpu==2.15.1 tensorflow-addons==0.23.0``;
+- ``tfsim``: ``bench/peers/tf-similarity-0.17.1.txt`` under ``bench/peers/constraints.txt``,
+  run with ``TF_USE_LEGACY_KERAS=1``;
+- ``pml``: ``torch==2.13.0 pytorch-metric-learning==2.9.0``;
+- ``keras``: the project's own environment (``keras.losses.circle``), any backend.
 
     python tests/peers/check_reference_against_peers.py tfa   # or tfsim, pml, keras
 
@@ -29,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import reference_pairs as rp  # noqa: E402
+import reference_pairs as rp
 
 VALUE_RTOL, GRAD_RTOL = 1e-5, 1e-4
 FAILURES = []
@@ -89,7 +86,8 @@ def check_tfa():
         for metric in ("L2", "squared-L2", "angular"):
             for margin in (1.0, 0.3):
                 value, grad = tf_value_and_grad(
-                    lambda t: tfa.losses.triplet_semihard_loss(y, t, margin, metric), x, tf.float32)
+                    lambda t, y=y, m=margin, d=metric: tfa.losses.triplet_semihard_loss(y, t, m, d),
+                    x, tf.float32)
                 want = rp.tfa_semihard_loss(labels, x, margin, metric)
                 want_grad = rp.triplet_gradient(
                     labels, x, distance_name=rp.TFA_DISTANCES[metric], positive="all",
@@ -98,7 +96,8 @@ def check_tfa():
                        value, want, grad, want_grad)
             for soft in (False, True):
                 value, grad = tf_value_and_grad(
-                    lambda t: tfa.losses.triplet_hard_loss(y, t, 1.0, soft, metric), x, tf.float32)
+                    lambda t, y=y, s=soft, d=metric: tfa.losses.triplet_hard_loss(y, t, 1.0, s, d),
+                    x, tf.float32)
                 want = rp.tfa_hard_loss(labels, x, 1.0, soft, metric)
                 want_grad = rp.triplet_gradient(
                     labels, x, distance_name=rp.TFA_DISTANCES[metric], positive="hard",
@@ -107,7 +106,7 @@ def check_tfa():
                        value, want, grad, want_grad)
         for margin in (1.0, 0.5):
             value, grad = tf_value_and_grad(
-                lambda t: tfa.losses.lifted_struct_loss(y, t, margin), x, tf.float32)
+                lambda t, y=y, m=margin: tfa.losses.lifted_struct_loss(y, t, m), x, tf.float32)
             want = rp.pair_loss("lifted_struct", labels, x, margin=margin)
             want_grad = rp.pair_gradient("lifted_struct", labels, x, distance_name="euclidean",
                                          margin=margin)
@@ -141,7 +140,8 @@ def check_tfsim():
     for batch, labels, x in batches():
         for kwargs in ({}, {"alpha": 1.0, "beta": 20.0, "epsilon": 0.3, "lmda": 0.6}):
             values, grad = per_anchor(
-                lambda *a: multisimilarity_loss(*a, distance=cosine, **kwargs), labels, x, True)
+                lambda *a, kw=kwargs: multisimilarity_loss(*a, distance=cosine, **kw),
+                labels, x, True)
             totals, counts = rp.multi_similarity_per_anchor(labels, x, **kwargs)
             valid = counts > 0
             want_grad = rp.pair_gradient("multi_similarity", labels, x, distance_name="cosine",
@@ -151,14 +151,15 @@ def check_tfsim():
                    grad if valid.all() else None, want_grad)
         for temperature in (1.0, 0.5):
             values, grad = per_anchor(
-                lambda *a: soft_nn_loss(*a, distance=sql2, temperature=temperature),
+                lambda *a, t=temperature: soft_nn_loss(*a, distance=sql2, temperature=t),
                 labels, x, False)
             totals, _ = rp.soft_nearest_neighbor_per_anchor(labels, x, temperature=temperature)
             # SPEC: TF Similarity computes -log(1e-9 + exp(-l_a)) on valid anchors.
             saturated = -np.log(1e-9 + np.exp(-totals))
             want_grad = rp.numerical_gradient(
-                lambda d: float(np.mean(-np.log(1e-9 + np.exp(-rp.soft_nearest_neighbor_per_anchor(
-                    labels, None, temperature=temperature, distances=d)[0])))),
+                lambda d, labels=labels, t=temperature: float(np.mean(-np.log(
+                    1e-9 + np.exp(-rp.soft_nearest_neighbor_per_anchor(
+                        labels, None, temperature=t, distances=d)[0])))),
                 x, "squared_euclidean")
             report("tfsim", f"soft_nn_loss(T={temperature}) = -log(1e-9+e^-l) [float32]", batch,
                    values, saturated, grad, want_grad)
