@@ -235,10 +235,15 @@ def test_blocked_matches_unblocked(kind, kwargs, block_size):
     np.testing.assert_allclose(grad, rp.triplet_gradient(labels, x, **ref_kwargs), **GRAD_TOL)
 
 
-@pytest.mark.parametrize("block_size", [None, 4])
-@pytest.mark.parametrize("kind,kwargs", REPRESENTATIVE, ids=REPRESENTATIVE_IDS)
+COMPILED = [(kind, kwargs, None) for kind, kwargs in REPRESENTATIVE] + [
+    (*BATCH_ALL, 4), (*TFA_SEMI_HARD, 4)]
+COMPILED_IDS = REPRESENTATIVE_IDS + ["batch-all-blocked", "tfa-semi-hard-blocked"]
+
+
+@pytest.mark.parametrize("kind,kwargs,block_size", COMPILED, ids=COMPILED_IDS)
 def test_compiled_matches_reference(kind, kwargs, block_size):
-    """Value and gradient inside tf.function(jit_compile=True) / jax.jit (eager on torch)."""
+    """Value and gradient inside tf.function(jit_compile=True) / jax.jit (eager on torch),
+    unblocked and with row blocks of 4."""
     labels, x = batch("uneven")
     extra = {} if block_size is None else {"block_size": block_size}
     loss = KINDS[kind](**kwargs, **extra)
@@ -514,11 +519,11 @@ def test_default_average_is_valid():
     assert PNLoss().get_config()["average"] == "valid"
 
 
-def save_and_reload(tmp_path, losses):
-    """Saves one small compiled model per loss to ``.keras`` and reloads each in a fresh
-    process that only imports triplet_tools (no custom_objects); returns, per loss, the
-    reloaded loss class name, its config and its value on a fixed batch, with the value the
-    original loss gives."""
+def save_and_reload(tmp_path, losses, fresh_process=False):
+    """Saves one small compiled model per loss to ``.keras`` and reloads it with
+    ``keras.models.load_model`` and no custom_objects, here or (``fresh_process``) in a new
+    process that imports nothing but ``triplet_tools``. Returns, per loss, the reloaded
+    loss's class name, config and value on a fixed batch, and the values of the originals."""
     import json
 
     labels, x = batch("uneven")
@@ -532,6 +537,14 @@ def save_and_reload(tmp_path, losses):
         model.save(path)
         paths.append(str(path))
         expected.append(float(to_numpy(loss(labels, model.predict(x, verbose=0)))))
+    if not fresh_process:
+        reloaded = []
+        for path in paths:
+            model = keras.models.load_model(path)
+            value = to_numpy(model.loss(labels, model.predict(x, verbose=0)))
+            reloaded.append({"class": type(model.loss).__name__,
+                             "config": model.loss.get_config(), "value": float(value)})
+        return reloaded, expected
     script = textwrap.dedent(f"""
         import json, numpy as np, keras
         import triplet_tools  # registers the losses
@@ -540,6 +553,8 @@ def save_and_reload(tmp_path, losses):
         for path in {paths!r}:
             model = keras.models.load_model(path)
             value = model.loss(y, model.predict(x, verbose=0))
+            if hasattr(value, "detach"):
+                value = value.detach()
             out.append({{"class": type(model.loss).__name__, "config": model.loss.get_config(),
                          "value": float(keras.ops.convert_to_numpy(value))}})
         print(json.dumps(out))
@@ -550,6 +565,7 @@ def save_and_reload(tmp_path, losses):
 
 
 def test_save_and_load_without_custom_objects(tmp_path):
+    """In this process (test_pair_losses reloads every new loss in a fresh one)."""
     losses = [TripletLoss(positive_mining_strategy="all", negative_mining_strategy="all",
                           average="active", distance="euclidean", margin=0.7),
               PNLoss(positive_mining_strategy="all", negative_mining_strategy="hard",

@@ -215,6 +215,7 @@ def test_config_holds_tfa_names(cls, kwargs):
 
 
 def test_save_and_load_without_custom_objects(tmp_path):
+    """In this process (test_pair_losses reloads every new loss in a fresh one)."""
     losses = [TripletSemiHardLoss(margin=0.4, distance_metric="angular"),
               TripletHardLoss(margin=0.2, soft=True)]
     reloaded, expected = save_and_reload(tmp_path, losses)
