@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import reference_pairs as rp
 from backend import compiled_value_and_grad, to_numpy, value_and_grad
-from test_pair_mining import GRAD_TOL, VALUE_TOL, batch, save_and_reload
+from pair_support import GRAD_TOL, VALUE_TOL, batch, save_and_reload
 from triplet_tools.tfa import (
     TripletHardLoss,
     TripletSemiHardLoss,
