@@ -292,7 +292,8 @@ def test_duplicates_and_zero_vectors(kind, kwargs):
     if kind in ("multi_similarity", "lifted_struct"):
         ref_kwargs["tie_tol"] = None
     want = rp.pair_loss(kind, labels, x, **ref_kwargs)
-    np.testing.assert_allclose(value, want, **VALUE_TOL)
+    # loose: a distance of exactly 0 may come out as sqrt(rounding) ~ 3e-4 in float32
+    np.testing.assert_allclose(value, want, rtol=1e-3, atol=1e-3)
     _, grad = value_and_grad(lambda t: loss([0, 0, 1, 1], t), np.zeros((4, 3), "float32"))
     assert np.all(np.isfinite(grad))
 

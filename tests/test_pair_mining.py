@@ -397,7 +397,8 @@ def test_duplicates_and_zero_vectors(kind, kwargs):
     assert np.isfinite(value) and np.all(np.isfinite(grad))
     if kwargs["negative_mining_strategy"] == "all" and kwargs.get("average") != "active":
         want = rp.triplet_loss(labels, x, tie_tol=None, **reference_kwargs(kind, kwargs))
-        np.testing.assert_allclose(value, want, **VALUE_TOL)
+        # loose: a distance of exactly 0 may come out as sqrt(rounding) ~ 3e-4 in float32
+        np.testing.assert_allclose(value, want, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf])
