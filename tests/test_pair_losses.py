@@ -196,7 +196,7 @@ def test_hand_worked_multi_similarity_drops_easy_anchors():
     """Points 0, 0.1 (class 0), 5, 5.1 (class 1), Euclidean, epsilon 0.1. For anchor 0 the
     nearest negative is at 5, so P'(0) = {d > 4.9} holds no positive (its one is at 0.1):
     every anchor is like that, none is valid, and the loss is exactly 0 with zero gradient.
-    With epsilon 5: P'(0) = {d > 0} = {0.1} and N'(0) = {d < 5.1} = {5}; with lmda 0.5 and
+    With epsilon 4.95: P'(0) = {d > 0.05} = {0.1}, N'(0) = {d < 5.05} = {5}; with lmda 0.5 and
     center 1, s = d - 0.5: l_0 = (1/2) log(1 + e^{2(-0.4)}) + (1/40) log(1 + e^{-40(4.5)}).
     """
     x = np.array([[0.0], [0.1], [5.0], [5.1]], "float32")
@@ -204,7 +204,7 @@ def test_hand_worked_multi_similarity_drops_easy_anchors():
     easy = MultiSimilarityLoss(distance="euclidean")
     value, grad = value_and_grad(lambda t: easy(labels, t), x)
     assert value == 0.0 and np.all(grad == 0.0)
-    loose = MultiSimilarityLoss(distance="euclidean", epsilon=5.0, reduction="none")
+    loose = MultiSimilarityLoss(distance="euclidean", epsilon=4.95, reduction="none")
     l0 = 0.5 * math.log1p(math.exp(-0.8)) + math.log1p(math.exp(-180.0)) / 40
     np.testing.assert_allclose(to_numpy(loose(labels, x))[0], l0, rtol=1e-5)
 
