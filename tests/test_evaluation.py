@@ -144,8 +144,8 @@ def test_100k_by_100k_blocks_stay_small():
         ((np.array([[0.0, np.nan], [1, 1], [2, 2]]), [0, 0, 1]), {}, "embeddings contain 1 NaN or infinite"),
         ((np.array([["a", "b"], ["c", "d"]]), [0, 0]), {}, "embeddings must be numeric"),
         ((np.zeros((3, 2)), [0, 1, 2]), {}, "No query has a relevant reference"),
-        ((np.zeros((3, 2)), [0, 0, 1]), {"block_size": 0}, r"block_size must be an int >= 1 or None; received 0\."),
-        ((np.zeros((3, 2)), [0, 0, 1]), {"block_size": True}, "block_size must be an int >= 1 or None; received True"),
+        ((np.zeros((3, 2)), [0, 0, 1]), {"block_size": 0}, r"block_size must be a positive int or None; received block_size=0\."),
+        ((np.zeros((3, 2)), [0, 0, 1]), {"block_size": True}, "block_size must be a positive int or None; received block_size=True"),
         ((np.zeros((3, 2)), [0, 0, 1]), {"k": True}, "k must be a positive int .*received True"),
         ((np.zeros((3, 2)), [np.nan] * 3), {}, r"labels contain 3 NaN or infinite values; class labels must be finite"),
         ((np.zeros((3, 2)), [0.0, 0.0, np.inf]), {}, "labels contain 1 NaN or infinite values"),
@@ -250,9 +250,9 @@ def test_callback_with_reference_set_and_prefix():
 @pytest.mark.parametrize(
     "kwargs,pattern",
     [
-        ({"every": 0}, r"every must be an int >= 1; received 0\."),
-        ({"every": True}, r"every must be an int >= 1; received True\."),
-        ({"batch_size": 2.5}, r"batch_size must be an int >= 1; received 2.5\."),
+        ({"every": 0}, r"every must be a positive int; received every=0\."),
+        ({"every": True}, r"every must be a positive int; received every=True\."),
+        ({"batch_size": 2.5}, r"batch_size must be a positive int; received batch_size=2.5\."),
         ({"prefix": 3}, r"prefix must be a string; received 3\."),
         ({"x": None}, r"x must be model inputs: an array or tensor of shape \(N, ...\) or a dict of them; received NoneType None"),
         ({"x": np.array([[0.0, 1, 2], [3, np.nan, 5], [6, 7, np.inf], [0, 0, 0]])}, r"x contain 2 NaN or infinite values \(the model would embed them as NaN\)"),

@@ -122,15 +122,15 @@ def test_fit_trains_on_a_new_complete_table_every_epoch_and_repeats_with_the_see
 @pytest.mark.parametrize(
     "kwargs,pattern",
     [
-        ({"classes_per_batch": 1}, "classes_per_batch must be an int >= 2; received 1"),
-        ({"samples_per_class": 1.5}, "samples_per_class must be an int >= 2; received 1.5"),
+        ({"classes_per_batch": 1}, "classes_per_batch must be an int >= 2; received classes_per_batch=1"),
+        ({"samples_per_class": 1.5}, "samples_per_class must be an int >= 2; received samples_per_class=1.5"),
         ({"classes_per_batch": 4}, r"needs that many classes with at least 2 samples; "
                                    r"received 3 such classes \(class sizes: \{0: 1, 1: 2, 2: 3, 3: 4\}\)"),
         ({"y": np.zeros(3)}, r"y must have shape \(10,\) to match x; received shape \(3,\)"),
-        ({"batches_per_epoch": 0}, r"batches_per_epoch must be an int >= 1 or None; received 0\."),
-        ({"batches_per_epoch": True}, r"batches_per_epoch must be an int >= 1 or None; received True\."),
+        ({"batches_per_epoch": 0}, r"batches_per_epoch must be a positive int or None; received batches_per_epoch=0\."),
+        ({"batches_per_epoch": True}, r"batches_per_epoch must be a positive int or None; received batches_per_epoch=True\."),
         ({"seed": "a"}, "seed must be an int"),
-        ({"seed": -1}, r"^seed must be an int >= 0; received -1\.$"),
+        ({"seed": -1}, r"^seed must be an int >= 0; received seed=-1\.$"),
         ({"y": np.array(["a", "b", "b", "c", "c", "c", "d", "d", "d", "d"])},
          (r"^y: class ids must be integers; map string labels to ids first, e\.g\. with "
           r"numpy\.unique\(\.\.\., return_inverse=True\); received dtype <U1\.$")),
