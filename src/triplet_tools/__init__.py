@@ -13,10 +13,15 @@ _BACKEND_PROBLEM = _import_problem()
 if _BACKEND_PROBLEM is None:
     from triplet_tools import layers  # noqa: F401  (registers L2Embedding for load_model)
     from triplet_tools import metrics  # noqa: F401  (registers MiningStatistics for load_model)
+    from triplet_tools import tfa  # noqa: F401  (registers the tfa drop-ins for load_model)
     from triplet_tools.losses import (
+        CircleLoss,
+        MultiSimilarityLoss,
         PNLoss,
         PrimingLoss,
+        SoftNearestNeighborLoss,
         TripletLoss,
+        triplet_batch_all_loss,
         triplet_batch_hard_loss,
         triplet_batch_priming_loss,
         triplet_batch_semihard_loss,
@@ -30,9 +35,13 @@ else:  # The command reports it in one line (demo/cli.py); the library's names o
 __version__ = "1.0.0"
 
 __all__ = [
+    "CircleLoss",
+    "MultiSimilarityLoss",
     "PNLoss",
     "PrimingLoss",
+    "SoftNearestNeighborLoss",
     "TripletLoss",
+    "triplet_batch_all_loss",
     "triplet_batch_hard_loss",
     "triplet_batch_priming_loss",
     "triplet_batch_semihard_loss",

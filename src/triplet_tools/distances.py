@@ -189,6 +189,12 @@ class Distance:
         """
         return self.paired(x, y)
 
+    def pairwise_features(self, x, y):
+        """``pairwise`` on rows already passed through ``mining_features``: ``(n, m)``,
+        differentiable (the losses over every pair measure a block of anchors with it).
+        Override it together with ``mining_features``; by default it is ``pairwise``."""
+        return self.pairwise(x, y)
+
     def mining_scores(self, anchors, references):
         """``(n, m)`` scores that increase with the distance along each anchor's row."""
         return self.pairwise(anchors, references)
@@ -302,6 +308,9 @@ class EuclideanNorm(Euclidean):
     def paired_features(self, x, y):
         return Euclidean.paired(self, x, y)
 
+    def pairwise_features(self, x, y):
+        return Euclidean.pairwise(self, x, y)
+
 
 class Cosine(Distance):
     """``d(a, b) = 1 - a.b / (||a|| ||b||)``; name ``cosine``. Inputs are normalised internally.
@@ -330,6 +339,9 @@ class Cosine(Distance):
 
     def paired_features(self, x, y):
         return 1 - ops.sum(x * y, axis=-1)
+
+    def pairwise_features(self, x, y):
+        return 1 - gram(x, y)
 
     def mining_scores(self, anchors, references):
         return gram(-anchors, references)

@@ -1,11 +1,21 @@
-"""Triplet-family losses: ``TripletLoss``, ``PNLoss``, ``PrimingLoss`` and the 0.2.3 functions."""
+"""Triplet-family losses (``TripletLoss``, ``PNLoss``, ``PrimingLoss``, the 0.2.3 functions,
+``triplet_batch_all_loss``) and the pair-based losses (``MultiSimilarityLoss``, ``CircleLoss``,
+``SoftNearestNeighborLoss``, ``LiftedStructLoss``)."""
 
 from triplet_tools.losses.base import AnchorTriplets, TripletFamilyLoss
 from triplet_tools.losses.reduction import REDUCTIONS
+from triplet_tools.losses.pair import (
+    CircleLoss,
+    LiftedStructLoss,
+    MultiSimilarityLoss,
+    PairLoss,
+    SoftNearestNeighborLoss,
+)
 from triplet_tools.losses.pn import PNLoss
 from triplet_tools.losses.priming import PrimingLoss, triplet_batch_priming_loss
 from triplet_tools.losses.triplet import (
     TripletLoss,
+    triplet_batch_all_loss,
     triplet_batch_hard_loss,
     triplet_batch_semihard_loss,
 )
@@ -13,10 +23,16 @@ from triplet_tools.losses.triplet import (
 __all__ = [
     "REDUCTIONS",
     "AnchorTriplets",
+    "CircleLoss",
+    "LiftedStructLoss",
+    "MultiSimilarityLoss",
+    "PairLoss",
+    "SoftNearestNeighborLoss",
     "PNLoss",
     "PrimingLoss",
     "TripletFamilyLoss",
     "TripletLoss",
+    "triplet_batch_all_loss",
     "triplet_batch_hard_loss",
     "triplet_batch_priming_loss",
     "triplet_batch_semihard_loss",

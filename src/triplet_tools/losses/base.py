@@ -216,6 +216,11 @@ class TripletFamilyLoss(keras.losses.Loss):
         if rows is not None:
             labels, embeddings = labels[rows], embeddings[rows]
         features = self.distance.mining_features(embeddings)
+        if features.shape[0] == 0:
+            # An empty batch has no valid anchor: exactly 0, still connected to the input.
+            nothing = ops.sum(features, axis=1) * 0
+            return AnchorTriplets(nothing, ops.zeros((0,), "bool"), nothing, nothing,
+                                  nothing, nothing)
         reference_features, reference_labels = None, None
         if reference_set.embeddings is not None:
             reference_features = self.distance.mining_features(

@@ -41,6 +41,9 @@ class PNLoss(TripletLoss):
     def __init__(self, *args, name="PNLoss", **kwargs):
         super().__init__(*args, name=name, **kwargs)
 
+    def reference_pair_distances(self, references):
+        return self.distance.pairwise_features(references, references)
+
     def anchor_distances(self, anchors, positives, negatives):
         d_ap, d_an = super().anchor_distances(anchors, positives, negatives)
         return d_ap, ops.minimum(d_an, self.distance.paired_features(positives, negatives))

@@ -3,8 +3,12 @@
 import keras
 
 from triplet_tools._ops import ops
-from triplet_tools._validation import check_bool, check_number
-from triplet_tools.losses.base import TripletFamilyLoss
+from triplet_tools._validation import check_bool, check_choice, check_number
+from triplet_tools.losses.base import AnchorTriplets, TripletFamilyLoss
+from triplet_tools.mining import pairs
+
+#: Accepted values of ``average``: what the default reduction divides by.
+AVERAGES = ("valid", "active")
 
 SOFT_MARGIN_ERROR = "Margin value is not used when soft_margin is set to True."
 
@@ -31,18 +35,23 @@ class TripletLoss(TripletFamilyLoss):
         distance: ``"cosine"`` (default), ``"euclidean_norm"``, ``"euclidean"`` / ``"l2"``,
             ``"squared_euclidean"`` / ``"sql2"``, ``"manhattan"`` / ``"l1"``, or a
             ``triplet_tools.distances.Distance``.
-        positive_mining_strategy: ``"hard"`` (farthest positive, default) or ``"easy"``
-            (nearest positive).
+        positive_mining_strategy: ``"hard"`` (farthest positive, default), ``"easy"``
+            (nearest positive) or ``"all"`` (every positive pair is a unit, with its own
+            negative; semi-hard then uses that pair's ``d(a, p)``).
         negative_mining_strategy: ``"semi-hard"`` (default: the nearest negative farther
             than ``d_ap + semi_margin``, falling back to the farthest negative), ``"hard"``
-            (nearest negative) or ``"easy"`` (farthest negative).
+            (nearest negative), ``"easy"`` (farthest negative) or ``"all"`` (every negative
+            makes a unit with each chosen positive: with positive ``"all"``, every triplet).
         soft_margin: use ``softplus`` instead of the hinge; then ``margin`` must stay 1.0.
         margin: the hinge margin, ``>= 0``.
         semi_margin: the semi-hard offset added to ``d_ap``.
         name: the loss name, ``"TripletLoss"``.
-        reduction: ``"sum_over_batch_size"`` (default; mean over valid anchors), ``"mean"``
-            (the same), ``"sum"``, ``"mean_with_sample_weight"`` (divides by the summed
-            weights of valid anchors), ``"none"`` / ``None`` (per-anchor ``w_a * l_a``).
+        reduction: ``"sum_over_batch_size"`` (default; ``sum_a w_a L_a / sum_a c_a``),
+            ``"mean"`` (the same), ``"sum"``, ``"mean_with_sample_weight"`` (divides by
+            ``sum_a w_a c_a``), ``"none"`` / ``None`` (per-anchor ``w_a * L_a``). ``L_a`` is
+            the sum of the anchor's unit losses and ``c_a`` its number of counted units.
+        average: what ``c_a`` counts: ``"valid"`` (default; every unit of a valid anchor)
+            or ``"active"`` (units with ``l_u > 0``; with ``soft_margin`` every valid unit).
         **kwargs: ``dtype`` (of the returned value; computation is in at least float32),
             ``block_size`` (anchors mined at once; ``None`` chooses), ``global_mining``
             (default ``True``: mine against the global batch when training data-parallel;
@@ -82,9 +91,11 @@ class TripletLoss(TripletFamilyLoss):
         semi_margin=0.0,
         name="TripletLoss",
         reduction="sum_over_batch_size",
+        average="valid",
         **kwargs,
     ):
         soft_margin = check_bool(soft_margin, "soft_margin")
+        average = check_choice(average, AVERAGES, "average")
         margin = check_number(margin, "margin")
         if soft_margin and margin != 1.0:
             raise ValueError(SOFT_MARGIN_ERROR)
@@ -100,6 +111,7 @@ class TripletLoss(TripletFamilyLoss):
         )
         self.soft_margin = soft_margin
         self.margin = margin
+        self.average = average
 
     def anchor_loss(self, positive_distance, negative_distance):
         gap = positive_distance - negative_distance
@@ -107,8 +119,74 @@ class TripletLoss(TripletFamilyLoss):
             return ops.softplus(gap)
         return ops.relu(gap + self.margin)
 
+    def reference_pair_distances(self, references):
+        """``(M, M)`` distances among the references for ``PNLoss``'s ``d(p, n)``; ``None``."""
+        return None
+
+    def score_set(self, features, labels, reference_features, reference_labels,
+                  anchor_positions, reference_mask):
+        if self.rules.per_anchor:
+            triplets = super().score_set(features, labels, reference_features,
+                                         reference_labels, anchor_positions, reference_mask)
+            if self.average == "active" and not self.soft_margin:
+                triplets = triplets._replace(count=triplets.active)
+            return triplets
+        pool = features if reference_features is None else reference_features
+        finite = ops.all(ops.isfinite(ops.stop_gradient(pool)), axis=-1)
+        pair_distances = self.reference_pair_distances(
+            ops.where(finite[:, None], pool, ops.zeros_like(pool)))
+        rules = self.rules
+
+        def units(block):
+            return pairs.triplet_units(
+                block, positive=rules.positive, negative=rules.negative,
+                semi_margin=rules.semi_margin, unit_loss=self.anchor_loss,
+                soft=self.soft_margin, average=self.average,
+                positive_negative_distances=pair_distances)
+
+        loss, count, valid, active, d_ap, d_an = pairs.score_pairs(
+            features, labels, reference_features, reference_labels, anchor_positions,
+            reference_mask, distance=self.distance, row_function=units,
+            rows=self.block_size, cubic=True)
+        return AnchorTriplets(loss, valid, d_ap, d_an, count, active)
+
     def get_config(self):
-        return {**super().get_config(), "soft_margin": self.soft_margin, "margin": self.margin}
+        return {**super().get_config(), "soft_margin": self.soft_margin, "margin": self.margin,
+                "average": self.average}
+
+
+def triplet_batch_all_loss(margin=1.0, metric="euclidean_norm"):
+    """Batch-all triplet loss, "batch all != 0" (Hermans et al. 2017): every triplet, averaged
+    over the active ones.
+
+    ```
+    units: every (a, p, n) with p in P(a), n in N(a)
+    loss = sum_u max(d(a, p) - d(a, n) + margin, 0) / #{u : l_u > 0}
+    ```
+
+    Equal to ``TripletLoss(distance=metric, positive_mining_strategy="all",
+    negative_mining_strategy="all", margin=margin, average="active")``, the convention of
+    sentence-transformers' ``BatchAllTripletLoss`` and pytorch-metric-learning's
+    ``AvgNonZeroReducer``.
+
+    Args:
+        margin: the hinge margin, ``>= 0``.
+        metric: a distance name (default ``"euclidean_norm"``) or ``Distance``.
+
+    Returns:
+        A :class:`TripletLoss`.
+
+    Example:
+
+    >>> import numpy as np
+    >>> loss = triplet_batch_all_loss(margin=1.0, metric="euclidean")
+    >>> y_pred = np.array([[0.0], [1.0], [2.5]], "float32")
+    >>> # triplets (0,1,2): 1 - 2.5 + 1 = -0.5 -> 0; (1,0,2): 1 - 1.5 + 1 = 0.5 (active)
+    >>> round(float(loss([0, 0, 1], y_pred)), 4)
+    0.5
+    """
+    return TripletLoss(distance=metric, positive_mining_strategy="all",
+                       negative_mining_strategy="all", margin=margin, average="active")
 
 
 def triplet_batch_hard_loss(margin=1.0, metric="euclidean_norm"):

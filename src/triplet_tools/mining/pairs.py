@@ -1,0 +1,227 @@
+"""The pair engine: losses that score every pair, or every triplet, of an anchor's row.
+
+For a block of ``n`` anchors against ``M`` references it forms the ``(n, M)`` distances with
+gradient and the masks ``P(a)`` / ``N(a)`` of :mod:`triplet_tools.mining.rules`, and hands
+them to a *row function* that returns per-anchor values. Blocks run through
+:func:`~triplet_tools.mining.blocks.map_blocks`, so shapes are static and it compiles under
+XLA; the backward pass is the framework's own (every pair distance of a block is
+differentiated, which is the dense formulation's gradient exactly).
+
+Row functions here:
+
+* :func:`triplet_units` -- ``TripletLoss`` / ``PNLoss`` with a strategy ``"all"``: the units
+  ``(a, p, n)`` of SPEC (every positive pair with its own semi-hard negative, every
+  triplet, ...), summed per anchor with their count;
+* :func:`masked_logsumexp` -- the building block of the pair-based losses
+  (``losses/pair.py``).
+
+Memory: a block holds ``n x M`` distances (``n x M x M`` candidate units for
+:func:`triplet_units`), so blocks are sized from the reference count (see
+:func:`block_rows`). References whose embedding is not finite are zeroed and masked out,
+so NaN reaches only the loss of the anchor that holds it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+from triplet_tools._ops import ops
+from triplet_tools.mining.blocks import BLOCK_ELEMENTS, map_blocks
+
+_INF = float("inf")
+
+
+class PairBlock(NamedTuple):
+    """What a row function sees for a block of ``n`` anchors.
+
+    Attributes:
+        distances: ``(n, M)`` ``d(a, j)`` with gradient.
+        positive: ``(n, M)`` bool, ``j in P(a)``.
+        negative: ``(n, M)`` bool, ``j in N(a)``.
+        anchors: ``(n, D)`` anchor features.
+        rows: ``(n,)`` int32 index of each anchor in the batch (padding rows: ``-1``).
+    """
+
+    distances: Any
+    positive: Any
+    negative: Any
+    anchors: Any
+    rows: Any
+
+
+def block_rows(num_anchors, num_references, cubic=False):
+    """Anchors per block: about :data:`~triplet_tools.mining.blocks.BLOCK_ELEMENTS` values
+    per block, counting ``M`` per anchor (or ``M * M`` candidate units with ``cubic``)."""
+    if num_anchors is None or num_references is None:
+        return num_anchors
+    per_row = max(num_references, 1) ** (2 if cubic else 1)
+    rows = max(1, BLOCK_ELEMENTS // per_row)
+    return min(num_anchors, 1 << (rows.bit_length() - 1))
+
+
+def masked_logsumexp(values, mask, axis=-1):
+    """``log(sum_{mask} exp(values))`` along ``axis``, stabilised per row; ``-inf`` for an
+    empty row, with zero gradient there.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> v = np.array([[0.0, 1000.0, 5.0], [1.0, 2.0, 3.0]], "float32")
+    >>> m = np.array([[True, True, False], [False, False, False]])
+    >>> ops.convert_to_numpy(masked_logsumexp(v, m)).tolist()
+    [1000.0, -inf]
+    """
+    values = ops.convert_to_tensor(values)
+    mask = ops.convert_to_tensor(mask)
+    any_kept = ops.any(mask, axis=axis)
+    peak = ops.max(ops.where(mask, values, -_INF), axis=axis, keepdims=True)
+    peak = ops.stop_gradient(ops.where(ops.isfinite(peak), peak, ops.zeros_like(peak)))
+    # Masked entries become exp(-inf) = 0 before the exp, never inf after it: an overflow
+    # in an unselected entry would turn the gradient NaN through the select.
+    total = ops.sum(ops.exp(ops.where(mask, values - peak, -_INF)), axis=axis)
+    safe = ops.where(any_kept, total, ops.ones_like(total))
+    return ops.where(any_kept, ops.log(safe) + ops.squeeze(peak, axis), -_INF)
+
+
+def _arg(values, mask, largest):
+    """Index of the largest (or smallest) value among ``mask`` along the last axis."""
+    fill = -_INF if largest else _INF
+    masked = ops.where(mask, values, fill)
+    return ops.argmax(masked, axis=-1) if largest else ops.argmin(masked, axis=-1)
+
+
+def _one_hot(index, width):
+    return ops.one_hot(index, width) > 0
+
+
+def score_pairs(features, labels, reference_features, reference_labels, anchor_positions,
+                reference_mask, *, distance, row_function, rows=None, cubic=False):
+    """Runs ``row_function`` over row blocks of anchors; returns its per-anchor outputs.
+
+    Args:
+        features: ``(B, D)`` anchor features (``distance.mining_features``), with gradient.
+        labels: ``(B,)`` class ids.
+        reference_features: ``(M, D)`` reference features, or ``None`` for the batch.
+        reference_labels: ``(M,)`` class ids (with ``reference_features``).
+        anchor_positions: ``(B,)`` index of each anchor among the references (``-1``:
+            none), or ``None`` (``arange(B)`` in-batch, all ``-1`` otherwise).
+        reference_mask: ``(M,)`` bool or ``None``.
+        distance: the ``Distance``.
+        row_function: ``PairBlock -> tuple of (n, ...) tensors``.
+        rows: anchors per block (``None``: :func:`block_rows`).
+        cubic: the row function builds ``n x M x M`` units (smaller blocks).
+
+    Returns:
+        The tuple of the row function's outputs over all ``B`` anchors.
+    """
+    from triplet_tools.mining import common_label_dtype
+
+    num_anchors = features.shape[0]
+    if reference_features is None:
+        reference_features, reference_labels = features, labels
+        if anchor_positions is None:
+            anchor_positions = ops.arange(ops.shape(features)[0], dtype="int32")
+    elif anchor_positions is None:
+        anchor_positions = -ops.ones(ops.shape(labels), dtype="int32")
+    labels, reference_labels = common_label_dtype(
+        ops.convert_to_tensor(labels), ops.convert_to_tensor(reference_labels))
+    finite = ops.all(ops.isfinite(ops.stop_gradient(reference_features)), axis=-1)
+    mask = finite if reference_mask is None else ops.logical_and(
+        ops.cast(reference_mask, "bool"), finite)
+    # Zeroed, not only masked: a NaN row would turn every gradient of a block product NaN.
+    clean = ops.where(mask[:, None], reference_features, ops.zeros_like(reference_features))
+    reference_index = ops.arange(ops.shape(reference_labels)[0], dtype="int32")
+    anchor_rows = ops.arange(ops.shape(labels)[0], dtype="int32")
+
+    def block(anchors, anchor_labels, positions, batch_rows):
+        same = ops.equal(anchor_labels[:, None], reference_labels[None, :])
+        kept = mask[None, :]
+        positive = ops.logical_and(
+            ops.logical_and(same, kept),
+            ops.not_equal(positions[:, None], reference_index[None, :]))
+        negative = ops.logical_and(ops.logical_not(same), kept)
+        distances = distance.pairwise_features(anchors, clean)
+        return row_function(PairBlock(distances, positive, negative, anchors, batch_rows))
+
+    if rows is None:
+        rows = block_rows(num_anchors, reference_labels.shape[0], cubic)
+    return map_blocks(block, (features, labels, ops.cast(anchor_positions, "int32"), anchor_rows),
+                      rows=rows, pad_values=(0, 0, -1, -1))
+
+
+def nan_if_not_finite(anchors):
+    """``(n,)`` zeros, or NaN for an anchor whose features are not finite (added to its loss
+    so that NaN in an embedding reaches the loss; zero gradient otherwise)."""
+    return ops.sum(ops.stop_gradient(anchors), axis=-1) * 0
+
+
+def triplet_units(block: PairBlock, *, positive: str, negative: str, semi_margin: float,
+                  unit_loss: Callable, soft: bool, average: str,
+                  positive_negative_distances: Any = None):
+    """Per anchor: the units ``(a, p, n)`` of ``TripletLoss`` / ``PNLoss`` with ``"all"``.
+
+    ```
+    P_u(a) = P(a) (positive "all"), or {p*} (hard / easy)
+    N_u(a, p) = N(a) (negative "all"), {n*} (hard / easy), or semi-hard for that pair:
+               nearest of {n in N(a) : d(a, n) > d(a, p) + semi_margin}, else farthest of N(a)
+    l_u = unit_loss(d(a, p), d_an)      d_an = d(a, n), or min(d(a, n), d(p, n)) for PNLoss
+    L_a = sum_u l_u      c_a = #units (average "valid") or #{u : l_u > 0} ("active")
+    ```
+
+    Args:
+        block: the :class:`PairBlock`.
+        positive, negative, semi_margin: the mining rules.
+        unit_loss: ``(d_ap, d_an) -> l`` (broadcasting).
+        soft: the soft margin (every valid unit counts as active).
+        average: ``"valid"`` or ``"active"``.
+        positive_negative_distances: ``(M, M)`` reference distances with gradient, for
+            ``PNLoss``; ``None`` otherwise.
+
+    Returns:
+        ``(L_a, c_a, valid, active, mean d_ap, mean d_an)``, each ``(n,)``.
+    """
+    distances = block.distances
+    fixed = ops.stop_gradient(distances)
+    width = ops.shape(distances)[1]
+    has_positive = ops.any(block.positive, axis=1)
+    valid = ops.logical_and(has_positive, ops.any(block.negative, axis=1))
+    if positive == "all":
+        positives = block.positive
+    else:
+        chosen = _arg(fixed, block.positive, largest=positive == "hard")
+        positives = ops.logical_and(_one_hot(chosen, width), has_positive[:, None])
+
+    negatives_of_anchor = block.negative[:, None, :]
+    if negative == "all":
+        negatives = negatives_of_anchor
+    elif negative in ("hard", "easy"):
+        chosen = _arg(fixed, block.negative, largest=negative == "easy")
+        negatives = _one_hot(chosen, width)[:, None, :]
+    else:  # semi-hard, for each unit's own positive
+        beyond = ops.logical_and(
+            negatives_of_anchor, fixed[:, None, :] > fixed[:, :, None] + semi_margin)
+        nearest_beyond = _arg(ops.broadcast_to(fixed[:, None, :], ops.shape(beyond)), beyond,
+                              largest=False)
+        farthest = _arg(fixed, block.negative, largest=True)
+        chosen = ops.where(ops.any(beyond, axis=2), nearest_beyond, farthest[:, None])
+        negatives = _one_hot(chosen, width)
+
+    units = ops.logical_and(ops.logical_and(positives[:, :, None], negatives),
+                            valid[:, None, None])
+    d_ap = distances[:, :, None]
+    d_an = distances[:, None, :]
+    if positive_negative_distances is not None:
+        d_an = ops.minimum(d_an, positive_negative_distances[None, :, :])
+    losses = ops.where(units, unit_loss(d_ap, d_an), 0)
+    total = ops.sum(losses, axis=(1, 2)) + nan_if_not_finite(block.anchors)
+    unit_count = ops.sum(ops.cast(units, distances.dtype), axis=(1, 2))
+    active = ops.sum(ops.cast(ops.logical_and(units, losses > 0), distances.dtype), axis=(1, 2))
+    count = unit_count if (average == "valid" or soft) else active
+    return (total, count, valid, active,
+            _masked_mean(distances, positives), _masked_mean(distances, block.negative))
+
+
+def _masked_mean(values, mask):
+    kept = ops.cast(mask, values.dtype)
+    return ops.sum(values * kept, axis=1) / ops.maximum(ops.sum(kept, axis=1), 1)
