@@ -128,8 +128,7 @@ def _ours(module, name):
     try:
         found = importlib.import_module(module)
     except ModuleNotFoundError as error:
-        if error.name is None or not (module == error.name
-                                      or module.startswith(error.name + ".")):
+        if error.name is None or not (module == error.name or module.startswith(error.name + ".")):
             raise
         raise NotAvailable(f"{module}.{name} is not in this triplet-tools ({error})") from None
     if not hasattr(found, name):
@@ -189,10 +188,16 @@ def ours(strategy, torch_compile=False):
 #: losses"): loss name -> (module, name, keyword arguments). Where a peer has the same loss,
 #: its arguments match these (see :data:`SETTINGS`).
 OURS = {
-    "batch-all": ("triplet_tools", "triplet_batch_all_loss",
-                  {"margin": MARGIN, "metric": DISTANCE}),
-    "tfa-semihard": ("triplet_tools.tfa", "TripletSemiHardLoss",
-                     {"margin": MARGIN, "distance_metric": "angular"}),
+    "batch-all": (
+        "triplet_tools",
+        "triplet_batch_all_loss",
+        {"margin": MARGIN, "metric": DISTANCE},
+    ),
+    "tfa-semihard": (
+        "triplet_tools.tfa",
+        "TripletSemiHardLoss",
+        {"margin": MARGIN, "distance_metric": "angular"},
+    ),
     "multi-similarity": ("triplet_tools.losses", "MultiSimilarityLoss", {}),
     "circle": ("triplet_tools.losses", "CircleLoss", {}),
     "soft-nn": ("triplet_tools.losses", "SoftNearestNeighborLoss", {}),
@@ -206,7 +211,7 @@ SETTINGS = {
     "batch-all": f"`{DISTANCE}`, margin {MARGIN}, mean over the triplets with a positive loss",
     "tfa-semihard": f"tfa's `angular` (= `{DISTANCE}`), margin {MARGIN}, every positive pair",
     "multi-similarity": "`cosine`, alpha 2, beta 40, epsilon 0.1, lambda (base) 0.5 "
-                        "(SPEC's and TF Similarity's defaults)",
+    "(SPEC's and TF Similarity's defaults)",
     "circle": "`cosine`, gamma 80, margin 0.4 (the defaults everywhere)",
     "soft-nn": "`squared_euclidean`, temperature 1 (the defaults)",
     "lifted": "`euclidean`, margin 1 (tfa's defaults)",
@@ -399,11 +404,16 @@ def sentence_transformers(loss_name):
             from sentence_transformers import losses
 
         distance = losses.BatchHardTripletLossDistanceFunction.cosine_distance
-        cls = {"batch-all": losses.BatchAllTripletLoss,
-               "batch-semihard": losses.BatchSemiHardTripletLoss}[loss_name]
+        cls = {
+            "batch-all": losses.BatchAllTripletLoss,
+            "batch-semihard": losses.BatchSemiHardTripletLoss,
+        }[loss_name]
         loss = cls(torch.nn.Identity(), distance_metric=distance, margin=MARGIN)
-        batch_loss = (loss.batch_all_triplet_loss if loss_name == "batch-all"
-                      else loss.batch_semi_hard_triplet_loss)
+        batch_loss = (
+            loss.batch_all_triplet_loss
+            if loss_name == "batch-all"
+            else loss.batch_semi_hard_triplet_loss
+        )
         step, to_numpy, versions = _torch_step(batch_loss, embeddings, labels)
         return step, to_numpy, {**versions, **_versions("sentence-transformers")}
 
@@ -544,8 +554,13 @@ def main(argv=None):
         detail = f"{type(error).__name__}: {error}"
         out_of_memory = any(
             words in detail.lower()
-            for words in ("out of memory", "can't allocate memory", "resourceexhausted",
-                          "resource_exhausted", "failed to allocate")
+            for words in (
+                "out of memory",
+                "can't allocate memory",
+                "resourceexhausted",
+                "resource_exhausted",
+                "failed to allocate",
+            )
         )
         result = {"status": "oom" if out_of_memory else "error", "detail": detail[-600:]}
     print(RESULT_PREFIX + json.dumps(result), flush=True)

@@ -55,8 +55,16 @@ BACKENDS = ("tensorflow", "jax", "torch")
 #: How our loss runs: each backend, plus PyTorch under ``torch.compile``.
 MODES = BACKENDS + ("torch-compile",)
 #: Our losses, by the names ``--losses`` takes (the demo's ``--loss`` names).
-LOSSES = ("semi-hard", "batch-hard", "batch-all", "tfa-semihard", "multi-similarity", "circle",
-          "soft-nn", "lifted")
+LOSSES = (
+    "semi-hard",
+    "batch-hard",
+    "batch-all",
+    "tfa-semihard",
+    "multi-similarity",
+    "circle",
+    "soft-nn",
+    "lifted",
+)
 #: Row labels of our losses.
 LOSS_LABELS = {
     "semi-hard": "TripletLoss semi-hard",
@@ -68,8 +76,12 @@ LOSS_LABELS = {
     "soft-nn": "SoftNearestNeighborLoss",
     "lifted": "tfa.LiftedStructLoss",
 }
-BACKEND_LABELS = {"tensorflow": "TF (XLA)", "jax": "JAX (jit)", "torch": "torch (eager)",
-                  "torch-compile": "torch (torch.compile)"}
+BACKEND_LABELS = {
+    "tensorflow": "TF (XLA)",
+    "jax": "JAX (jit)",
+    "torch": "torch (eager)",
+    "torch-compile": "torch (torch.compile)",
+}
 #: The peer every time is also divided by (the ``×0.2.3`` column).
 BASELINE = "triplet-tools-0.2.3"
 #: Statuses that are results (the library ran out of time or memory), not harness faults.
@@ -117,8 +129,8 @@ def our_case(loss, mode):
         label=f"triplet-tools {LOSS_LABELS[loss]} · {BACKEND_LABELS[mode]}",
         worker_case=f"ours-{loss}" + ("-compiled" if mode == "torch-compile" else ""),
         backend=backend,
-        env=(("KERAS_BACKEND", backend),) + (
-            (("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1"),) if mode == "torch-compile" else ()),
+        env=(("KERAS_BACKEND", backend),)
+        + ((("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1"),) if mode == "torch-compile" else ()),
     )
 
 
@@ -151,53 +163,147 @@ _TFA, _ST = "tensorflow-addons-0.23.0", "sentence-transformers-6.0.1"
 #: Peer virtual environment (a file ``bench/peers/<name>.txt`` pins it) -> its cases.
 PEERS = {
     "triplet-tools-0.2.3": (
-        Case(BASELINE, "triplet-tools 0.2.3 semi-hard · TF graph", "triplet-tools-0.2.3",
-             "tensorflow", peer="triplet-tools-0.2.3"),
+        Case(
+            BASELINE,
+            "triplet-tools 0.2.3 semi-hard · TF graph",
+            "triplet-tools-0.2.3",
+            "tensorflow",
+            peer="triplet-tools-0.2.3",
+        ),
     ),
     "tf-similarity-0.17.1": (
-        Case("tfsim-pn", "TF Similarity 0.17.1 PNLoss semi-hard · tf_keras graph", "tfsim-pn",
-             "tensorflow", peer="tf-similarity-0.17.1", env=_LEGACY_KERAS),
-        Case("tfsim-triplet", "TF Similarity 0.17.1 TripletLoss semi-hard · tf_keras graph",
-             "tfsim-triplet", "tensorflow", peer="tf-similarity-0.17.1", env=_LEGACY_KERAS),
-        Case("tfsim-multi-similarity",
-             "TF Similarity 0.17.1 MultiSimilarityLoss · tf_keras graph",
-             "tfsim-multi-similarity", "tensorflow", peer=_TFSIM, env=_LEGACY_KERAS,
-             loss="multi-similarity"),
-        Case("tfsim-circle", "TF Similarity 0.17.1 CircleLoss · tf_keras graph", "tfsim-circle",
-             "tensorflow", peer=_TFSIM, env=_LEGACY_KERAS, loss="circle"),
-        Case("tfsim-soft-nn", "TF Similarity 0.17.1 SoftNearestNeighborLoss · tf_keras graph",
-             "tfsim-soft-nn", "tensorflow", peer=_TFSIM, env=_LEGACY_KERAS, loss="soft-nn"),
+        Case(
+            "tfsim-pn",
+            "TF Similarity 0.17.1 PNLoss semi-hard · tf_keras graph",
+            "tfsim-pn",
+            "tensorflow",
+            peer="tf-similarity-0.17.1",
+            env=_LEGACY_KERAS,
+        ),
+        Case(
+            "tfsim-triplet",
+            "TF Similarity 0.17.1 TripletLoss semi-hard · tf_keras graph",
+            "tfsim-triplet",
+            "tensorflow",
+            peer="tf-similarity-0.17.1",
+            env=_LEGACY_KERAS,
+        ),
+        Case(
+            "tfsim-multi-similarity",
+            "TF Similarity 0.17.1 MultiSimilarityLoss · tf_keras graph",
+            "tfsim-multi-similarity",
+            "tensorflow",
+            peer=_TFSIM,
+            env=_LEGACY_KERAS,
+            loss="multi-similarity",
+        ),
+        Case(
+            "tfsim-circle",
+            "TF Similarity 0.17.1 CircleLoss · tf_keras graph",
+            "tfsim-circle",
+            "tensorflow",
+            peer=_TFSIM,
+            env=_LEGACY_KERAS,
+            loss="circle",
+        ),
+        Case(
+            "tfsim-soft-nn",
+            "TF Similarity 0.17.1 SoftNearestNeighborLoss · tf_keras graph",
+            "tfsim-soft-nn",
+            "tensorflow",
+            peer=_TFSIM,
+            env=_LEGACY_KERAS,
+            loss="soft-nn",
+        ),
     ),
     "pytorch-metric-learning-2.9.0": (
-        Case("pml-batch-hard", "pytorch-metric-learning 2.9.0 BatchHardMiner · torch",
-             "pml-batch-hard", "torch", peer="pytorch-metric-learning-2.9.0"),
-        Case("pml-batch-semihard",
-             "pytorch-metric-learning 2.9.0 BatchEasyHardMiner(hard, semihard) · torch",
-             "pml-batch-semihard", "torch", peer="pytorch-metric-learning-2.9.0"),
-        Case("pml-triplet-margin-semihard",
-             "pytorch-metric-learning 2.9.0 TripletMarginMiner(semihard) · torch",
-             "pml-triplet-margin-semihard", "torch", peer="pytorch-metric-learning-2.9.0",
-             cubic=True),
-        Case("pml-all-triplets",
-             "pytorch-metric-learning 2.9.0 TripletMarginLoss, every triplet (no miner) · torch",
-             "pml-all-triplets", "torch", peer=_PML, cubic=True, loss="batch-all"),
-        Case("pml-multi-similarity",
-             "pytorch-metric-learning 2.9.0 MultiSimilarityMiner + MultiSimilarityLoss · torch",
-             "pml-multi-similarity", "torch", peer=_PML, loss="multi-similarity"),
-        Case("pml-circle", "pytorch-metric-learning 2.9.0 CircleLoss · torch", "pml-circle",
-             "torch", peer=_PML, loss="circle"),
+        Case(
+            "pml-batch-hard",
+            "pytorch-metric-learning 2.9.0 BatchHardMiner · torch",
+            "pml-batch-hard",
+            "torch",
+            peer="pytorch-metric-learning-2.9.0",
+        ),
+        Case(
+            "pml-batch-semihard",
+            "pytorch-metric-learning 2.9.0 BatchEasyHardMiner(hard, semihard) · torch",
+            "pml-batch-semihard",
+            "torch",
+            peer="pytorch-metric-learning-2.9.0",
+        ),
+        Case(
+            "pml-triplet-margin-semihard",
+            "pytorch-metric-learning 2.9.0 TripletMarginMiner(semihard) · torch",
+            "pml-triplet-margin-semihard",
+            "torch",
+            peer="pytorch-metric-learning-2.9.0",
+            cubic=True,
+        ),
+        Case(
+            "pml-all-triplets",
+            "pytorch-metric-learning 2.9.0 TripletMarginLoss, every triplet (no miner) · torch",
+            "pml-all-triplets",
+            "torch",
+            peer=_PML,
+            cubic=True,
+            loss="batch-all",
+        ),
+        Case(
+            "pml-multi-similarity",
+            "pytorch-metric-learning 2.9.0 MultiSimilarityMiner + MultiSimilarityLoss · torch",
+            "pml-multi-similarity",
+            "torch",
+            peer=_PML,
+            loss="multi-similarity",
+        ),
+        Case(
+            "pml-circle",
+            "pytorch-metric-learning 2.9.0 CircleLoss · torch",
+            "pml-circle",
+            "torch",
+            peer=_PML,
+            loss="circle",
+        ),
     ),
     _TFA: (
-        Case("tfa-semihard", "tensorflow-addons 0.23 TripletSemiHardLoss · TF 2.15 graph",
-             "tfa-semihard", "tensorflow", peer=_TFA, cubic=True, loss="tfa-semihard"),
-        Case("tfa-lifted", "tensorflow-addons 0.23 LiftedStructLoss · TF 2.15 graph",
-             "tfa-lifted", "tensorflow", peer=_TFA, cubic=True, loss="lifted"),
+        Case(
+            "tfa-semihard",
+            "tensorflow-addons 0.23 TripletSemiHardLoss · TF 2.15 graph",
+            "tfa-semihard",
+            "tensorflow",
+            peer=_TFA,
+            cubic=True,
+            loss="tfa-semihard",
+        ),
+        Case(
+            "tfa-lifted",
+            "tensorflow-addons 0.23 LiftedStructLoss · TF 2.15 graph",
+            "tfa-lifted",
+            "tensorflow",
+            peer=_TFA,
+            cubic=True,
+            loss="lifted",
+        ),
     ),
     _ST: (
-        Case("st-batch-all", "sentence-transformers 6.0.1 BatchAllTripletLoss · torch",
-             "st-batch-all", "torch", peer=_ST, cubic=True, loss="batch-all"),
-        Case("st-batch-semihard", "sentence-transformers 6.0.1 BatchSemiHardTripletLoss · torch",
-             "st-batch-semihard", "torch", peer=_ST, cubic=True, loss="tfa-semihard"),
+        Case(
+            "st-batch-all",
+            "sentence-transformers 6.0.1 BatchAllTripletLoss · torch",
+            "st-batch-all",
+            "torch",
+            peer=_ST,
+            cubic=True,
+            loss="batch-all",
+        ),
+        Case(
+            "st-batch-semihard",
+            "sentence-transformers 6.0.1 BatchSemiHardTripletLoss · torch",
+            "st-batch-semihard",
+            "torch",
+            peer=_ST,
+            cubic=True,
+            loss="tfa-semihard",
+        ),
     ),
 }
 
@@ -223,8 +329,9 @@ def select_cases(backends=MODES, losses=LOSSES, peers=tuple(PEERS)):
     ours = [our_case(loss, backend) for backend in backends for loss in losses]
     if peers and "circle" in losses:
         ours += [keras_circle_case(backend) for backend in backends if backend in BACKENDS]
-    peer_cases = [case for peer in peers for case in PEERS[peer]
-                  if case.loss is None or case.loss in losses]
+    peer_cases = [
+        case for peer in peers for case in PEERS[peer] if case.loss is None or case.loss in losses
+    ]
     used = {case.backend for case in ours + peer_cases}
     floors = [floor_case(backend) for backend in BACKENDS if backend in used]
     return ours + floors + peer_cases
@@ -255,8 +362,7 @@ def run_limited(command, env=None, time_limit_s=300.0, memory_limit_mb=16000.0, 
     """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.monotonic()
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=err,
-                                   start_new_session=True)
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=err, start_new_session=True)
         killed, observed_peak_mb = None, 0.0
         while process.poll() is None:
             memory = bench_worker.memory_mb(process.pid)
@@ -303,14 +409,30 @@ def measure_case(case, batch, settings):
     if case.peer is not None:
         python = str(Path(settings["peers_dir"]) / case.peer / "bin" / "python")
         if not Path(python).exists():
-            return {**record, "status": "missing",
-                    "detail": f"{python} not found: run make bench-peers"}
+            return {
+                **record,
+                "status": "missing",
+                "detail": f"{python} not found: run make bench-peers",
+            }
     time_limit = settings["cubic_time_limit"] if case.cubic else settings["time_limit"]
     command = [
-        python, "-I", bench_worker.__file__, "--case", case.worker_case, "--batch", str(batch),
-        "--dim", str(settings["dim"]), "--per-class", str(settings["per_class"]),
-        "--seed", str(settings["seed"]), "--repeats", str(settings["repeats"]),
-        "--budget", str(0.8 * time_limit),
+        python,
+        "-I",
+        bench_worker.__file__,
+        "--case",
+        case.worker_case,
+        "--batch",
+        str(batch),
+        "--dim",
+        str(settings["dim"]),
+        "--per-class",
+        str(settings["per_class"]),
+        "--seed",
+        str(settings["seed"]),
+        "--repeats",
+        str(settings["repeats"]),
+        "--budget",
+        str(0.8 * time_limit),
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **dict(case.env)}
     memory_limit_mb = settings["memory_limit_gb"] * 1e9 / 2**20
@@ -322,10 +444,13 @@ def measure_case(case, batch, settings):
     if run["killed"] == "timeout":
         return {**record, "status": "timeout", "detail": f"killed after {time_limit:g} s"}
     if run["killed"] == "oom":
-        return {**record, "status": "oom",
-                "detail": f"killed at RSS > {settings['memory_limit_gb']:g} GB"}
+        return {
+            **record,
+            "status": "oom",
+            "detail": f"killed at RSS > {settings['memory_limit_gb']:g} GB",
+        }
     if lines:
-        return {**record, **json.loads(lines[-1][len(prefix):])}
+        return {**record, **json.loads(lines[-1][len(prefix) :])}
     if run["returncode"] == -signal.SIGKILL:
         return {**record, "status": "oom", "detail": "killed by the system (out of memory)"}
     tail = (run["stderr"].strip().splitlines() or ["no output"])[-1]
@@ -356,8 +481,12 @@ def run_cases(cases, sizes, measure, log=print):
         failure = None
         for batch in sorted(sizes):
             if failure is not None:
-                record = {"case": case.name, "batch": batch, "status": "skipped",
-                          "detail": f"{failure['status']} at B={failure['batch']}"}
+                record = {
+                    "case": case.name,
+                    "batch": batch,
+                    "status": "skipped",
+                    "detail": f"{failure['status']} at B={failure['batch']}",
+                }
             else:
                 record = measure(case, batch)
                 if record["status"] != "ok":
@@ -403,8 +532,9 @@ def describe(record):
         return f"skipped ({record['detail']})"
     if status == "missing":
         # A peer environment not created, or a loss this checkout of triplet-tools lacks.
-        return "not installed" if "make bench-peers" in record.get("detail", "") else \
-            "not available"
+        return (
+            "not installed" if "make bench-peers" in record.get("detail", "") else "not available"
+        )
     return "error"
 
 
@@ -438,7 +568,8 @@ def markdown_report(cases, records, sizes, meta):
         f"load average {meta['load_start']:.2f} at start, {meta['load_end']:.2f} at end · "
         f"Python {meta['python']}",
         "",
-        "Versions: " + "; ".join(
+        "Versions: "
+        + "; ".join(
             f"{environment}: " + ", ".join(f"{k} {v}" for k, v in sorted(found.items()))
             for environment, found in meta["versions"].items()
         ),
@@ -473,8 +604,10 @@ def markdown_report(cases, records, sizes, meta):
             row.append(" · ".join(ratios))
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "First call (trace + compile + one run):", ""]
-    lines += ["| library · backend | " + " | ".join(f"B={b}" for b in sizes) + " |",
-              "|---|" + "---|" * len(sizes)]
+    lines += [
+        "| library · backend | " + " | ".join(f"B={b}" for b in sizes) + " |",
+        "|---|" + "---|" * len(sizes),
+    ]
     for case in cases:
         cells = []
         for batch in sizes:
@@ -486,16 +619,22 @@ def markdown_report(cases, records, sizes, meta):
     if details:
         lines += ["", "Not measured:", ""]
         labels = {case.name: case.label for case in cases}
-        lines += [f"- {labels.get(r['case'], r['case'])}, B={r['batch']}: {r['status']} — "
-                  f"{_one_line(r.get('detail', ''))}" for r in details]
+        lines += [
+            f"- {labels.get(r['case'], r['case'])}, B={r['batch']}: {r['status']} — "
+            f"{_one_line(r.get('detail', ''))}"
+            for r in details
+        ]
     return "\n".join(lines) + "\n"
 
 
 def _losses_of(cases):
     """Our losses that ``cases`` measure (or compare with), in :data:`LOSSES` order."""
     found = {case.loss for case in cases}
-    found |= {case.worker_case.removeprefix("ours-").removesuffix("-compiled")
-              for case in cases if case.name.startswith("ours-")}
+    found |= {
+        case.worker_case.removeprefix("ours-").removesuffix("-compiled")
+        for case in cases
+        if case.name.startswith("ours-")
+    }
     return [loss for loss in LOSSES if loss in found] or list(LOSSES[:2])
 
 
@@ -531,17 +670,20 @@ def plot(cases, records, path):
         rows = sorted((r for r in records if r["case"] == case.name), key=lambda r: r["batch"])
         ok = [r for r in rows if r["status"] == "ok"]
         failed = next((r for r in rows if r["status"] in FAILED), None)
-        label = case.label + (f" ({describe(failed).split(' (')[0]} at B={failed['batch']})"
-                              if failed else "")
+        label = case.label + (
+            f" ({describe(failed).split(' (')[0]} at B={failed['batch']})" if failed else ""
+        )
         style = "--" if case.name.startswith("floor/") else "-" if case.peer is None else ":"
         if not ok:
             continue
         batches = [r["batch"] for r in ok]
         color = colors[2 * (index % 10) + index // 10 % 2]
-        time_axes.plot(batches, [r["median_s"] for r in ok], style, marker="o", color=color,
-                       label=label)
-        memory_axes.plot(batches, [_gb(r["peak_rss_mb"]) for r in ok], style, marker="o",
-                         color=color)
+        time_axes.plot(
+            batches, [r["median_s"] for r in ok], style, marker="o", color=color, label=label
+        )
+        memory_axes.plot(
+            batches, [_gb(r["peak_rss_mb"]) for r in ok], style, marker="o", color=color
+        )
     sizes = sorted({r["batch"] for r in records})
     for axes, ylabel in ((time_axes, "loss + gradient, median s"), (memory_axes, "peak RSS, GB")):
         axes.set_xscale("log", base=2)
@@ -574,15 +716,18 @@ def machine_info():
     cpu, ram_kb = platform.processor() or platform.machine(), 0
     try:
         with open("/proc/cpuinfo") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info
-                        if line.startswith("model name")), cpu)
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in info if line.startswith("model name")),
+                cpu,
+            )
         with open("/proc/meminfo") as info:
             ram_kb = next(int(line.split()[1]) for line in info if line.startswith("MemTotal"))
     except (OSError, StopIteration):
         pass
     return {
         "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+        "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
         else os.cpu_count(),
         "ram_gb": ram_kb * 1024 / 1e9,
         "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -634,39 +779,82 @@ def _choice_list(allowed):
 
 def add_arguments(parser):
     """Adds the benchmark options to an ``argparse`` parser (see ``triplet-tools bench -h``)."""
-    parser.add_argument("--sizes", type=_int_list, default=list(DEFAULT_SIZES),
-                        help="comma-separated batch sizes (default: "
-                        f"{','.join(map(str, DEFAULT_SIZES))})")
-    parser.add_argument("--backends", type=_choice_list(MODES), default=list(MODES),
-                        help="Keras backends for our loss, and torch-compile for PyTorch "
-                             "under torch.compile (default: all four)")
-    parser.add_argument("--losses", type=_choice_list(LOSSES), default=list(LOSSES),
-                        help="our losses to measure, and the peer rows that compare with them "
-                             f"(default: all: {','.join(LOSSES)})")
+    parser.add_argument(
+        "--sizes",
+        type=_int_list,
+        default=list(DEFAULT_SIZES),
+        help=f"comma-separated batch sizes (default: {','.join(map(str, DEFAULT_SIZES))})",
+    )
+    parser.add_argument(
+        "--backends",
+        type=_choice_list(MODES),
+        default=list(MODES),
+        help="Keras backends for our loss, and torch-compile for PyTorch "
+        "under torch.compile (default: all four)",
+    )
+    parser.add_argument(
+        "--losses",
+        type=_choice_list(LOSSES),
+        default=list(LOSSES),
+        help="our losses to measure, and the peer rows that compare with them "
+        f"(default: all: {','.join(LOSSES)})",
+    )
     peers = parser.add_mutually_exclusive_group()
-    peers.add_argument("--peers", type=_choice_list(tuple(PEERS)), default=list(PEERS),
-                       help=f"peer environments to compare with (default: {','.join(PEERS)})")
-    peers.add_argument("--no-peers", dest="peers", action="store_const", const=[],
-                       help="measure only ours and the floor")
-    parser.add_argument("--peers-dir", default=".bench",
-                        help="where the peer virtual environments are (default: %(default)s)")
-    parser.add_argument("--out", default="bench-output",
-                        help="output folder for results.md, results.json and bench.png "
-                        "(default: %(default)s)")
-    parser.add_argument("--repeats", type=_positive_int, default=5,
-                        help="timed calls after the first (default: %(default)s)")
-    parser.add_argument("--time-limit", type=float, default=600.0,
-                        help="seconds per measurement, compile included (default: %(default)s)")
-    parser.add_argument("--cubic-time-limit", type=float, default=60.0,
-                        help="seconds per measurement for the peers that enumerate every "
-                        "triplet (TripletMarginMiner, all-triplets TripletMarginLoss, tfa and "
-                        "sentence-transformers) (default: %(default)s)")
-    parser.add_argument("--memory-limit", type=float, default=None,
-                        help="peak RSS per measurement in GB (default: 16, at most 75%% of RAM)")
-    parser.add_argument("--dim", type=_positive_int, default=128,
-                        help="embedding width D (default: %(default)s)")
-    parser.add_argument("--per-class", type=_positive_int, default=8,
-                        help="rows per class (default: %(default)s)")
+    peers.add_argument(
+        "--peers",
+        type=_choice_list(tuple(PEERS)),
+        default=list(PEERS),
+        help=f"peer environments to compare with (default: {','.join(PEERS)})",
+    )
+    peers.add_argument(
+        "--no-peers",
+        dest="peers",
+        action="store_const",
+        const=[],
+        help="measure only ours and the floor",
+    )
+    parser.add_argument(
+        "--peers-dir",
+        default=".bench",
+        help="where the peer virtual environments are (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--out",
+        default="bench-output",
+        help="output folder for results.md, results.json and bench.png (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=_positive_int,
+        default=5,
+        help="timed calls after the first (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=600.0,
+        help="seconds per measurement, compile included (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--cubic-time-limit",
+        type=float,
+        default=60.0,
+        help="seconds per measurement for the peers that enumerate every "
+        "triplet (TripletMarginMiner, all-triplets TripletMarginLoss, tfa and "
+        "sentence-transformers) (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--memory-limit",
+        type=float,
+        default=None,
+        help="peak RSS per measurement in GB (default: 16, at most 75%% of RAM)",
+    )
+    parser.add_argument(
+        "--dim", type=_positive_int, default=128, help="embedding width D (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--per-class", type=_positive_int, default=8, help="rows per class (default: %(default)s)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="input seed (default: %(default)s)")
     return parser
 
@@ -682,17 +870,29 @@ def run(args):
     meta = machine_info()
     memory_limit = args.memory_limit or min(16.0, round(0.75 * meta["ram_gb"], 1))
     settings = {
-        "python": sys.executable, "peers_dir": args.peers_dir, "dim": args.dim,
-        "per_class": args.per_class, "seed": args.seed, "repeats": args.repeats,
-        "time_limit": args.time_limit, "cubic_time_limit": args.cubic_time_limit,
-        "memory_limit_gb": memory_limit, "sizes": sorted(args.sizes),
+        "python": sys.executable,
+        "peers_dir": args.peers_dir,
+        "dim": args.dim,
+        "per_class": args.per_class,
+        "seed": args.seed,
+        "repeats": args.repeats,
+        "time_limit": args.time_limit,
+        "cubic_time_limit": args.cubic_time_limit,
+        "memory_limit_gb": memory_limit,
+        "sizes": sorted(args.sizes),
     }
     cases = select_cases(args.backends, args.losses, args.peers)
-    print(f"{meta['cpu']}, {meta['cores']} cores, {meta['ram_gb']:.1f} GB RAM; "
-          f"{len(cases)} cases x {len(args.sizes)} sizes, one process each", flush=True)
-    records = run_cases(cases, args.sizes,
-                        lambda case, batch: measure_case(case, batch, settings),
-                        log=lambda line: print(line, flush=True))
+    print(
+        f"{meta['cpu']}, {meta['cores']} cores, {meta['ram_gb']:.1f} GB RAM; "
+        f"{len(cases)} cases x {len(args.sizes)} sizes, one process each",
+        flush=True,
+    )
+    records = run_cases(
+        cases,
+        args.sizes,
+        lambda case, batch: measure_case(case, batch, settings),
+        log=lambda line: print(line, flush=True),
+    )
     meta["load_end"] = os.getloadavg()[0]
     meta["settings"] = settings
     meta["versions"] = {}  # environment -> distribution -> version, as the workers saw them
@@ -700,17 +900,24 @@ def run(args):
     for record in records:
         environment = peers[record["case"]] or "this environment"
         meta["versions"].setdefault(environment, {}).update(record.get("versions", {}))
-    (out / "results.json").write_text(json.dumps({
-        "meta": meta,
-        "cases": [dataclasses.asdict(case) for case in cases],
-        "results": records,
-    }, indent=1))
+    (out / "results.json").write_text(
+        json.dumps(
+            {
+                "meta": meta,
+                "cases": [dataclasses.asdict(case) for case in cases],
+                "results": records,
+            },
+            indent=1,
+        )
+    )
     report = markdown_report(cases, records, args.sizes, meta)
     (out / "results.md").write_text(report)
     plotted = plot(cases, records, out / "bench.png")
     print("\n" + report)
-    print(f"wrote {out / 'results.md'}, {out / 'results.json'}"
-          + (f", {out / 'bench.png'}" if plotted else " (no plot: matplotlib is not installed)"))
+    print(
+        f"wrote {out / 'results.md'}, {out / 'results.json'}"
+        + (f", {out / 'bench.png'}" if plotted else " (no plot: matplotlib is not installed)")
+    )
     errors = [r for r in records if r["status"] == "error"]
     missing = {r["case"]: r["detail"] for r in records if r["status"] == "missing"}
     for name, detail in sorted(missing.items()):

@@ -74,8 +74,14 @@ def test_select_cases_adds_the_floor_of_every_backend_used():
 
 
 def _record(case, batch, median_s, rss_mb=1000.0):
-    return {"case": case, "batch": batch, "status": "ok", "median_s": median_s,
-            "first_call_s": 2.0, "peak_rss_mb": rss_mb}
+    return {
+        "case": case,
+        "batch": batch,
+        "status": "ok",
+        "median_s": median_s,
+        "first_call_s": 2.0,
+        "peak_rss_mb": rss_mb,
+    }
 
 
 def test_markdown_report_has_times_memory_ratios_and_failures():
@@ -90,20 +96,49 @@ def test_markdown_report_has_times_memory_ratios_and_failures():
         _record("floor/tensorflow", 256, 0.001),
         _record("floor/tensorflow", 1024, 0.01),
         _record("triplet-tools-0.2.3", 256, 0.008),
-        {"case": "triplet-tools-0.2.3", "batch": 1024, "status": "oom", "peak_rss_mb": 16500.0,
-         "detail": "killed at RSS > 16 GB"},
-        {"case": "floor/tensorflow", "batch": 4096, "status": "oom", "peak_rss_mb": 900.0,
-         "detail": "Graph execution error:\n\nOOM when allocating\n [[node]]" + "x" * 400},
+        {
+            "case": "triplet-tools-0.2.3",
+            "batch": 1024,
+            "status": "oom",
+            "peak_rss_mb": 16500.0,
+            "detail": "killed at RSS > 16 GB",
+        },
+        {
+            "case": "floor/tensorflow",
+            "batch": 4096,
+            "status": "oom",
+            "peak_rss_mb": 900.0,
+            "detail": "Graph execution error:\n\nOOM when allocating\n [[node]]" + "x" * 400,
+        },
     ]
-    meta = {**benchmark.machine_info(), "load_end": 0.5,
-            "versions": {"this environment": {"keras": "3"}},
-            "settings": {"dim": 128, "per_class": 8, "seed": 0, "repeats": 5,
-                         "time_limit": 300.0, "cubic_time_limit": 60.0, "memory_limit_gb": 16.0}}
+    meta = {
+        **benchmark.machine_info(),
+        "load_end": 0.5,
+        "versions": {"this environment": {"keras": "3"}},
+        "settings": {
+            "dim": 128,
+            "per_class": 8,
+            "seed": 0,
+            "repeats": 5,
+            "time_limit": 300.0,
+            "cubic_time_limit": 60.0,
+            "memory_limit_gb": 16.0,
+        },
+    }
     report = benchmark.markdown_report(cases, records, [256, 1024], meta)
-    ours_row = next(line for line in report.splitlines() if line.startswith("| triplet-tools TripletLoss"))
+    ours_row = next(
+        line for line in report.splitlines() if line.startswith("| triplet-tools TripletLoss")
+    )
     # ours / floor = 4 and 3; ours / 0.2.3 = 0.5 at 256, none at 1024 (0.2.3 ran out of memory).
-    assert ours_row.rstrip(" |").split(" | ")[1:] == ["0.004 s · 1.05 GB", "4× · 0.5×", "0.03 s · 1.05 GB", "3× · —"]
-    peer_row = next(line for line in report.splitlines() if line.startswith("| triplet-tools 0.2.3"))
+    assert ours_row.rstrip(" |").split(" | ")[1:] == [
+        "0.004 s · 1.05 GB",
+        "4× · 0.5×",
+        "0.03 s · 1.05 GB",
+        "3× · —",
+    ]
+    peer_row = next(
+        line for line in report.splitlines() if line.startswith("| triplet-tools 0.2.3")
+    )
     assert "OOM (peak 17.30 GB)" in peer_row
     assert "killed at RSS > 16 GB" in report
     # A framework's multi-line error stays one list item, cut short.
@@ -130,10 +165,23 @@ def test_cli_rejects_bad_sizes(capsys):
 
 
 def test_end_to_end_tiny_run_writes_table_json_and_plot(tmp_path, capsys):
-    code = benchmark.main([
-        "--sizes", "64", "--backends", BACKEND, "--losses", "semi-hard", "--no-peers",
-        "--repeats", "2", "--out", str(tmp_path), "--time-limit", "240",
-    ])
+    code = benchmark.main(
+        [
+            "--sizes",
+            "64",
+            "--backends",
+            BACKEND,
+            "--losses",
+            "semi-hard",
+            "--no-peers",
+            "--repeats",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--time-limit",
+            "240",
+        ]
+    )
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())
     by_case = {r["case"]: r for r in results["results"]}
@@ -202,7 +250,8 @@ def test_new_losses_run_on_every_mode_with_their_peers():
     names = [c.name for c in cases]
     assert names[:4] == [f"ours-batch-all/{mode}" for mode in benchmark.MODES]
     assert [c.worker_case for c in cases[:4]] == ["ours-batch-all"] * 3 + [
-        "ours-batch-all-compiled"]
+        "ours-batch-all-compiled"
+    ]
     assert "st-batch-all" in names and "pml-all-triplets" in names
     # The per-anchor peers run as before; the other new losses' peers do not.
     assert "triplet-tools-0.2.3" in names and "pml-batch-hard" in names
@@ -214,8 +263,13 @@ def test_each_new_loss_selects_its_counterparts():
     expected = {
         "tfa-semihard": {"tfa-semihard", "st-batch-semihard"},
         "multi-similarity": {"tfsim-multi-similarity", "pml-multi-similarity"},
-        "circle": {"tfsim-circle", "pml-circle", "keras-circle/tensorflow", "keras-circle/jax",
-                   "keras-circle/torch"},
+        "circle": {
+            "tfsim-circle",
+            "pml-circle",
+            "keras-circle/tensorflow",
+            "keras-circle/jax",
+            "keras-circle/torch",
+        },
         "soft-nn": {"tfsim-soft-nn"},
         "lifted": {"tfa-lifted"},
     }
@@ -229,11 +283,16 @@ def test_each_new_loss_selects_its_counterparts():
 def test_keras_circle_runs_on_keras_backends_only_and_not_without_peers():
     names = [c.name for c in benchmark.select_cases(["torch-compile", "jax"], ["circle"], [])]
     assert names == ["ours-circle/torch-compile", "ours-circle/jax", "floor/jax", "floor/torch"]
-    names = [c.name for c in benchmark.select_cases(["torch-compile", "jax"], ["circle"],
-                                                    ["pytorch-metric-learning-2.9.0"])]
+    names = [
+        c.name
+        for c in benchmark.select_cases(
+            ["torch-compile", "jax"], ["circle"], ["pytorch-metric-learning-2.9.0"]
+        )
+    ]
     assert "keras-circle/jax" in names and "keras-circle/torch" not in names
-    (circle,) = [c for c in benchmark.select_cases(["jax"], ["circle"]) if c.worker_case ==
-                 "keras-circle"]
+    (circle,) = [
+        c for c in benchmark.select_cases(["jax"], ["circle"]) if c.worker_case == "keras-circle"
+    ]
     assert circle.peer is None and dict(circle.env) == {"KERAS_BACKEND": "jax"}
 
 
@@ -242,7 +301,7 @@ def test_a_loss_this_checkout_lacks_is_one_missing_line(monkeypatch, capsys):
     monkeypatch.setitem(bench_worker.CASES, "ours-no-such", missing)
     assert bench_worker.main(["--case", "ours-no-such", "--batch", "8"]) == 0
     (line,) = capsys.readouterr().out.splitlines()
-    result = json.loads(line[len(bench_worker.RESULT_PREFIX):])
+    result = json.loads(line[len(bench_worker.RESULT_PREFIX) :])
     assert result["status"] == "missing"
     assert result["detail"].startswith("triplet_tools.no_such is not in this triplet-tools")
     record = {"case": "ours-batch-all/jax", "batch": 64, **result}
@@ -252,8 +311,12 @@ def test_a_loss_this_checkout_lacks_is_one_missing_line(monkeypatch, capsys):
 def test_a_missing_loss_skips_its_larger_sizes_and_is_no_error():
     def fake(case, batch):
         if case.name.startswith("ours-lifted"):
-            return {"case": case.name, "batch": batch, "status": "missing",
-                    "detail": "triplet_tools.tfa.LiftedStructLoss is not in this triplet-tools"}
+            return {
+                "case": case.name,
+                "batch": batch,
+                "status": "missing",
+                "detail": "triplet_tools.tfa.LiftedStructLoss is not in this triplet-tools",
+            }
         return {"case": case.name, "batch": batch, "status": "ok"}
 
     cases = [benchmark.our_case("lifted", "jax"), benchmark.floor_case("jax")]
@@ -263,55 +326,104 @@ def test_a_missing_loss_skips_its_larger_sizes_and_is_no_error():
 
 
 def _meta():
-    return {**benchmark.machine_info(), "load_end": 0.5,
-            "versions": {"this environment": {"keras": "3"}},
-            "settings": {"dim": 128, "per_class": 8, "seed": 0, "repeats": 5,
-                         "time_limit": 300.0, "cubic_time_limit": 60.0, "memory_limit_gb": 16.0}}
+    return {
+        **benchmark.machine_info(),
+        "load_end": 0.5,
+        "versions": {"this environment": {"keras": "3"}},
+        "settings": {
+            "dim": 128,
+            "per_class": 8,
+            "seed": 0,
+            "repeats": 5,
+            "time_limit": 300.0,
+            "cubic_time_limit": 60.0,
+            "memory_limit_gb": 16.0,
+        },
+    }
 
 
 def test_report_of_the_new_rows_states_settings_and_failures():
-    cases = benchmark.select_cases(["jax"], ["batch-all", "lifted"],
-                                   ["sentence-transformers-6.0.1", "tensorflow-addons-0.23.0"])
+    cases = benchmark.select_cases(
+        ["jax"],
+        ["batch-all", "lifted"],
+        ["sentence-transformers-6.0.1", "tensorflow-addons-0.23.0"],
+    )
     records = [
-        {"case": "ours-batch-all/jax", "batch": 256, "status": "missing",
-         "detail": "triplet_tools.triplet_batch_all_loss is not in this triplet-tools (1.0.0)"},
+        {
+            "case": "ours-batch-all/jax",
+            "batch": 256,
+            "status": "missing",
+            "detail": "triplet_tools.triplet_batch_all_loss is not in this triplet-tools (1.0.0)",
+        },
         _record("ours-lifted/jax", 256, 0.002),
         _record("floor/jax", 256, 0.001),
         _record("st-batch-all", 256, 0.05),
-        {"case": "st-batch-all", "batch": 1024, "status": "oom", "peak_rss_mb": 4000.0,
-         "detail": "killed at RSS > 4 GB"},
-        {"case": "tfa-lifted", "batch": 256, "status": "timeout", "peak_rss_mb": 2000.0,
-         "detail": "killed after 60 s"},
+        {
+            "case": "st-batch-all",
+            "batch": 1024,
+            "status": "oom",
+            "peak_rss_mb": 4000.0,
+            "detail": "killed at RSS > 4 GB",
+        },
+        {
+            "case": "tfa-lifted",
+            "batch": 256,
+            "status": "timeout",
+            "peak_rss_mb": 2000.0,
+            "detail": "killed after 60 s",
+        },
     ]
     report = benchmark.markdown_report(cases, records, [256, 1024], _meta())
     table = report.split("First call")[0]  # the main table, not the first calls'
-    rows = {line.split(" | ")[0][2:]: line for line in table.splitlines()
-            if line.startswith("| ") and " · " in line.split(" | ")[0]}
+    rows = {
+        line.split(" | ")[0][2:]: line
+        for line in table.splitlines()
+        if line.startswith("| ") and " · " in line.split(" | ")[0]
+    }
     assert "not available" in rows["triplet-tools triplet_batch_all_loss · JAX (jit)"]
     lifted = rows["triplet-tools tfa.LiftedStructLoss · JAX (jit)"]
     assert "0.002 s · 1.05 GB | 2× · —" in lifted
     assert "OOM (peak 4.19 GB)" in rows["sentence-transformers 6.0.1 BatchAllTripletLoss · torch"]
-    assert "timeout (peak 2.10 GB)" in rows[
-        "tensorflow-addons 0.23 LiftedStructLoss · TF 2.15 graph"]
+    assert (
+        "timeout (peak 2.10 GB)" in rows["tensorflow-addons 0.23 LiftedStructLoss · TF 2.15 graph"]
+    )
     for loss in ("batch-all", "lifted"):
         assert f"{loss}: {bench_worker.SETTINGS[loss]}" in report
     assert "multi-similarity:" not in report  # only the settings of the losses in the table
     not_measured = report.split("Not measured:")[1].strip().splitlines()
     assert len(not_measured) == 3
-    assert not_measured[0].startswith("- triplet-tools triplet_batch_all_loss · JAX (jit), B=256:"
-                                      " missing — triplet_tools.triplet_batch_all_loss is not")
+    assert not_measured[0].startswith(
+        "- triplet-tools triplet_batch_all_loss · JAX (jit), B=256:"
+        " missing — triplet_tools.triplet_batch_all_loss is not"
+    )
 
 
 def test_end_to_end_a_new_loss_runs_or_reads_not_available(tmp_path):
-    code = benchmark.main([
-        "--sizes", "32", "--backends", BACKEND, "--losses", "batch-all,lifted", "--no-peers",
-        "--repeats", "2", "--out", str(tmp_path), "--time-limit", "240",
-    ])
+    code = benchmark.main(
+        [
+            "--sizes",
+            "32",
+            "--backends",
+            BACKEND,
+            "--losses",
+            "batch-all,lifted",
+            "--no-peers",
+            "--repeats",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--time-limit",
+            "240",
+        ]
+    )
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())
     by_case = {r["case"]: r for r in results["results"]}
-    assert set(by_case) == {f"ours-batch-all/{BACKEND}", f"ours-lifted/{BACKEND}",
-                            f"floor/{BACKEND}"}
+    assert set(by_case) == {
+        f"ours-batch-all/{BACKEND}",
+        f"ours-lifted/{BACKEND}",
+        f"floor/{BACKEND}",
+    }
     for name in (f"ours-batch-all/{BACKEND}", f"ours-lifted/{BACKEND}"):
         record = by_case[name]
         assert record["status"] in ("ok", "missing"), record

@@ -64,7 +64,7 @@ def _keras_sections(lines):
                 name, sep, rest = item.partition(": ")
                 if sep and lines[i].startswith("    ") and not lines[i].startswith("     "):
                     out.append(f"- `{name}`: {rest}")
-                else:                                   # a continuation line
+                else:  # a continuation line
                     out.append(f"  {item}")
                 i += 1
             continue

@@ -64,7 +64,9 @@ def tf_logical_cpus(count):
     import tensorflow as tf
 
     cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration()] * count
+    )
     return [f"/cpu:{i}" for i in range(count)]
 
 
@@ -124,8 +126,10 @@ def run_torch_ddp():
     total = loss.detach().clone()
     dist.all_reduce(total)
     if rank == 0:
-        save([layer.weight.detach().numpy().T, layer.bias.detach().numpy()],
-             {"loss": float(total) / world})
+        save(
+            [layer.weight.detach().numpy().T, layer.bias.detach().numpy()],
+            {"loss": float(total) / world},
+        )
     dist.barrier()
     dist.destroy_process_group()
     # Skip interpreter teardown: now and then a gloo/OpenMP thread still running there

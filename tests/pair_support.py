@@ -10,6 +10,7 @@ import textwrap
 
 import keras
 import numpy as np
+
 from backend import to_numpy
 
 #: float32 computations against the float64 reference, on values of order 1.
@@ -54,8 +55,13 @@ def save_and_reload(tmp_path, losses, fresh_process=False):
         for path in paths:
             model = keras.models.load_model(path)
             value = to_numpy(model.loss(labels, model.predict(x, verbose=0)))
-            reloaded.append({"class": type(model.loss).__name__,
-                             "config": model.loss.get_config(), "value": float(value)})
+            reloaded.append(
+                {
+                    "class": type(model.loss).__name__,
+                    "config": model.loss.get_config(),
+                    "value": float(value),
+                }
+            )
         return reloaded, expected
     script = textwrap.dedent(f"""
         import json, numpy as np, keras
@@ -71,6 +77,11 @@ def save_and_reload(tmp_path, losses, fresh_process=False):
                          "value": float(keras.ops.convert_to_numpy(value))}})
         print(json.dumps(out))
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env=dict(os.environ), check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        check=True,
+    )
     return json.loads(result.stdout.strip().splitlines()[-1]), expected

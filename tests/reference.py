@@ -46,9 +46,20 @@ def _ties(candidates, key, best, tie_tol):
 
 
 def anchor_options(
-    labels, embeddings, *, loss="triplet", distance_name="cosine", positive="hard",
-    negative="semi-hard", soft_margin=False, margin=1.0, semi_margin=0.0,
-    references=None, reference_labels=None, anchor_positions=None, tie_tol=1e-12,
+    labels,
+    embeddings,
+    *,
+    loss="triplet",
+    distance_name="cosine",
+    positive="hard",
+    negative="semi-hard",
+    soft_margin=False,
+    margin=1.0,
+    semi_margin=0.0,
+    references=None,
+    reference_labels=None,
+    anchor_positions=None,
+    tie_tol=1e-12,
 ):
     """Per anchor: (sorted list of possible losses, valid flag, used_fallback flag).
 
@@ -94,7 +105,7 @@ def anchor_options(
                 if loss == "pn":
                     d_an = min(d_an, distance(distance_name, refs[p], refs[n]))
                 if loss == "priming":
-                    value = d_ap ** 2 + math.exp(-10.0 * d_an)
+                    value = d_ap**2 + math.exp(-10.0 * d_an)
                 elif soft_margin:
                     value = _softplus(d_ap - d_an)
                 else:
@@ -141,12 +152,15 @@ def numerical_gradient(labels, embeddings, step=1e-6, **kw):
         plus, minus = x.copy(), x.copy()
         plus[index] += step
         minus[index] -= step
-        grad[index] = (loss_value(labels, plus, **kw) - loss_value(labels, minus, **kw)) / (2 * step)
+        grad[index] = (loss_value(labels, plus, **kw) - loss_value(labels, minus, **kw)) / (
+            2 * step
+        )
     return grad
 
 
-def retrieval_metrics(embeddings, labels, ref_embeddings=None, ref_labels=None,
-                      distance_name="cosine", k=(1, 5, 10)):
+def retrieval_metrics(
+    embeddings, labels, ref_embeddings=None, ref_labels=None, distance_name="cosine", k=(1, 5, 10)
+):
     """Musgrave et al. (2020) metrics, one query at a time, from SPEC's definitions."""
     q = np.asarray(embeddings, np.float64)
     ql = [int(v) for v in np.asarray(labels).reshape(-1)]
@@ -178,8 +192,16 @@ def retrieval_metrics(embeddings, labels, ref_embeddings=None, ref_labels=None,
     return {key: (value / count if count else 0.0) for key, value in sums.items()}
 
 
-def mined_distances(labels, embeddings, *, loss="triplet", distance_name="cosine",
-                    positive="hard", negative="semi-hard", semi_margin=0.0):
+def mined_distances(
+    labels,
+    embeddings,
+    *,
+    loss="triplet",
+    distance_name="cosine",
+    positive="hard",
+    negative="semi-hard",
+    semi_margin=0.0,
+):
     """Per anchor ``(d_ap, d_an)`` of SPEC's mining (``None`` for invalid anchors), in-batch.
 
     For data without ties. ``loss="pn"`` gives ``d_an = min(d(a, n*), d(p*, n*))``;

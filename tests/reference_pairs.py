@@ -23,6 +23,7 @@ counted units (SPEC); :func:`reduce` applies SPEC's reductions to them.
 import math
 
 import numpy as np
+
 from reference import distance
 
 #: tensorflow-addons' ``distance_metric`` names (SPEC, ``triplet_tools.tfa``).
@@ -92,9 +93,20 @@ POSITIVE_STRATEGIES = ("hard", "easy", "all")
 NEGATIVE_STRATEGIES = ("hard", "semi-hard", "easy", "all")
 
 
-def triplet_units(labels, embeddings, *, loss="triplet", distance_name="cosine",
-                  positive="hard", negative="semi-hard", soft_margin=False, margin=1.0,
-                  semi_margin=0.0, tie_tol=1e-5, distances=None):
+def triplet_units(
+    labels,
+    embeddings,
+    *,
+    loss="triplet",
+    distance_name="cosine",
+    positive="hard",
+    negative="semi-hard",
+    soft_margin=False,
+    margin=1.0,
+    semi_margin=0.0,
+    tie_tol=1e-5,
+    distances=None,
+):
     """Per anchor ``(valid, [l_u for every unit u of a])`` of SPEC's pair-level mining.
 
     Units: the anchor itself for per-anchor strategies; every positive pair ``(a, p)`` for
@@ -190,16 +202,25 @@ def reduce(totals, counts, sample_weight=None, reduction="sum_over_batch_size"):
     return numerator / max(float(sum(counts)), 1.0)
 
 
-def triplet_loss(labels, embeddings, *, sample_weight=None, reduction="sum_over_batch_size",
-                 **kwargs):
+def triplet_loss(
+    labels, embeddings, *, sample_weight=None, reduction="sum_over_batch_size", **kwargs
+):
     """``TripletLoss`` / ``PNLoss`` (``loss="pn"``) reduced as SPEC says."""
     return reduce(*triplet_per_anchor(labels, embeddings, **kwargs), sample_weight, reduction)
 
 
 def batch_all_loss(labels, embeddings, margin=1.0, metric="euclidean_norm", **kwargs):
     """``triplet_batch_all_loss``: every triplet, hinge, averaged over the active ones."""
-    return triplet_loss(labels, embeddings, distance_name=metric, positive="all",
-                        negative="all", margin=margin, average="active", **kwargs)
+    return triplet_loss(
+        labels,
+        embeddings,
+        distance_name=metric,
+        positive="all",
+        negative="all",
+        margin=margin,
+        average="active",
+        **kwargs,
+    )
 
 
 # --- triplet_tools.tfa ---------------------------------------------------------------------------
@@ -208,24 +229,48 @@ def batch_all_loss(labels, embeddings, margin=1.0, metric="euclidean_norm", **kw
 def tfa_semihard_loss(labels, embeddings, margin=1.0, distance_metric="L2", **kwargs):
     """tfa's ``TripletSemiHardLoss``: every positive pair with its own semi-hard negative
     (``d_an > d_ap``, else the farthest negative), mean over the positive pairs."""
-    return triplet_loss(labels, embeddings, distance_name=TFA_DISTANCES[distance_metric],
-                        positive="all", negative="semi-hard", margin=margin, **kwargs)
+    return triplet_loss(
+        labels,
+        embeddings,
+        distance_name=TFA_DISTANCES[distance_metric],
+        positive="all",
+        negative="semi-hard",
+        margin=margin,
+        **kwargs,
+    )
 
 
 def tfa_hard_loss(labels, embeddings, margin=1.0, soft=False, distance_metric="L2", **kwargs):
     """tfa's ``TripletHardLoss``: hardest positive, hardest negative; with ``soft`` the
     margin is not used."""
-    return triplet_loss(labels, embeddings, distance_name=TFA_DISTANCES[distance_metric],
-                        positive="hard", negative="hard", soft_margin=soft,
-                        margin=1.0 if soft else margin, **kwargs)
+    return triplet_loss(
+        labels,
+        embeddings,
+        distance_name=TFA_DISTANCES[distance_metric],
+        positive="hard",
+        negative="hard",
+        soft_margin=soft,
+        margin=1.0 if soft else margin,
+        **kwargs,
+    )
 
 
 # --- pair-based losses ---------------------------------------------------------------------------
 
 
-def multi_similarity_per_anchor(labels, embeddings, *, distance_name="cosine", alpha=2.0,
-                                beta=40.0, epsilon=0.1, lmda=0.5, center=1.0, tie_tol=1e-5,
-                                distances=None):
+def multi_similarity_per_anchor(
+    labels,
+    embeddings,
+    *,
+    distance_name="cosine",
+    alpha=2.0,
+    beta=40.0,
+    epsilon=0.1,
+    lmda=0.5,
+    center=1.0,
+    tie_tol=1e-5,
+    distances=None,
+):
     """``(L, c)`` of ``MultiSimilarityLoss`` (SPEC's distance form)::
 
         s_aj  = d(a, j) + lmda - center
@@ -265,8 +310,16 @@ def multi_similarity_per_anchor(labels, embeddings, *, distance_name="cosine", a
     return np.array(totals, np.float64), np.array(counts, np.float64)
 
 
-def circle_per_anchor(labels, embeddings, *, distance_name="cosine", gamma=80.0, margin=0.4,
-                      frozen_distances=None, distances=None):
+def circle_per_anchor(
+    labels,
+    embeddings,
+    *,
+    distance_name="cosine",
+    gamma=80.0,
+    margin=0.4,
+    frozen_distances=None,
+    distances=None,
+):
     """``(L, c)`` of ``CircleLoss`` (SPEC's distance form)::
 
         alpha_p = max(d + margin, 0)          alpha_n = max(1 + margin - d, 0)
@@ -288,15 +341,17 @@ def circle_per_anchor(labels, embeddings, *, distance_name="cosine", gamma=80.0,
             counts.append(0)
             continue
         positive_logits = [gamma * max(d0[a][j] + margin, 0.0) * (d[a][j] - margin) for j in pos]
-        negative_logits = [gamma * max(1.0 + margin - d0[a][j], 0.0) * (1.0 - margin - d[a][j])
-                           for j in neg]
+        negative_logits = [
+            gamma * max(1.0 + margin - d0[a][j], 0.0) * (1.0 - margin - d[a][j]) for j in neg
+        ]
         totals.append(softplus(logsumexp(positive_logits) + logsumexp(negative_logits)))
         counts.append(1)
     return np.array(totals, np.float64), np.array(counts, np.float64)
 
 
-def soft_nearest_neighbor_per_anchor(labels, embeddings, *, distance_name="squared_euclidean",
-                                     temperature=1.0, distances=None):
+def soft_nearest_neighbor_per_anchor(
+    labels, embeddings, *, distance_name="squared_euclidean", temperature=1.0, distances=None
+):
     """``(L, c)`` of ``SoftNearestNeighborLoss``::
 
         l_a = -log(sum_{j in P(a)} exp(-d(a, j)/T) / sum_{j != a} exp(-d(a, j)/T))
@@ -320,8 +375,9 @@ def soft_nearest_neighbor_per_anchor(labels, embeddings, *, distance_name="squar
     return np.array(totals, np.float64), np.array(counts, np.float64)
 
 
-def lifted_struct_per_anchor(labels, embeddings, *, margin=1.0, distance_name="euclidean",
-                             tie_tol=1e-5, distances=None):
+def lifted_struct_per_anchor(
+    labels, embeddings, *, margin=1.0, distance_name="euclidean", tie_tol=1e-5, distances=None
+):
     """``(L, c)`` of tfa's lifted structure (``triplet_tools.tfa.LiftedStructLoss``)::
 
         J_ij = log(sum_{k in N(i)} exp(margin - d_ik) + sum_{l in N(j)} exp(margin - d_jl)) + d_ij
@@ -358,8 +414,9 @@ PAIR_LOSSES = {
 }
 
 
-def pair_loss(kind, labels, embeddings, *, sample_weight=None,
-              reduction="sum_over_batch_size", **kwargs):
+def pair_loss(
+    kind, labels, embeddings, *, sample_weight=None, reduction="sum_over_batch_size", **kwargs
+):
     """One of :data:`PAIR_LOSSES`, reduced as SPEC says."""
     totals, counts = PAIR_LOSSES[kind](labels, embeddings, **kwargs)
     return reduce(totals, counts, sample_weight, reduction)
@@ -392,8 +449,15 @@ def numerical_gradient(fn, embeddings, distance_name, step=1e-6):
     return grad
 
 
-def triplet_gradient(labels, embeddings, *, distance_name="cosine", sample_weight=None,
-                     reduction="sum_over_batch_size", **kwargs):
+def triplet_gradient(
+    labels,
+    embeddings,
+    *,
+    distance_name="cosine",
+    sample_weight=None,
+    reduction="sum_over_batch_size",
+    **kwargs,
+):
     """Gradient of :func:`triplet_loss` (checks the batch for ties once, at ``x``)."""
     triplet_loss(labels, embeddings, distance_name=distance_name, **kwargs)
     kwargs = {**kwargs, "tie_tol": None}
@@ -405,8 +469,16 @@ def triplet_gradient(labels, embeddings, *, distance_name="cosine", sample_weigh
     return numerical_gradient(fn, embeddings, distance_name)
 
 
-def pair_gradient(kind, labels, embeddings, *, distance_name, sample_weight=None,
-                  reduction="sum_over_batch_size", **kwargs):
+def pair_gradient(
+    kind,
+    labels,
+    embeddings,
+    *,
+    distance_name,
+    sample_weight=None,
+    reduction="sum_over_batch_size",
+    **kwargs,
+):
     """Gradient of :func:`pair_loss`; for the circle loss with ``alpha`` held fixed at ``x``
     (SPEC: under ``stop_gradient``). ``distance_name`` must be given (each loss has its own
     default)."""

@@ -22,8 +22,10 @@ def run_cli(capsys, *args):
 
 
 # absl's log format, which TensorFlow 2.21 prints at import even with TF_CPP_MIN_LOG_LEVEL=3.
-BACKEND_IMPORT_LOG = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] |"
-                                r"WARNING: All log messages before absl::InitializeLog\(\))")
+BACKEND_IMPORT_LOG = re.compile(
+    r"^([IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] |"
+    r"WARNING: All log messages before absl::InitializeLog\(\))"
+)
 
 
 def assert_one_line_error(status, err, expected, backend_noise=False):
@@ -72,7 +74,10 @@ def files(tmp_path):
     "args,expected",
     [
         (["--data", "{missing}"], "no such file: "),
-        (["--data", "rank3"], "x must be (N, D) with D >= 1 and y (N,); received x of shape (6, 2, 2)"),
+        (
+            ["--data", "rank3"],
+            "x must be (N, D) with D >= 1 and y (N,); received x of shape (6, 2, 2)",
+        ),
         (["--data", "lengths"], "received x of shape (6, 2) and y of shape (5,)"),
         (["--data", "one_class"], "too few classes: found 1, need at least 2"),
         (["--data", "no_y"], "no array named 'y' (found: x)"),
@@ -81,19 +86,36 @@ def files(tmp_path):
         (["--data", "not_npz"], "not a .npz archive"),
         (["--data", "text_csv"], "line 3, column 'f2': non-numeric feature 'oops'"),
         (["--data", "ragged_csv"], "line 3: 2 fields, the header has 3"),
-        (["--data", "text_csv", "--label-column", "class"], "no column named 'class' in the header row (found: f1, f2, label)"),
+        (
+            ["--data", "text_csv", "--label-column", "class"],
+            "no column named 'class' in the header row (found: f1, f2, label)",
+        ),
         (["--data", "txt"], "unsupported file type '.txt'"),
         (["--loss", "triplet"], "argument --loss: invalid choice: 'triplet'"),
         (["--distance", "hamming"], "argument --distance: invalid choice: 'hamming'"),
         (["--epochs", "0"], "argument --epochs: expected an integer >= 1; received '0'"),
-        (["--batch-size", "3"], "--batch-size must be at least 4 (2 classes x 2 samples); received 3"),
+        (
+            ["--batch-size", "3"],
+            "--batch-size must be at least 4 (2 classes x 2 samples); received 3",
+        ),
         (["--memory", "-5"], "argument --memory: expected an integer >= 0; received '-5'"),
         (["--seed", "-1"], "argument --seed: expected an integer >= 0; received '-1'"),
         (["--seed", "1.5"], "argument --seed: expected an integer >= 0; received '1.5'"),
-        (["--data", "two_labels_csv"], "the header names 'label' 2 times (columns 1, 3); name the label column once"),
-        (["--data", "overflow_csv"], ("2 values overflow float32 (largest 3.403e+38), which the model computes in: "
-                                      "line 2 column 'f1' = 1e39, line 3 column 'f2' = -2e39")),
-        (["--data", "overflow"], "1 values overflow float32 (largest 3.403e+38), which the model computes in: x[1, 1] = 5e+38"),
+        (
+            ["--data", "two_labels_csv"],
+            "the header names 'label' 2 times (columns 1, 3); name the label column once",
+        ),
+        (
+            ["--data", "overflow_csv"],
+            (
+                "2 values overflow float32 (largest 3.403e+38), which the model computes in: "
+                "line 2 column 'f1' = 1e39, line 3 column 'f2' = -2e39"
+            ),
+        ),
+        (
+            ["--data", "overflow"],
+            "1 values overflow float32 (largest 3.403e+38), which the model computes in: x[1, 1] = 5e+38",
+        ),
         (["--data", "folder"], "a_folder is a folder; --data takes a .npz or .csv file"),
     ],
 )
@@ -122,8 +144,9 @@ def test_python_dash_m(capsys, tmp_path, monkeypatch):
 def test_installed_console_script_fails_cleanly(tmp_path):
     """The `triplet-tools` script that pip installed, in a fresh process."""
     script = os.path.join(os.path.dirname(sys.executable), "triplet-tools")
-    done = subprocess.run([script, "demo", "--data", str(tmp_path / "missing.npz")],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [script, "demo", "--data", str(tmp_path / "missing.npz")], capture_output=True, text=True
+    )
     assert_one_line_error(done.returncode, done.stderr, "no such file: ", backend_noise=True)
 
 
@@ -140,8 +163,18 @@ def digits_subset(path, per_class=24):
 def test_demo_end_to_end_on_a_small_subset(capsys, tmp_path):
     x, y = digits_subset(tmp_path / "digits.npz")
     out = tmp_path / "out"
-    status, printed, err = run_cli(capsys, "demo", "--data", str(tmp_path / "digits.npz"),
-                                   "--epochs", "2", "--out", str(out), "--seed", "3")
+    status, printed, err = run_cli(
+        capsys,
+        "demo",
+        "--data",
+        str(tmp_path / "digits.npz"),
+        "--epochs",
+        "2",
+        "--out",
+        str(out),
+        "--seed",
+        "3",
+    )
     assert status == 0, err
     for row in ("raw features", "trained embedding"):
         assert row in printed
@@ -153,7 +186,10 @@ def test_demo_end_to_end_on_a_small_subset(capsys, tmp_path):
     assert held_out.sum() == 10 * 7  # round(0.3 * 24) of every class
     want = ref.retrieval_metrics(x[held_out], y[held_out], distance_name="cosine")
     assert report["raw"] == pytest.approx(want, abs=1e-6)
-    assert len(report["history"]["val_map@r"]) == 2 and report["history"]["valid_anchors"] == [1.0, 1.0]
+    assert len(report["history"]["val_map@r"]) == 2 and report["history"]["valid_anchors"] == [
+        1.0,
+        1.0,
+    ]
     assert set(report["trained"]) == set(want)
 
     from matplotlib.image import imread
@@ -172,10 +208,26 @@ def test_demo_on_a_csv_with_string_labels(capsys, tmp_path, memory):
         a, b, c = rng.normal(centre, 1.0, size=3)
         lines.append(f"{a},{label},{b},{c}")
     (tmp_path / "animals.csv").write_text("\n".join(lines) + "\n")
-    status, printed, err = run_cli(capsys, "demo", "--data", str(tmp_path / "animals.csv"),
-                                   "--epochs", "1", "--loss", "priming", "--distance", "l2",
-                                   "--map", "pca", "--batch-size", "12", "--out",
-                                   str(tmp_path / "out"), "--memory", str(memory))
+    status, printed, err = run_cli(
+        capsys,
+        "demo",
+        "--data",
+        str(tmp_path / "animals.csv"),
+        "--epochs",
+        "1",
+        "--loss",
+        "priming",
+        "--distance",
+        "l2",
+        "--map",
+        "pca",
+        "--batch-size",
+        "12",
+        "--out",
+        str(tmp_path / "out"),
+        "--memory",
+        str(memory),
+    )
     assert status == 0, err
     assert "60 samples, 3 features, 3 classes; 18 held out" in printed
     assert "batches: 3 classes x 4 samples" in printed
@@ -231,11 +283,15 @@ def test_bad_out_fails_in_one_line_before_training(capsys, tmp_path, case):
     (tmp_path / "taken").write_text("not a folder")
     out, expected = {
         "existing file": (tmp_path / "taken", "taken: an existing file, not a folder"),
-        "under a file": (tmp_path / "taken" / "out", "taken is a file, so no folder can be made under it"),
+        "under a file": (
+            tmp_path / "taken" / "out",
+            "taken is a file, so no folder can be made under it",
+        ),
         "unwritable": (_unwritable_folder(tmp_path), "cannot create the folder or write in it ("),
     }[case]
-    status, printed, err = run_cli(capsys, "demo", "--data", str(tmp_path / "digits.npz"),
-                                   "--epochs", "1", "--out", str(out))
+    status, printed, err = run_cli(
+        capsys, "demo", "--data", str(tmp_path / "digits.npz"), "--epochs", "1", "--out", str(out)
+    )
     assert_one_line_error(status, err, f"error: --out {out}")
     assert expected in err
     assert printed == ""  # nothing trained, not even the model announced
@@ -245,8 +301,16 @@ def test_missing_demo_extra_fails_before_training(capsys, tmp_path, monkeypatch)
     """matplotlib absent (None in sys.modules: find_spec and import both fail)."""
     digits_subset(tmp_path / "digits.npz")
     monkeypatch.setitem(sys.modules, "matplotlib", None)
-    status, printed, err = run_cli(capsys, "demo", "--data", str(tmp_path / "digits.npz"),
-                                   "--epochs", "1", "--out", str(tmp_path / "out"))
+    status, printed, err = run_cli(
+        capsys,
+        "demo",
+        "--data",
+        str(tmp_path / "digits.npz"),
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert_one_line_error(status, err, 'missing: matplotlib): pip install "triplet-tools[demo]"')
     assert printed == "" and not (tmp_path / "out").exists()
 
@@ -262,13 +326,19 @@ class Hide:
             raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
 sys.meta_path.insert(0, Hide())
 """
-CONSOLE_SCRIPT = HIDE + """from triplet_tools.demo.cli import main  # what the installed script runs
+CONSOLE_SCRIPT = (
+    HIDE
+    + """from triplet_tools.demo.cli import main  # what the installed script runs
 sys.exit(main({argv!r}))
 """
-DASH_M = HIDE + """import runpy
+)
+DASH_M = (
+    HIDE
+    + """import runpy
 sys.argv = ["triplet_tools", *{argv!r}]
 runpy.run_module("triplet_tools", run_name="__main__", alter_sys=True)  # python -m
 """
+)
 
 
 def run_child(tmp_path, argv, backend, hidden=(), template=CONSOLE_SCRIPT):
@@ -277,34 +347,47 @@ def run_child(tmp_path, argv, backend, hidden=(), template=CONSOLE_SCRIPT):
     if backend is not None:
         env["KERAS_BACKEND"] = backend
     code = template.format(hidden=tuple(hidden), argv=list(argv))
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 @pytest.mark.parametrize("template", [CONSOLE_SCRIPT, DASH_M], ids=["script", "dash-m"])
 @pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["demo", "--epochs", "1"]])
 def test_unknown_backend_is_one_line_naming_those_that_work(tmp_path, template, argv):
     done = run_child(tmp_path, argv, "nonexistent", template=template)
-    assert_one_line_error(done.returncode, done.stderr,
-                          "Keras backend 'nonexistent' (from KERAS_BACKEND) does not exist; the "
-                          "backends that work are tensorflow, jax, torch (installed: "
-                          "tensorflow, jax, torch)", backend_noise=True)
+    assert_one_line_error(
+        done.returncode,
+        done.stderr,
+        "Keras backend 'nonexistent' (from KERAS_BACKEND) does not exist; the "
+        "backends that work are tensorflow, jax, torch (installed: "
+        "tensorflow, jax, torch)",
+        backend_noise=True,
+    )
     assert done.stdout == ""
 
 
 def test_numpy_backend_cannot_train_one_line(tmp_path):
     done = run_child(tmp_path, ["demo", "--epochs", "1"], "numpy")
-    assert_one_line_error(done.returncode, done.stderr,
-                          "Keras backend 'numpy' (from KERAS_BACKEND) cannot train (no model.fit); "
-                          "the backends that work are tensorflow, jax, torch", backend_noise=True)
+    assert_one_line_error(
+        done.returncode,
+        done.stderr,
+        "Keras backend 'numpy' (from KERAS_BACKEND) cannot train (no model.fit); "
+        "the backends that work are tensorflow, jax, torch",
+        backend_noise=True,
+    )
 
 
 def test_backend_named_but_not_installed(tmp_path):
     done = run_child(tmp_path, ["demo", "--help"], "torch", hidden=["torch"])
-    assert_one_line_error(done.returncode, done.stderr,
-                          "Keras backend 'torch' (from KERAS_BACKEND) is not installed; installed: "
-                          'tensorflow, jax: set KERAS_BACKEND to one of them, or pip install '
-                          '"triplet-tools[torch]"', backend_noise=True)
+    assert_one_line_error(
+        done.returncode,
+        done.stderr,
+        "Keras backend 'torch' (from KERAS_BACKEND) is not installed; installed: "
+        "tensorflow, jax: set KERAS_BACKEND to one of them, or pip install "
+        '"triplet-tools[torch]"',
+        backend_noise=True,
+    )
 
 
 def test_without_keras_backend_and_tensorflow_the_one_installed_backend_is_used(tmp_path):
@@ -313,14 +396,24 @@ def test_without_keras_backend_and_tensorflow_the_one_installed_backend_is_used(
     assert done.returncode == 0, done.stderr
     assert "usage: triplet-tools demo" in done.stdout
     notes = [line for line in done.stderr.splitlines() if not BACKEND_IMPORT_LOG.match(line)]
-    assert notes == [("triplet-tools: KERAS_BACKEND is not set and TensorFlow (Keras' default) "
-                      "is not installed: using jax, the one installed backend")], done.stderr
+    assert notes == [
+        (
+            "triplet-tools: KERAS_BACKEND is not set and TensorFlow (Keras' default) "
+            "is not installed: using jax, the one installed backend"
+        )
+    ], done.stderr
 
 
-@pytest.mark.parametrize("hidden,expected", [
-    (["tensorflow"], "choose one of the installed backends: KERAS_BACKEND=jax or torch"),
-    (["tensorflow", "jax", "torch"], 'no Keras backend is installed: pip install "triplet-tools[jax]"'),
-])
+@pytest.mark.parametrize(
+    "hidden,expected",
+    [
+        (["tensorflow"], "choose one of the installed backends: KERAS_BACKEND=jax or torch"),
+        (
+            ["tensorflow", "jax", "torch"],
+            'no Keras backend is installed: pip install "triplet-tools[jax]"',
+        ),
+    ],
+)
 def test_without_keras_backend_and_tensorflow_say_how_to_choose(tmp_path, hidden, expected):
     done = run_child(tmp_path, ["demo", "--help"], None, hidden=hidden)
     assert_one_line_error(done.returncode, done.stderr, expected, backend_noise=True)
@@ -328,11 +421,12 @@ def test_without_keras_backend_and_tensorflow_say_how_to_choose(tmp_path, hidden
 
 def test_library_import_with_a_working_backend_is_unchanged(tmp_path):
     """import triplet_tools imports Keras and defines every public name, as before."""
-    code = ("import sys, triplet_tools\n"
-            "assert 'keras' in sys.modules\n"
-            "print(sorted(n for n in triplet_tools.__all__ if hasattr(triplet_tools, n)))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
+    code = (
+        "import sys, triplet_tools\n"
+        "assert 'keras' in sys.modules\n"
+        "print(sorted(n for n in triplet_tools.__all__ if hasattr(triplet_tools, n)))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     import triplet_tools
 
@@ -340,14 +434,18 @@ def test_library_import_with_a_working_backend_is_unchanged(tmp_path):
 
 
 def test_library_import_with_an_unknown_backend_names_the_problem_on_use(tmp_path):
-    code = ("import sys, triplet_tools\n"
-            "assert 'keras' not in sys.modules\n"
-            "from triplet_tools import TripletLoss\n")
+    code = (
+        "import sys, triplet_tools\n"
+        "assert 'keras' not in sys.modules\n"
+        "from triplet_tools import TripletLoss\n"
+    )
     env = {**os.environ, "KERAS_BACKEND": "nonexistent"}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
         "ImportError: cannot use triplet_tools.TripletLoss: Keras backend 'nonexistent' (from "
         "KERAS_BACKEND) does not exist; the backends that work are tensorflow, jax, torch "
-        "(installed: tensorflow, jax, torch): set KERAS_BACKEND to one of them")
+        "(installed: tensorflow, jax, torch): set KERAS_BACKEND to one of them"
+    )

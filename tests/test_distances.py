@@ -22,7 +22,9 @@ def test_pairwise_and_paired_match_definition(name):
     d = distances.get(name)
     want = _pair_matrix(name, x, y)
     np.testing.assert_allclose(to_numpy(d.pairwise(x, y)), want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(to_numpy(d.paired(x, y[:5])), np.diag(want[:, :5]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(d.paired(x, y[:5])), np.diag(want[:, :5]), rtol=1e-5, atol=1e-6
+    )
 
 
 @pytest.mark.parametrize("name", DISTANCE_NAMES)
@@ -39,7 +41,9 @@ def test_mining_scores_order_rows_like_the_distance(name):
     for j in range(y.shape[0]):
         back = to_numpy(d.score_to_distance(ops.convert_to_tensor(scores[:, j]), a))
         np.testing.assert_allclose(back, exact[:, j], rtol=1e-4, atol=1e-5)
-        forth = to_numpy(d.distance_to_score(ops.convert_to_tensor(exact[:, j].astype("float32")), a))
+        forth = to_numpy(
+            d.distance_to_score(ops.convert_to_tensor(exact[:, j].astype("float32")), a)
+        )
         np.testing.assert_allclose(forth, scores[:, j], rtol=1e-4, atol=1e-5)
     below = to_numpy(d.distance_to_score(ops.full((6,), -0.5, "float32"), a))
     assert np.all(below[:, None] < scores)

@@ -63,7 +63,9 @@ def _assert_differs(per_replica, single):
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
     folder = tmp_path_factory.mktemp("single")
-    return {loss: _worker("single", loss, True, folder / f"{loss}.npz") for loss in ("triplet", "pn")}
+    return {
+        loss: _worker("single", loss, True, folder / f"{loss}.npz") for loss in ("triplet", "pn")
+    }
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute: TensorFlow backend")
@@ -82,12 +84,23 @@ def test_tf_multi_worker_mirrored_strategy_on_localhost(single, tmp_path):
     processes = []
     for index in range(2):
         config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        args = [sys.executable, str(WORKER), "tf-multiworker", "triplet", "1",
-                str(tmp_path / f"worker{index}.npz")]
-        processes.append(subprocess.Popen(
-            args, env=_env(TF_CONFIG=json.dumps(config)),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        ))
+        args = [
+            sys.executable,
+            str(WORKER),
+            "tf-multiworker",
+            "triplet",
+            "1",
+            str(tmp_path / f"worker{index}.npz"),
+        ]
+        processes.append(
+            subprocess.Popen(
+                args,
+                env=_env(TF_CONFIG=json.dumps(config)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     for process in processes:
         _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-4000:]
@@ -100,8 +113,14 @@ def test_tf_multi_worker_mirrored_strategy_on_localhost(single, tmp_path):
 @pytest.mark.parametrize("loss", ["triplet", "pn"])
 def test_torch_ddp_with_torchrun_matches_single_device(loss, single, tmp_path):
     """Two gloo processes started the way torchrun starts them (standalone rendezvous)."""
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                "--nproc-per-node", "2"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+    ]
     env = _env(OMP_NUM_THREADS="1")
     got = _worker("torch-ddp", loss, True, tmp_path / "global.npz", env, launcher)
     _assert_same_step(got, single[loss], loss)
@@ -117,8 +136,9 @@ def test_jax_data_parallel_matches_single_device(loss, single, tmp_path):
     got = _worker("jax-data-parallel", loss, True, tmp_path / "global.npz", env)
     _assert_same_step(got, single[loss], loss)
     if loss == "triplet":
-        _assert_differs(_worker("jax-data-parallel", loss, False, tmp_path / "local.npz", env),
-                        single[loss])
+        _assert_differs(
+            _worker("jax-data-parallel", loss, False, tmp_path / "local.npz", env), single[loss]
+        )
 
 
 def test_world_of_one_is_plain_mining():

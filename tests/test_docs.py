@@ -48,7 +48,9 @@ def python_blocks(path):
             body.append(lines[i])
             i += 1
         marker = MARKER.match(lines[start - 2]) if start >= 2 else None
-        blocks.append((start + 1, textwrap.dedent("\n".join(body)), marker.group(1) if marker else ""))
+        blocks.append(
+            (start + 1, textwrap.dedent("\n".join(body)), marker.group(1) if marker else "")
+        )
         i += 1
     return blocks
 
@@ -87,7 +89,9 @@ def _run_here(path, blocks):
             try:
                 exec(compile(code, f"{_page_id(path)}:{line}", "exec"), namespace)
             except Exception as error:
-                raise AssertionError(f"{_page_id(path)}, block at line {line}: {error!r}") from error
+                raise AssertionError(
+                    f"{_page_id(path)}, block at line {line}: {error!r}"
+                ) from error
     finally:
         os.chdir(cwd)
 
@@ -104,10 +108,17 @@ def _run_elsewhere(pages, marker, tmp_path):
         key, _, value = item.partition("=")
         env["KERAS_BACKEND" if key == "backend" else key] = value
     if env["KERAS_BACKEND"] == "torch":
-        env.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                   MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        env.update(
+            RANK="0",
+            LOCAL_RANK="0",
+            WORLD_SIZE="1",
+            LOCAL_WORLD_SIZE="1",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(_free_port()),
+        )
     env["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "src")] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+        [str(ROOT / "src")] + [p for p in [os.environ.get("PYTHONPATH")] if p]
+    )
     script = []
     for path in pages:
         script.append("namespace = {'__name__': '__docs__'}")
@@ -117,10 +128,17 @@ def _run_elsewhere(pages, marker, tmp_path):
             script.append(f"exec(compile({code!r}, {where!r}, 'exec'), namespace)")
     runner = tmp_path / "blocks.py"
     runner.write_text("\n".join(script) + "\n", encoding="utf-8")
-    result = subprocess.run([sys.executable, str(runner)], env=env, cwd=tmp_path,
-                            capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT)
+    result = subprocess.run(
+        [sys.executable, str(runner)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT,
+    )
     assert result.returncode == 0, (
-        f"{marker} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}")
+        f"{marker} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    )
 
 
 HERE = [path for path in PAGES if "" in _groups(path)]
@@ -133,7 +151,7 @@ for _path in PAGES:
 
 @pytest.mark.parametrize("path", HERE, ids=[_page_id(p) for p in HERE])
 def test_examples_run(path, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)                # anything an example writes lands here
+    monkeypatch.chdir(tmp_path)  # anything an example writes lands here
     _run_here(path, _groups(path)[""])
 
 

@@ -13,16 +13,19 @@ from triplet_tools.distances import DISTANCE_NAMES
 # Under PyTorch, each test runs with both eager miners (see conftest.py).
 pytestmark = pytest.mark.usefixtures("each_torch_miner")
 
-ALL_LOSSES = [
-    ("triplet", {"distance": d}) for d in DISTANCE_NAMES
-] + [("pn", {"distance": "euclidean", "soft_margin": True}), ("priming", {"distance": "cosine"})]
+ALL_LOSSES = [("triplet", {"distance": d}) for d in DISTANCE_NAMES] + [
+    ("pn", {"distance": "euclidean", "soft_margin": True}),
+    ("priming", {"distance": "cosine"}),
+]
 
 
 def _finite(*arrays):
     return all(np.all(np.isfinite(a)) for a in arrays)
 
 
-@pytest.mark.parametrize("labels", [[0, 1, 2, 3, 4, 5], [7, 7, 7, 7, 7, 7]], ids=["no-positives", "one-class"])
+@pytest.mark.parametrize(
+    "labels", [[0, 1, 2, 3, 4, 5], [7, 7, 7, 7, 7, 7]], ids=["no-positives", "one-class"]
+)
 @pytest.mark.parametrize("kind,kwargs", ALL_LOSSES)
 def test_no_valid_anchor_gives_exact_zero_and_zero_gradient(labels, kind, kwargs):
     x = np.random.default_rng(0).normal(size=(6, 4)).astype("float32")
@@ -104,7 +107,9 @@ def test_labels_above_2_pow_24_stay_distinct():
     merged = ref.per_anchor(labels.astype(np.float32), x, distance_name="euclidean")[0]
     assert not np.allclose(want, merged), "the test data must tell merged ids apart"
     np.testing.assert_allclose(to_numpy(loss(labels, x)), want, rtol=1e-5)
-    np.testing.assert_allclose(to_numpy(loss(keras.ops.convert_to_tensor(labels), x)), want, rtol=1e-5)
+    np.testing.assert_allclose(
+        to_numpy(loss(keras.ops.convert_to_tensor(labels), x)), want, rtol=1e-5
+    )
 
 
 def test_labels_as_column_and_as_floats():

@@ -33,8 +33,9 @@ def random_set(rng, n=60, dim=5, classes=7):
 def test_leave_one_out_matches_reference(rng, distance, block_size):
     x, labels = random_set(rng)
     got = retrieval_metrics(x, labels, distance=distance, k=(1, 3, 100), block_size=block_size)
-    assert_metrics_equal(got, ref.retrieval_metrics(x, labels, distance_name=distance,
-                                                    k=(1, 3, 100)))
+    assert_metrics_equal(
+        got, ref.retrieval_metrics(x, labels, distance_name=distance, k=(1, 3, 100))
+    )
 
 
 @pytest.mark.parametrize("distance", ["cosine", "euclidean", "manhattan"])
@@ -43,10 +44,12 @@ def test_reference_set_matches_reference(rng, distance):
     x, labels = random_set(rng)
     references = rng.normal(size=(45, 5))
     reference_labels = rng.integers(0, 9, 45)
-    got = retrieval_metrics(x, labels, references, reference_labels, distance=distance,
-                            block_size=4)
-    assert_metrics_equal(got, ref.retrieval_metrics(
-        x, labels, references, reference_labels, distance_name=distance))
+    got = retrieval_metrics(
+        x, labels, references, reference_labels, distance=distance, block_size=4
+    )
+    assert_metrics_equal(
+        got, ref.retrieval_metrics(x, labels, references, reference_labels, distance_name=distance)
+    )
 
 
 @pytest.mark.parametrize("block_size", [None, 3])
@@ -55,8 +58,7 @@ def test_many_ties_are_broken_by_reference_index(rng, block_size):
     x = rng.integers(0, 3, size=(80, 2)).astype("float32")
     labels = rng.integers(0, 4, 80)
     got = retrieval_metrics(x, labels, distance="sql2", k=(1, 2, 5), block_size=block_size)
-    assert_metrics_equal(got, ref.retrieval_metrics(x, labels, distance_name="sql2",
-                                                    k=(1, 2, 5)))
+    assert_metrics_equal(got, ref.retrieval_metrics(x, labels, distance_name="sql2", k=(1, 2, 5)))
 
 
 def test_hand_worked_tie():
@@ -68,10 +70,16 @@ def test_hand_worked_tie():
     map@r = (1/2) (P(1)*0 + P(2)*1) = (1/2)(1/2) = 0.25.
     (The other tie order would give precision@1 = 1 and map@r = 0.5.)
     """
-    got = retrieval_metrics([[0.0]], ["A"], [[1.0], [-1.0], [2.0]], ["B", "A", "A"],
-                            distance="manhattan", k=(1, 2))
-    assert got == {"precision@1": 0.0, "recall@1": 0.0, "recall@2": 1.0,
-                   "r_precision": 0.5, "map@r": 0.25}
+    got = retrieval_metrics(
+        [[0.0]], ["A"], [[1.0], [-1.0], [2.0]], ["B", "A", "A"], distance="manhattan", k=(1, 2)
+    )
+    assert got == {
+        "precision@1": 0.0,
+        "recall@1": 0.0,
+        "recall@2": 1.0,
+        "r_precision": 0.5,
+        "map@r": 0.25,
+    }
 
 
 def test_hand_worked_leave_one_out():
@@ -87,8 +95,13 @@ def test_hand_worked_leave_one_out():
     """
     x = np.array([[0.0], [0.5], [0.6], [1.0], [5.0]], "float32")
     got = retrieval_metrics(x, [0, 1, 0, 1, 2], distance="manhattan", k=(2, 3))
-    assert got == {"precision@1": 0.0, "recall@2": 0.5, "recall@3": 1.0,
-                   "r_precision": 0.0, "map@r": 0.0}
+    assert got == {
+        "precision@1": 0.0,
+        "recall@2": 0.5,
+        "recall@3": 1.0,
+        "r_precision": 0.0,
+        "map@r": 0.0,
+    }
 
 
 def test_backend_tensors_and_column_labels(rng):
@@ -134,23 +147,59 @@ def test_100k_by_100k_blocks_stay_small():
 @pytest.mark.parametrize(
     "args,kwargs,pattern",
     [
-        (([1.0, 2.0], [0, 1]), {}, r"embeddings must be a non-empty \(N, D\) array; received shape \(2,\)"),
-        ((np.zeros((3, 2)), [0, 1]), {}, r"labels must have shape \(3,\) to match embeddings; received shape \(2,\)"),
+        (
+            ([1.0, 2.0], [0, 1]),
+            {},
+            r"embeddings must be a non-empty \(N, D\) array; received shape \(2,\)",
+        ),
+        (
+            (np.zeros((3, 2)), [0, 1]),
+            {},
+            r"labels must have shape \(3,\) to match embeddings; received shape \(2,\)",
+        ),
         ((np.zeros((3, 2)), [0, 0, 1], np.zeros((2, 2))), {}, "must be given together"),
-        ((np.zeros((3, 2)), [0, 0, 1], np.zeros((2, 3)), [0, 1]), {}, r"same width; received shapes \(3, 2\) and \(2, 3\)"),
+        (
+            (np.zeros((3, 2)), [0, 0, 1], np.zeros((2, 3)), [0, 1]),
+            {},
+            r"same width; received shapes \(3, 2\) and \(2, 3\)",
+        ),
         ((np.zeros((3, 2)), [0, 0, 1]), {"k": 0}, "k must be a positive int .*received 0"),
         ((np.zeros((3, 2)), [0, 0, 1]), {"k": (1, "5")}, "k must be a positive int"),
         ((np.zeros((3, 2)), [0, 0, 1]), {"distance": "hamming"}, "Unknown distance: 'hamming'"),
-        ((np.array([[0.0, np.nan], [1, 1], [2, 2]]), [0, 0, 1]), {}, "embeddings contain 1 NaN or infinite"),
+        (
+            (np.array([[0.0, np.nan], [1, 1], [2, 2]]), [0, 0, 1]),
+            {},
+            "embeddings contain 1 NaN or infinite",
+        ),
         ((np.array([["a", "b"], ["c", "d"]]), [0, 0]), {}, "embeddings must be numeric"),
         ((np.zeros((3, 2)), [0, 1, 2]), {}, "No query has a relevant reference"),
-        ((np.zeros((3, 2)), [0, 0, 1]), {"block_size": 0}, r"block_size must be a positive int or None; received block_size=0\."),
-        ((np.zeros((3, 2)), [0, 0, 1]), {"block_size": True}, "block_size must be a positive int or None; received block_size=True"),
+        (
+            (np.zeros((3, 2)), [0, 0, 1]),
+            {"block_size": 0},
+            r"block_size must be a positive int or None; received block_size=0\.",
+        ),
+        (
+            (np.zeros((3, 2)), [0, 0, 1]),
+            {"block_size": True},
+            "block_size must be a positive int or None; received block_size=True",
+        ),
         ((np.zeros((3, 2)), [0, 0, 1]), {"k": True}, "k must be a positive int .*received True"),
-        ((np.zeros((3, 2)), [np.nan] * 3), {}, r"labels contain 3 NaN or infinite values; class labels must be finite"),
+        (
+            (np.zeros((3, 2)), [np.nan] * 3),
+            {},
+            r"labels contain 3 NaN or infinite values; class labels must be finite",
+        ),
         ((np.zeros((3, 2)), [0.0, 0.0, np.inf]), {}, "labels contain 1 NaN or infinite values"),
-        ((np.zeros((3, 2)), [0, 0, 1], np.zeros((2, 2)), [1.0, np.nan]), {}, "ref_labels contain 1 NaN"),
-        ((np.zeros((3, 2), "complex64"), [0, 0, 1]), {}, "embeddings must be numeric; received dtype complex64"),
+        (
+            (np.zeros((3, 2)), [0, 0, 1], np.zeros((2, 2)), [1.0, np.nan]),
+            {},
+            "ref_labels contain 1 NaN",
+        ),
+        (
+            (np.zeros((3, 2), "complex64"), [0, 0, 1]),
+            {},
+            "embeddings must be numeric; received dtype complex64",
+        ),
     ],
 )
 def test_bad_input(args, kwargs, pattern):
@@ -160,16 +209,19 @@ def test_bad_input(args, kwargs, pattern):
 
 # --- the callback ---------------------------------------------------------------------------
 
+
 def _model_and_data(seed=0, n=48):
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % 4
     x = (rng.normal(size=(n, 6)) + labels[:, None] * 0.5).astype("float32")
     init = keras.initializers.GlorotUniform  # seeded: set_random_seed would import TF
-    model = keras.Sequential([
-        keras.Input((6,)),
-        keras.layers.Dense(8, activation="relu", kernel_initializer=init(seed)),
-        keras.layers.Dense(3, kernel_initializer=init(seed + 1)),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8, activation="relu", kernel_initializer=init(seed)),
+            keras.layers.Dense(3, kernel_initializer=init(seed + 1)),
+        ]
+    )
     model.compile(keras.optimizers.SGD(0.05), TripletLoss(margin=0.5))
     return model, x, labels
 
@@ -199,8 +251,9 @@ class ReferenceCheck(keras.callbacks.Callback):
         embeddings = to_numpy(self.model.predict(self.x, verbose=0)).astype(np.float64)
         want = ref.retrieval_metrics(embeddings, self.labels)
         tolerance = near_tie_tolerance(embeddings)
-        self.seen.append({name: (logs.get("val_" + name), value, tolerance)
-                          for name, value in want.items()})
+        self.seen.append(
+            {name: (logs.get("val_" + name), value, tolerance) for name, value in want.items()}
+        )
 
 
 def test_callback_feeds_history_progress_bar_early_stopping_and_checkpoint(tmp_path, capsys):
@@ -209,9 +262,11 @@ def test_callback_feeds_history_progress_bar_early_stopping_and_checkpoint(tmp_p
     check = ReferenceCheck(x, labels)
     early = keras.callbacks.EarlyStopping("val_map@r", mode="max", patience=10)
     checkpoint = keras.callbacks.ModelCheckpoint(
-        str(tmp_path / "best.keras"), monitor="val_map@r", mode="max", save_best_only=True)
-    history = model.fit(x, labels, batch_size=16, epochs=3, verbose=2,
-                        callbacks=[metrics, check, early, checkpoint])
+        str(tmp_path / "best.keras"), monitor="val_map@r", mode="max", save_best_only=True
+    )
+    history = model.fit(
+        x, labels, batch_size=16, epochs=3, verbose=2, callbacks=[metrics, check, early, checkpoint]
+    )
     printed = capsys.readouterr().out
     for epoch in check.seen:
         for name, (logged, want, tolerance) in epoch.items():
@@ -237,12 +292,14 @@ def test_callback_every_n_epochs_and_the_last(rng):
 
 def test_callback_with_reference_set_and_prefix():
     model, x, labels = _model_and_data(2)
-    metrics = RetrievalMetricsCallback(x[:20], labels[:20], x[20:], labels[20:], prefix="gallery_",
-                                       distance="euclidean")
+    metrics = RetrievalMetricsCallback(
+        x[:20], labels[:20], x[20:], labels[20:], prefix="gallery_", distance="euclidean"
+    )
     model.fit(x, labels, batch_size=16, epochs=1, verbose=0, callbacks=[metrics])
     embeddings = to_numpy(model.predict(x, verbose=0)).astype(np.float64)
-    want = ref.retrieval_metrics(embeddings[:20], labels[:20], embeddings[20:], labels[20:],
-                                 distance_name="euclidean")
+    want = ref.retrieval_metrics(
+        embeddings[:20], labels[:20], embeddings[20:], labels[20:], distance_name="euclidean"
+    )
     assert_metrics_equal({n: v[0] for n, v in metrics.history.items()}, want, tol=1e-5)
     assert set(model.history.history) >= {"gallery_map@r", "gallery_precision@1"}
 
@@ -254,11 +311,23 @@ def test_callback_with_reference_set_and_prefix():
         ({"every": True}, r"every must be a positive int; received every=True\."),
         ({"batch_size": 2.5}, r"batch_size must be a positive int; received batch_size=2.5\."),
         ({"prefix": 3}, r"prefix must be a string; received 3\."),
-        ({"x": None}, r"x must be model inputs: an array or tensor of shape \(N, ...\) or a dict of them; received NoneType None"),
-        ({"x": np.array([[0.0, 1, 2], [3, np.nan, 5], [6, 7, np.inf], [0, 0, 0]])}, r"x contain 2 NaN or infinite values \(the model would embed them as NaN\)"),
-        ({"x": {"a": np.zeros((4, 3)), "b": np.zeros((3, 1))}}, r"every input must have the same number of rows; received \{'a': shape \(4, 3\), 'b': shape \(3, 1\)\}"),
+        (
+            {"x": None},
+            r"x must be model inputs: an array or tensor of shape \(N, ...\) or a dict of them; received NoneType None",
+        ),
+        (
+            {"x": np.array([[0.0, 1, 2], [3, np.nan, 5], [6, 7, np.inf], [0, 0, 0]])},
+            r"x contain 2 NaN or infinite values \(the model would embed them as NaN\)",
+        ),
+        (
+            {"x": {"a": np.zeros((4, 3)), "b": np.zeros((3, 1))}},
+            r"every input must have the same number of rows; received \{'a': shape \(4, 3\), 'b': shape \(3, 1\)\}",
+        ),
         ({"ref_x": None, "ref_y": [0, 1]}, "ref_x and ref_y must be given together"),
-        ({"ref_x": np.full((2, 3), np.nan), "ref_y": [0, 1]}, "ref_x contain 6 NaN or infinite values"),
+        (
+            {"ref_x": np.full((2, 3), np.nan), "ref_y": [0, 1]},
+            "ref_x contain 6 NaN or infinite values",
+        ),
         ({"y": [0, 1, 2, 3]}, "No query in x has a relevant reference"),
         ({"y": [0, 0]}, r"y must have shape \(4,\) to match x"),
         ({"ref_x": np.zeros((2, 3))}, "ref_x and ref_y must be given together"),
@@ -282,10 +351,14 @@ def test_half_precision_embeddings_give_the_float32_metrics(rng, dtype):
     half = to_numpy(keras.ops.cast(tensor(x), dtype))
     assert str(half.dtype) == dtype
     want = ref.retrieval_metrics(half.astype(np.float64), labels)
-    assert_metrics_equal(retrieval_metrics(half, labels), want, tol=near_tie_tolerance(
-        half.astype(np.float64)))
-    assert_metrics_equal(retrieval_metrics(tensor(half), labels), want,
-                         tol=near_tie_tolerance(half.astype(np.float64)))
+    assert_metrics_equal(
+        retrieval_metrics(half, labels), want, tol=near_tie_tolerance(half.astype(np.float64))
+    )
+    assert_metrics_equal(
+        retrieval_metrics(tensor(half), labels),
+        want,
+        tol=near_tie_tolerance(half.astype(np.float64)),
+    )
 
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
@@ -310,15 +383,21 @@ def test_callback_with_dict_inputs_counts_rows_not_keys():
     a = keras.Input((3,), name="a")
     b = keras.Input((2,), name="b")
     out = keras.layers.Dense(2, kernel_initializer=keras.initializers.GlorotUniform(0))(
-        keras.layers.Concatenate()([a, b]))
+        keras.layers.Concatenate()([a, b])
+    )
     model = keras.Model({"a": a, "b": b}, out)
     model.compile("sgd", TripletLoss())
     rng = np.random.default_rng(0)
-    x = {"a": rng.normal(size=(12, 3)).astype("float32"),
-         "b": rng.normal(size=(12, 2)).astype("float32")}
+    x = {
+        "a": rng.normal(size=(12, 3)).astype("float32"),
+        "b": rng.normal(size=(12, 2)).astype("float32"),
+    }
     labels = np.arange(12) % 3
     metrics = RetrievalMetricsCallback(x, labels)
     model.fit(x, labels, epochs=1, batch_size=12, verbose=0, callbacks=[metrics])
     embeddings = to_numpy(model.predict(x, verbose=0)).astype(np.float64)
-    assert_metrics_equal({n: v[0] for n, v in metrics.history.items()},
-                         ref.retrieval_metrics(embeddings, labels), tol=1e-5)
+    assert_metrics_equal(
+        {n: v[0] for n, v in metrics.history.items()},
+        ref.retrieval_metrics(embeddings, labels),
+        tol=1e-5,
+    )

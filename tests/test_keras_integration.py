@@ -23,8 +23,16 @@ from triplet_tools.layers import L2Embedding
 
 LOSSES = [
     TripletLoss(),
-    TripletLoss(distance="l1", positive_mining_strategy="easy", negative_mining_strategy="easy",
-                margin=0.3, semi_margin=0.1, reduction="sum", name="t", block_size=16),
+    TripletLoss(
+        distance="l1",
+        positive_mining_strategy="easy",
+        negative_mining_strategy="easy",
+        margin=0.3,
+        semi_margin=0.1,
+        reduction="sum",
+        name="t",
+        block_size=16,
+    ),
     PNLoss(soft_margin=True, distance="sql2", dtype="float32"),
     PrimingLoss(distance="cosine", reduction="none"),
 ]
@@ -50,17 +58,24 @@ def test_config_round_trip(loss):
 
 
 def test_seed_functions_are_the_documented_losses():
-    assert triplet_batch_hard_loss(0.3, "cosine").get_config() == TripletLoss(
-        distance="cosine", negative_mining_strategy="hard", margin=0.3).get_config()
-    assert triplet_batch_semihard_loss(0.5, 0.1, "l2").get_config() == TripletLoss(
-        distance="l2", margin=0.5, semi_margin=0.1).get_config()
+    assert (
+        triplet_batch_hard_loss(0.3, "cosine").get_config()
+        == TripletLoss(distance="cosine", negative_mining_strategy="hard", margin=0.3).get_config()
+    )
+    assert (
+        triplet_batch_semihard_loss(0.5, 0.1, "l2").get_config()
+        == TripletLoss(distance="l2", margin=0.5, semi_margin=0.1).get_config()
+    )
     assert triplet_batch_semihard_loss().get_config()["distance"] == "euclidean_norm"
-    assert triplet_batch_priming_loss("sql2").get_config() == PrimingLoss(distance="sql2").get_config()
+    assert (
+        triplet_batch_priming_loss("sql2").get_config() == PrimingLoss(distance="sql2").get_config()
+    )
 
 
 def _model(dim=6):
-    return keras.Sequential([keras.Input((dim,)), keras.layers.Dense(16, activation="relu"),
-                             L2Embedding(4)])
+    return keras.Sequential(
+        [keras.Input((dim,)), keras.layers.Dense(16, activation="relu"), L2Embedding(4)]
+    )
 
 
 def test_fit_then_recompile_with_another_loss_keeps_training_the_same_weights():
@@ -79,7 +94,8 @@ def test_fit_then_recompile_with_another_loss_keeps_training_the_same_weights():
     # evaluate() reports exactly the loss of the whole batch, computed by the reference.
     embeddings = to_numpy(model.predict(x, batch_size=64, verbose=0))
     np.testing.assert_allclose(
-        after, ref.loss_value(labels, embeddings, distance_name="euclidean_norm", margin=0.5),
+        after,
+        ref.loss_value(labels, embeddings, distance_name="euclidean_norm", margin=0.5),
         rtol=1e-4,
     )
 
@@ -89,8 +105,14 @@ def test_fit_with_sample_weight_and_int64_labels():
     model = _model()
     model.compile("adam", PNLoss(distance="euclidean"))
     weights = np.linspace(0.1, 1.0, len(labels)).astype("float32")
-    history = model.fit(x, labels.astype(np.int64) + 2**30, sample_weight=weights,
-                        batch_size=16, epochs=1, verbose=0)
+    history = model.fit(
+        x,
+        labels.astype(np.int64) + 2**30,
+        sample_weight=weights,
+        batch_size=16,
+        epochs=1,
+        verbose=0,
+    )
     assert np.isfinite(history.history["loss"]).all()
 
 
@@ -116,8 +138,13 @@ def test_save_and_load_without_custom_objects(tmp_path):
                           "eval": float(model.evaluate(x, y, batch_size=64, verbose=0))}}))
         np.save({str(tmp_path / "pred.npy")!r}, keras.ops.convert_to_numpy(model.predict(x, verbose=0)))
     """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env=dict(os.environ), check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        check=True,
+    )
     import json
 
     result = json.loads(out.stdout.strip().splitlines()[-1])
@@ -153,4 +180,6 @@ def test_l2_embedding_mixed_precision():
     layer = L2Embedding(4, dtype="mixed_float16")
     y = layer(np.full((3, 8), 300.0, "float32"))  # squared norms overflow float16
     assert keras.backend.standardize_dtype(y.dtype) == "float16"
-    np.testing.assert_allclose(np.linalg.norm(to_numpy(y).astype("float32"), axis=1), 1.0, rtol=1e-2)
+    np.testing.assert_allclose(
+        np.linalg.norm(to_numpy(y).astype("float32"), axis=1), 1.0, rtol=1e-2
+    )

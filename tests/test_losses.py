@@ -25,12 +25,25 @@ def configurations():
         for positive, negative, soft in itertools.product(
             ("hard", "easy"), ("hard", "semi-hard", "easy"), (False, True)
         ):
-            yield kind, (
-                {"distance": distance, "positive_mining_strategy": positive,
-                 "negative_mining_strategy": negative, "soft_margin": soft}
-            ), (
-                {"loss": kind, "distance_name": distance, "positive": positive,
-                 "negative": negative, "soft_margin": soft}
+            yield (
+                kind,
+                (
+                    {
+                        "distance": distance,
+                        "positive_mining_strategy": positive,
+                        "negative_mining_strategy": negative,
+                        "soft_margin": soft,
+                    }
+                ),
+                (
+                    {
+                        "loss": kind,
+                        "distance_name": distance,
+                        "positive": positive,
+                        "negative": negative,
+                        "soft_margin": soft,
+                    }
+                ),
             )
 
 
@@ -122,8 +135,9 @@ def test_semi_margin_shifts_the_semi_hard_boundary(semi_margin, distance):
     labels, x = batch("full")
     for kind in ("triplet", "pn"):
         loss = KINDS[kind](distance=distance, semi_margin=semi_margin, margin=0.5, reduction="none")
-        want = ref.per_anchor(labels, x, loss=kind, distance_name=distance,
-                              semi_margin=semi_margin, margin=0.5)[0]
+        want = ref.per_anchor(
+            labels, x, loss=kind, distance_name=distance, semi_margin=semi_margin, margin=0.5
+        )[0]
         np.testing.assert_allclose(to_numpy(loss(labels, x)), want, rtol=1e-5, atol=1e-6)
 
 

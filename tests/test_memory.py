@@ -39,15 +39,20 @@ def test_references_include_earlier_batches(negative):
     zero rows of unwritten slots would be the farthest negatives if they were not masked."""
     (l1, x1), (l2, x2) = _batches(2)
     memory = _memory(size=10)
-    loss = TripletLoss(distance="euclidean", negative_mining_strategy=negative, memory=memory,
-                       reduction="none")
+    loss = TripletLoss(
+        distance="euclidean", negative_mining_strategy=negative, memory=memory, reduction="none"
+    )
     kwargs = {"distance_name": "euclidean", "negative": negative}
     first = to_numpy(loss(l1, x1))
     np.testing.assert_allclose(first, ref.per_anchor(l1, x1, **kwargs)[0], rtol=1e-5)
     second = to_numpy(loss(l2, x2))
     want = ref.per_anchor(
-        l2, x2, references=np.concatenate([x2, x1]), reference_labels=np.concatenate([l2, l1]),
-        anchor_positions=list(range(len(l2))), **kwargs,
+        l2,
+        x2,
+        references=np.concatenate([x2, x1]),
+        reference_labels=np.concatenate([l2, l1]),
+        anchor_positions=list(range(len(l2))),
+        **kwargs,
     )[0]
     np.testing.assert_allclose(second, want, rtol=1e-5)
     plain = ref.per_anchor(l2, x2, **kwargs)[0]
@@ -78,14 +83,14 @@ def test_batch_larger_than_memory_keeps_its_last_rows():
 
 
 def test_size_zero_is_the_plain_loss():
-    (labels, x), = _batches(1, rows=8)
+    ((labels, x),) = _batches(1, rows=8)
     memory = _memory(size=0)
     with_memory = TripletLoss(memory=memory)
     np.testing.assert_allclose(to_numpy(with_memory(labels, x)), to_numpy(TripletLoss()(labels, x)))
 
 
 def test_not_recorded_outside_training():
-    (labels, x), = _batches(1)
+    ((labels, x),) = _batches(1)
     memory = _memory(size=6, recording=False)
     TripletLoss(memory=memory)(labels, x)
     assert int(to_numpy(memory.filled.value)) == 0
@@ -140,7 +145,8 @@ def test_fit_fills_the_memory_in_compiled_training_steps(tmp_path):
         assert np.isfinite(history.history["loss"]).all()
         assert int(keras.ops.convert_to_numpy(memory.position.value)) == 16
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env=dict(os.environ))
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=dict(os.environ)
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     np.testing.assert_allclose(np.load(tmp_path / "stored.npy"), stored, rtol=1e-6)

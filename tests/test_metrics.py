@@ -16,22 +16,30 @@ from triplet_tools.metrics import STATISTICS, MiningStatistics
 
 # (loss, reference kwargs): each mining/scoring kind once.
 CASES = {
-    "semi-hard": (TripletLoss(margin=0.3),
-                  {"distance_name": "cosine", "margin": 0.3}),
-    "hard-l2": (TripletLoss(distance="euclidean", negative_mining_strategy="hard", margin=1.0),
-                {"distance_name": "euclidean", "negative": "hard", "margin": 1.0}),
-    "easy-pn": (PNLoss(distance="sql2", positive_mining_strategy="easy", margin=0.5),
-                {"loss": "pn", "distance_name": "sql2", "positive": "easy", "margin": 0.5}),
-    "soft": (TripletLoss(soft_margin=True, semi_margin=0.05),
-             {"distance_name": "cosine", "soft_margin": True, "semi_margin": 0.05}),
+    "semi-hard": (TripletLoss(margin=0.3), {"distance_name": "cosine", "margin": 0.3}),
+    "hard-l2": (
+        TripletLoss(distance="euclidean", negative_mining_strategy="hard", margin=1.0),
+        {"distance_name": "euclidean", "negative": "hard", "margin": 1.0},
+    ),
+    "easy-pn": (
+        PNLoss(distance="sql2", positive_mining_strategy="easy", margin=0.5),
+        {"loss": "pn", "distance_name": "sql2", "positive": "easy", "margin": 0.5},
+    ),
+    "soft": (
+        TripletLoss(soft_margin=True, semi_margin=0.05),
+        {"distance_name": "cosine", "soft_margin": True, "semi_margin": 0.05},
+    ),
     "priming": (PrimingLoss(), {"loss": "priming", "distance_name": "euclidean_norm"}),
 }
 
 
 def reference_statistics(batches, kwargs):
     """SPEC's statistics of the anchors of every batch together (ratios of sums)."""
-    mining = {key: value for key, value in kwargs.items()
-              if key in ("loss", "distance_name", "positive", "negative", "semi_margin")}
+    mining = {
+        key: value
+        for key, value in kwargs.items()
+        if key in ("loss", "distance_name", "positive", "negative", "semi_margin")
+    }
     anchors = valid = active = sum_ap = sum_an = 0
     for labels, embeddings in batches:
         options = ref.anchor_options(labels, embeddings, **kwargs)
@@ -42,8 +50,12 @@ def reference_statistics(batches, kwargs):
                 (loss,) = losses
                 valid, active = valid + 1, active + (loss > 0)
                 sum_ap, sum_an = sum_ap + pair[0], sum_an + pair[1]
-    return {"valid_anchors": valid / anchors, "active_triplets": active / valid,
-            "mean_d_ap": sum_ap / valid, "mean_d_an": sum_an / valid}
+    return {
+        "valid_anchors": valid / anchors,
+        "active_triplets": active / valid,
+        "mean_d_ap": sum_ap / valid,
+        "mean_d_an": sum_an / valid,
+    }
 
 
 def batch(seed=0):
@@ -83,15 +95,21 @@ def test_hand_worked_statistics():
     """
     metric = MiningStatistics(TripletLoss(distance="euclidean", negative_mining_strategy="hard"))
     metric.update_state([0, 0, 1, 1], np.array([[0.0], [1.0], [3.0], [10.0]], "float32"))
-    assert_statistics(metric.result(), {"valid_anchors": 1.0, "active_triplets": 0.25,
-                                        "mean_d_ap": 4.0, "mean_d_an": 4.0})
+    assert_statistics(
+        metric.result(),
+        {"valid_anchors": 1.0, "active_triplets": 0.25, "mean_d_ap": 4.0, "mean_d_an": 4.0},
+    )
 
 
 def _model():
     init = keras.initializers.GlorotUniform  # seeded: set_random_seed would import TF
-    return keras.Sequential([keras.Input((4,)),
-                             keras.layers.Dense(6, activation="tanh", kernel_initializer=init(0)),
-                             keras.layers.Dense(3, kernel_initializer=init(1))])
+    return keras.Sequential(
+        [
+            keras.Input((4,)),
+            keras.layers.Dense(6, activation="tanh", kernel_initializer=init(0)),
+            keras.layers.Dense(3, kernel_initializer=init(1)),
+        ]
+    )
 
 
 @pytest.mark.parametrize("case", ["semi-hard", "easy-pn"])
@@ -101,12 +119,17 @@ def test_compiled_evaluate_accumulates_over_batches(case):
     labels = np.concatenate([batch(0)[0], batch(1)[0]])
     x = np.concatenate([batch(0)[1], batch(1)[1]])
     model = _model()
-    model.compile("sgd", loss, metrics=[MiningStatistics(loss)],
-                  jit_compile="auto" if keras.backend.backend() == "torch" else True)
+    model.compile(
+        "sgd",
+        loss,
+        metrics=[MiningStatistics(loss)],
+        jit_compile="auto" if keras.backend.backend() == "torch" else True,
+    )
     logs = model.evaluate(x, labels, batch_size=10, verbose=0, return_dict=True)
     embeddings = to_numpy(model.predict(x, verbose=0))
-    want = reference_statistics([(labels[:10], embeddings[:10]), (labels[10:], embeddings[10:])],
-                                kwargs)
+    want = reference_statistics(
+        [(labels[:10], embeddings[:10]), (labels[10:], embeddings[10:])], kwargs
+    )
     assert {key: logs[key] for key in STATISTICS} == pytest.approx(want, rel=1e-4)
 
 
@@ -116,8 +139,7 @@ def test_fit_logs_training_and_validation_statistics(capsys):
     model = _model()
     model.compile("sgd", loss, metrics=[MiningStatistics(loss)])
     embeddings = to_numpy(model.predict(x, verbose=0))
-    history = model.fit(x, labels, batch_size=10, epochs=1, verbose=2,
-                        validation_data=(x, labels))
+    history = model.fit(x, labels, batch_size=10, epochs=1, verbose=2, validation_data=(x, labels))
     printed = capsys.readouterr().out
     # The training step mines the embeddings of the weights before its update.
     want = reference_statistics([(labels, embeddings)], kwargs)
@@ -130,8 +152,11 @@ def test_prefix_and_two_losses():
     first, second = TripletLoss(), PrimingLoss()
     labels, x = batch(0)
     model = _model()
-    model.compile("sgd", first, metrics=[MiningStatistics(first),
-                                         MiningStatistics(second, name="p", prefix="priming_")])
+    model.compile(
+        "sgd",
+        first,
+        metrics=[MiningStatistics(first), MiningStatistics(second, name="p", prefix="priming_")],
+    )
     logs = model.evaluate(x, labels, verbose=0, return_dict=True)
     assert set(STATISTICS) | {"priming_" + key for key in STATISTICS} <= set(logs)
 

@@ -47,8 +47,15 @@ def test_indices_match_brute_force(positive, negative, block_size):
     rng = np.random.default_rng(11)
     labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 5, 5])
     x = rng.normal(size=(len(labels), 4)).astype("float32")
-    mined = mine_triplets(x, labels, distance="euclidean", positive_strategy=positive,
-                          negative_strategy=negative, semi_margin=0.1, block_size=block_size)
+    mined = mine_triplets(
+        x,
+        labels,
+        distance="euclidean",
+        positive_strategy=positive,
+        negative_strategy=negative,
+        semi_margin=0.1,
+        block_size=block_size,
+    )
     d_ap, d_an, valid = _chosen_distances("euclidean", x, x, mined)
     want = _brute_force("euclidean", x, labels, x, labels, range(len(x)), positive, negative, 0.1)
     assert valid.tolist() == [w is not None for w in want]
@@ -64,8 +71,9 @@ def test_explicit_references_and_anchor_positions():
     refs = rng.normal(size=(8, 3)).astype("float32")
     ref_labels = np.array([0, 1, 2, 0, 1, 2, 0, 9])
     anchors, labels, positions = refs[3:6], ref_labels[3:6], np.array([3, 4, 5])
-    mined = mine_triplets(anchors, labels, refs, ref_labels, positions, distance="cosine",
-                          negative_strategy="hard")
+    mined = mine_triplets(
+        anchors, labels, refs, ref_labels, positions, distance="cosine", negative_strategy="hard"
+    )
     p = to_numpy(mined.positive)
     assert not np.any(p == positions)
     want = _brute_force("cosine", anchors, labels, refs, ref_labels, positions, "hard", "hard", 0)
@@ -73,8 +81,9 @@ def test_explicit_references_and_anchor_positions():
     assert valid.all()
     np.testing.assert_allclose(np.stack([d_ap, d_an], 1), np.array(want), rtol=1e-5, atol=1e-6)
     # Without positions, the anchor's own row counts as a positive at distance 0.
-    mined = mine_triplets(anchors, labels, refs, ref_labels, distance="cosine",
-                          positive_strategy="easy")
+    mined = mine_triplets(
+        anchors, labels, refs, ref_labels, distance="cosine", positive_strategy="easy"
+    )
     np.testing.assert_array_equal(to_numpy(mined.positive), positions)
 
 
@@ -113,8 +122,9 @@ def test_invalid_strategy_names():
         mine_triplets(x, [0, 1], negative_strategy="semihard")
 
 
-@pytest.mark.parametrize("positive,negative", [("hard", "semi-hard"), ("easy", "hard"),
-                                               ("hard", "easy")])
+@pytest.mark.parametrize(
+    "positive,negative", [("hard", "semi-hard"), ("easy", "hard"), ("hard", "easy")]
+)
 def test_wide_batch_matches_dense_numpy(positive, negative):
     """1,100 anchors x 1,100 references: rows wider than the small-batch code paths (PyTorch
     searches rows of 1,024 or more in two levels; 1,100 leaves a ragged tail). The reference
@@ -123,8 +133,14 @@ def test_wide_batch_matches_dense_numpy(positive, negative):
     labels = rng.integers(0, 140, size=1100)
     labels[:3] = [1000, 1001, 1002]  # singletons: no positive, invalid
     x = rng.normal(size=(1100, 8)).astype("float32")
-    mined = mine_triplets(x, labels, distance="euclidean", positive_strategy=positive,
-                          negative_strategy=negative, semi_margin=0.05)
+    mined = mine_triplets(
+        x,
+        labels,
+        distance="euclidean",
+        positive_strategy=positive,
+        negative_strategy=negative,
+        semi_margin=0.05,
+    )
     p, n, valid = (to_numpy(t) for t in mined)
 
     xd = x.astype("float64")

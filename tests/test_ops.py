@@ -16,22 +16,34 @@ INDICES = np.array([1, 0, 1], "int32")
 def _cases():
     t32, t64, mask = (keras.ops.convert_to_tensor(a) for a in (F32, F64, MASK))
     return [
-        ("convert_to_tensor", (t32,), {}), ("convert_to_tensor", (F64,), {}),
+        ("convert_to_tensor", (t32,), {}),
+        ("convert_to_tensor", (F64,), {}),
         ("convert_to_tensor", (t32, "float64"), {}),
-        ("cast", (t32, "float64"), {}), ("cast", (mask, "float32"), {}),
-        ("cast", (mask, t64.dtype), {}), ("cast", (F32, "int32"), {}),
+        ("cast", (t32, "float64"), {}),
+        ("cast", (mask, "float32"), {}),
+        ("cast", (mask, t64.dtype), {}),
+        ("cast", (F32, "int32"), {}),
         ("stop_gradient", (t32,), {}),
         ("take", (t32, keras.ops.convert_to_tensor(INDICES[:2])), {"axis": 0}),
-        ("take", (F32, INDICES[:2]), {"axis": 0}), ("take", (t32, INDICES), {"axis": 1}),
-        ("where", (mask, t32, 0), {}), ("where", (mask, 1, t64), {}),
-        ("where", (mask, t32, t64), {}), ("where", (MASK, F32, F64), {}),
+        ("take", (F32, INDICES[:2]), {"axis": 0}),
+        ("take", (t32, INDICES), {"axis": 1}),
+        ("where", (mask, t32, 0), {}),
+        ("where", (mask, 1, t64), {}),
+        ("where", (mask, t32, t64), {}),
+        ("where", (MASK, F32, F64), {}),
         ("where", (mask, 0.5, 2), {}),
-        ("sum", (t32,), {}), ("sum", (t64,), {"axis": 1}),
-        ("sum", (t32,), {"axis": -1, "keepdims": True}), ("sum", (mask,), {"axis": 0}),
-        ("maximum", (t32, 0), {}), ("maximum", (t32, t32), {}),
+        ("sum", (t32,), {}),
+        ("sum", (t64,), {"axis": 1}),
+        ("sum", (t32,), {"axis": -1, "keepdims": True}),
+        ("sum", (mask,), {"axis": 0}),
+        ("maximum", (t32, 0), {}),
+        ("maximum", (t32, t32), {}),
         ("maximum", (F32, 1), {}),
-        ("square", (t32,), {}), ("square", (F64,), {}),
-        ("rsqrt", (keras.ops.abs(t32),), {}), ("relu", (t32,), {}), ("relu", (F64,), {}),
+        ("square", (t32,), {}),
+        ("square", (F64,), {}),
+        ("rsqrt", (keras.ops.abs(t32),), {}),
+        ("relu", (t32,), {}),
+        ("relu", (F64,), {}),
     ]
 
 
@@ -40,7 +52,8 @@ def test_same_values_and_dtypes_as_keras_ops(case):
     name, args, kwargs = _cases()[case]
     got, want = getattr(ops, name)(*args, **kwargs), getattr(keras.ops, name)(*args, **kwargs)
     assert keras.backend.standardize_dtype(got.dtype) == keras.backend.standardize_dtype(
-        want.dtype), name
+        want.dtype
+    ), name
     np.testing.assert_array_equal(to_numpy(got), to_numpy(want))
 
 

@@ -9,11 +9,10 @@ import math
 import keras
 import numpy as np
 import pytest
+
 import reference_pairs as rp
 from backend import compiled_value_and_grad, to_numpy, value_and_grad
 from pair_support import GRAD_TOL, VALUE_TOL, batch, save_and_reload
-from triplet_tools.tfa import LiftedStructLoss, TripletHardLoss, TripletSemiHardLoss
-
 from triplet_tools import PNLoss, TripletLoss
 from triplet_tools import losses as losses_module
 from triplet_tools.distances import Distance
@@ -22,6 +21,7 @@ from triplet_tools.losses import (
     MultiSimilarityLoss,
     SoftNearestNeighborLoss,
 )
+from triplet_tools.tfa import LiftedStructLoss, TripletHardLoss, TripletSemiHardLoss
 
 #: class, reference kind, the loss's own default distance.
 LOSSES = {
@@ -33,8 +33,17 @@ LOSSES = {
 
 CASES = [
     ("multi_similarity", {}),
-    ("multi_similarity", {"distance": "euclidean", "alpha": 1.5, "beta": 10.0, "epsilon": 0.5,
-                          "lmda": 1.0, "center": 2.0}),
+    (
+        "multi_similarity",
+        {
+            "distance": "euclidean",
+            "alpha": 1.5,
+            "beta": 10.0,
+            "epsilon": 0.5,
+            "lmda": 1.0,
+            "center": 2.0,
+        },
+    ),
     ("circle", {}),
     ("circle", {"distance": "euclidean_norm", "gamma": 16.0, "margin": 0.25}),
     ("soft_nearest_neighbor", {}),
@@ -42,8 +51,16 @@ CASES = [
     ("lifted_struct", {}),
     ("lifted_struct", {"margin": 0.5}),
 ]
-CASE_IDS = ["ms", "ms-euclidean", "circle", "circle-euclidean_norm", "snn", "snn-cosine",
-            "lifted", "lifted-margin"]
+CASE_IDS = [
+    "ms",
+    "ms-euclidean",
+    "circle",
+    "circle-euclidean_norm",
+    "snn",
+    "snn-cosine",
+    "lifted",
+    "lifted-margin",
+]
 DEFAULT_CASES = [case for case in CASES if not case[1]]
 DEFAULT_IDS = list(LOSSES)
 
@@ -88,8 +105,11 @@ def test_the_uneven_batch_has_invalid_anchors_for_every_loss():
     for kind, kwargs in CASES:
         _, counts = rp.PAIR_LOSSES[kind](labels, x, **reference_kwargs(kind, kwargs))
         assert np.count_nonzero(counts == 0) >= 2, (kind, kwargs)
-    counts = [rp.multi_similarity_per_anchor(labels, x, **reference_kwargs(kind, kwargs))[1]
-              for kind, kwargs in CASES if kind == "multi_similarity"]
+    counts = [
+        rp.multi_similarity_per_anchor(labels, x, **reference_kwargs(kind, kwargs))[1]
+        for kind, kwargs in CASES
+        if kind == "multi_similarity"
+    ]
     assert any(np.count_nonzero(c == 0) > 2 for c in counts)
 
 
@@ -141,8 +161,9 @@ def test_weighted_gradient():
     for kind, kwargs in DEFAULT_CASES:
         loss = make(kind, kwargs, reduction="mean_with_sample_weight")
         _, grad = value_and_grad(lambda t, loss=loss: loss(labels, t, sample_weight=weights), x)
-        want = expected_gradient(kind, kwargs, labels, x, sample_weight=weights,
-                                 reduction="mean_with_sample_weight")
+        want = expected_gradient(
+            kind, kwargs, labels, x, sample_weight=weights, reduction="mean_with_sample_weight"
+        )
         np.testing.assert_allclose(grad, want, **GRAD_TOL)
 
 
@@ -160,11 +181,15 @@ def test_hand_worked_lifted_struct():
     x = np.array([[0.0], [1.0], [4.0]], "float32")
     labels = np.array([0, 0, 1])
     j = 1 + math.log(1 + math.e)
-    np.testing.assert_allclose(to_numpy(LiftedStructLoss(margin=4.0)(labels, x)), j * j / 2,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(LiftedStructLoss(margin=4.0)(labels, x)), j * j / 2, rtol=1e-6
+    )
     np.testing.assert_allclose(
         to_numpy(LiftedStructLoss(margin=4.0, reduction="none")(labels, x)),
-        [j * j / 2, j * j / 2, 0.0], rtol=1e-6, atol=1e-7)
+        [j * j / 2, j * j / 2, 0.0],
+        rtol=1e-6,
+        atol=1e-7,
+    )
 
 
 def test_hand_worked_soft_nearest_neighbor():
@@ -224,7 +249,8 @@ def test_circle_gradient_holds_alpha_fixed():
     labels, x = batch("full")
     _, grad = value_and_grad(lambda t: CircleLoss()(labels, t), x)
     free = rp.numerical_gradient(
-        lambda d: rp.reduce(*rp.circle_per_anchor(labels, None, distances=d)), x, "cosine")
+        lambda d: rp.reduce(*rp.circle_per_anchor(labels, None, distances=d)), x, "cosine"
+    )
     held = rp.pair_gradient("circle", labels, x, distance_name="cosine")
     assert not np.allclose(free, held, **GRAD_TOL)
     np.testing.assert_allclose(grad, held, **GRAD_TOL)
@@ -234,7 +260,8 @@ def test_circle_gradient_holds_alpha_fixed():
 
 
 @pytest.mark.parametrize(
-    "labels", [[0, 1, 2, 3, 4, 5], [7, 7, 7, 7, 7, 7], []],
+    "labels",
+    [[0, 1, 2, 3, 4, 5], [7, 7, 7, 7, 7, 7], []],
     ids=["no-positives", "one-class", "empty"],
 )
 @pytest.mark.parametrize("kind,kwargs", DEFAULT_CASES, ids=DEFAULT_IDS)
@@ -258,8 +285,16 @@ EXTREME = [
     ("soft_nearest_neighbor", {"distance": "euclidean"}, 1e3),
     ("lifted_struct", {}, 1e3),
 ]
-EXTREME_IDS = ["circle-gamma256", "ms-beta100", "ms-alpha50-beta100", "snn-T0.01",
-               "ms-euclidean-1e3", "circle-euclidean-1e3", "snn-euclidean-1e3", "lifted-1e3"]
+EXTREME_IDS = [
+    "circle-gamma256",
+    "ms-beta100",
+    "ms-alpha50-beta100",
+    "snn-T0.01",
+    "ms-euclidean-1e3",
+    "circle-euclidean-1e3",
+    "snn-euclidean-1e3",
+    "lifted-1e3",
+]
 
 
 @pytest.mark.parametrize("kind,kwargs,scale", EXTREME, ids=EXTREME_IDS)
@@ -317,8 +352,9 @@ def test_half_precision_is_computed_in_float32(kind, kwargs, dtype):
     x = keras.ops.cast(x32, dtype)
     rounded = to_numpy(keras.ops.cast(x, "float32"))
     value, grad = value_and_grad(lambda t: make(kind, kwargs)(labels, t), x)
-    np.testing.assert_allclose(np.float32(value), expected(kind, kwargs, labels, rounded),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        np.float32(value), expected(kind, kwargs, labels, rounded), rtol=1e-4, atol=1e-4
+    )
     assert np.all(np.isfinite(grad.astype("float32")))
 
 
@@ -339,8 +375,9 @@ def test_custom_distance(kind):
     labels, x = batch("uneven")
     line = x[:, :1]
     got = to_numpy(make(kind, {"distance": _Chebyshev()})(labels, line))
-    np.testing.assert_allclose(got, expected(kind, {"distance": "euclidean"}, labels, line),
-                               **VALUE_TOL)
+    np.testing.assert_allclose(
+        got, expected(kind, {"distance": "euclidean"}, labels, line), **VALUE_TOL
+    )
 
 
 # --- configuration -------------------------------------------------------------------------------
@@ -388,14 +425,26 @@ def test_importable_from_the_package():
 
 
 def test_defaults_in_config():
-    assert {k: MultiSimilarityLoss().get_config()[k] for k in
-            ("distance", "alpha", "beta", "epsilon", "lmda", "center")} == {
-        "distance": "cosine", "alpha": 2.0, "beta": 40.0, "epsilon": 0.1, "lmda": 0.5,
-        "center": 1.0}
+    assert {
+        k: MultiSimilarityLoss().get_config()[k]
+        for k in ("distance", "alpha", "beta", "epsilon", "lmda", "center")
+    } == {
+        "distance": "cosine",
+        "alpha": 2.0,
+        "beta": 40.0,
+        "epsilon": 0.1,
+        "lmda": 0.5,
+        "center": 1.0,
+    }
     assert {k: CircleLoss().get_config()[k] for k in ("distance", "gamma", "margin")} == {
-        "distance": "cosine", "gamma": 80.0, "margin": 0.4}
-    assert {k: SoftNearestNeighborLoss().get_config()[k] for k in ("distance", "temperature")
-            } == {"distance": "squared_euclidean", "temperature": 1.0}
+        "distance": "cosine",
+        "gamma": 80.0,
+        "margin": 0.4,
+    }
+    assert {k: SoftNearestNeighborLoss().get_config()[k] for k in ("distance", "temperature")} == {
+        "distance": "squared_euclidean",
+        "temperature": 1.0,
+    }
     assert LiftedStructLoss().get_config()["margin"] == 1.0
 
 
@@ -411,20 +460,28 @@ def test_config_round_trip(kind, kwargs):
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert type(restored) is type(loss) and restored.get_config() == config
     labels, x = batch("uneven")
-    np.testing.assert_allclose(to_numpy(restored(labels, x)), to_numpy(loss(labels, x)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(restored(labels, x)), to_numpy(loss(labels, x)), rtol=1e-6)
 
 
 def test_save_and_load_without_custom_objects(tmp_path):
     """Every loss of SPEC's last part, reloaded in a fresh process that imports only
     ``triplet_tools`` (so importing the package registers them all, tfa's included)."""
-    losses = [MultiSimilarityLoss(alpha=1.5), CircleLoss(gamma=32.0),
-              SoftNearestNeighborLoss(temperature=0.5), LiftedStructLoss(margin=0.8),
-              TripletLoss(positive_mining_strategy="all", negative_mining_strategy="all",
-                          average="active", distance="euclidean", margin=0.7),
-              PNLoss(positive_mining_strategy="all", negative_mining_strategy="semi-hard"),
-              TripletSemiHardLoss(margin=0.4, distance_metric="angular"),
-              TripletHardLoss(margin=0.2, soft=True)]
+    losses = [
+        MultiSimilarityLoss(alpha=1.5),
+        CircleLoss(gamma=32.0),
+        SoftNearestNeighborLoss(temperature=0.5),
+        LiftedStructLoss(margin=0.8),
+        TripletLoss(
+            positive_mining_strategy="all",
+            negative_mining_strategy="all",
+            average="active",
+            distance="euclidean",
+            margin=0.7,
+        ),
+        PNLoss(positive_mining_strategy="all", negative_mining_strategy="semi-hard"),
+        TripletSemiHardLoss(margin=0.4, distance_metric="angular"),
+        TripletHardLoss(margin=0.2, soft=True),
+    ]
     reloaded, expected_values = save_and_reload(tmp_path, losses, fresh_process=True)
     for loss, got, want in zip(losses, reloaded, expected_values):
         assert got["class"] == type(loss).__name__

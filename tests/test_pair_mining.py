@@ -13,10 +13,10 @@ import itertools
 import keras
 import numpy as np
 import pytest
+
 import reference_pairs as rp
 from backend import BACKEND, compiled, compiled_value_and_grad, to_numpy, value_and_grad
 from pair_support import GRAD_TOL, VALUE_TOL, batch, save_and_reload
-
 from triplet_tools import PNLoss, PrimingLoss, TripletLoss, triplet_batch_all_loss
 from triplet_tools import losses as losses_module
 
@@ -43,34 +43,88 @@ def configurations():
             combos.append((kind, positive, negative, False, "active"))
     for i, (kind, positive, negative, soft, average) in enumerate(combos):
         distance = DISTANCES[i % len(DISTANCES)]
-        yield kind, (
-            {"distance": distance, "positive_mining_strategy": positive,
-             "negative_mining_strategy": negative, "soft_margin": soft, "average": average}
-        ), (
-            {"loss": kind, "distance_name": distance, "positive": positive,
-             "negative": negative, "soft_margin": soft, "average": average}
+        yield (
+            kind,
+            (
+                {
+                    "distance": distance,
+                    "positive_mining_strategy": positive,
+                    "negative_mining_strategy": negative,
+                    "soft_margin": soft,
+                    "average": average,
+                }
+            ),
+            (
+                {
+                    "loss": kind,
+                    "distance_name": distance,
+                    "positive": positive,
+                    "negative": negative,
+                    "soft_margin": soft,
+                    "average": average,
+                }
+            ),
         )
 
 
 CONFIGURATIONS = list(configurations())
 
 #: A few configurations that stand for the new engine in the slower tests.
-BATCH_ALL = ("triplet", {"distance": "euclidean", "positive_mining_strategy": "all",
-                         "negative_mining_strategy": "all", "average": "active"})
-TFA_SEMI_HARD = ("triplet", {"distance": "euclidean", "positive_mining_strategy": "all",
-                             "negative_mining_strategy": "semi-hard"})
+BATCH_ALL = (
+    "triplet",
+    {
+        "distance": "euclidean",
+        "positive_mining_strategy": "all",
+        "negative_mining_strategy": "all",
+        "average": "active",
+    },
+)
+TFA_SEMI_HARD = (
+    "triplet",
+    {
+        "distance": "euclidean",
+        "positive_mining_strategy": "all",
+        "negative_mining_strategy": "semi-hard",
+    },
+)
 REPRESENTATIVE = [
     BATCH_ALL,
     TFA_SEMI_HARD,
-    ("triplet", {"distance": "cosine", "positive_mining_strategy": "hard",
-                 "negative_mining_strategy": "all", "average": "active"}),
-    ("pn", {"distance": "squared_euclidean", "positive_mining_strategy": "all",
-            "negative_mining_strategy": "hard", "soft_margin": True}),
-    ("pn", {"distance": "euclidean_norm", "positive_mining_strategy": "all",
-            "negative_mining_strategy": "all", "average": "valid"}),
+    (
+        "triplet",
+        {
+            "distance": "cosine",
+            "positive_mining_strategy": "hard",
+            "negative_mining_strategy": "all",
+            "average": "active",
+        },
+    ),
+    (
+        "pn",
+        {
+            "distance": "squared_euclidean",
+            "positive_mining_strategy": "all",
+            "negative_mining_strategy": "hard",
+            "soft_margin": True,
+        },
+    ),
+    (
+        "pn",
+        {
+            "distance": "euclidean_norm",
+            "positive_mining_strategy": "all",
+            "negative_mining_strategy": "all",
+            "average": "valid",
+        },
+    ),
 ]
-REPRESENTATIVE_IDS = ["batch-all", "tfa-semi-hard", "hard-all-active", "pn-all-hard-soft",
-                      "pn-all-all"]
+REPRESENTATIVE_IDS = [
+    "batch-all",
+    "tfa-semi-hard",
+    "hard-all-active",
+    "pn-all-hard-soft",
+    "pn-all-all",
+]
 
 
 def reference_kwargs(kind, kwargs):
@@ -112,19 +166,21 @@ def test_the_batches_exercise_what_they_claim():
     """Guards the test data: the uneven batch has invalid anchors, "active" counts fewer
     units than "valid", and the semi-hard fallback happens for some positive pair."""
     labels, x = batch("uneven")
-    rows = rp.triplet_units(labels, x, distance_name="euclidean", positive="all",
-                            negative="all")
+    rows = rp.triplet_units(labels, x, distance_name="euclidean", positive="all", negative="all")
     assert sum(not valid for valid, _ in rows) == 2
-    _, active = rp.triplet_per_anchor(labels, x, distance_name="euclidean", positive="all",
-                                      negative="all", average="active")
-    _, valid = rp.triplet_per_anchor(labels, x, distance_name="euclidean", positive="all",
-                                     negative="all", average="valid")
+    _, active = rp.triplet_per_anchor(
+        labels, x, distance_name="euclidean", positive="all", negative="all", average="active"
+    )
+    _, valid = rp.triplet_per_anchor(
+        labels, x, distance_name="euclidean", positive="all", negative="all", average="valid"
+    )
     assert 0 < active.sum() < valid.sum()
     # some positive pair has no negative beyond it (semi-hard falls back to the farthest)
     d = rp.distance_matrix("euclidean", x)
     assert any(
         all(d[a][n] <= d[a][p] for n in range(len(labels)) if labels[n] != labels[a])
-        for a in range(len(labels)) for p in range(len(labels))
+        for a in range(len(labels))
+        for p in range(len(labels))
         if p != a and labels[p] == labels[a]
     )
     # the class of 6 gives 6 * 5 ordered positive pairs, each with 7 negatives
@@ -145,8 +201,9 @@ def test_reductions_and_sample_weight(reduction, weighted):
     for kind, kwargs in REPRESENTATIVE:
         loss = KINDS[kind](reduction=reduction, **kwargs)
         got = to_numpy(loss(labels, x, sample_weight=weights))
-        want = rp.triplet_loss(labels, x, sample_weight=weights, reduction=reduction,
-                               **reference_kwargs(kind, kwargs))
+        want = rp.triplet_loss(
+            labels, x, sample_weight=weights, reduction=reduction, **reference_kwargs(kind, kwargs)
+        )
         if np.shape(got) != np.shape(want) or not np.allclose(got, want, **VALUE_TOL):
             failures.append((kwargs, got, want))
     assert not failures, failures
@@ -165,8 +222,7 @@ def test_default_reduction_divides_by_counted_units_not_anchors():
     np.testing.assert_allclose(to_numpy(TripletLoss(**kwargs)(labels, x)), want, **VALUE_TOL)
     ones = np.ones(len(labels), "float32")
     weighted = TripletLoss(reduction="mean_with_sample_weight", **kwargs)
-    np.testing.assert_allclose(to_numpy(weighted(labels, x, sample_weight=ones)), want,
-                               **VALUE_TOL)
+    np.testing.assert_allclose(to_numpy(weighted(labels, x, sample_weight=ones)), want, **VALUE_TOL)
 
 
 @pytest.mark.parametrize("reduction", ["sum_over_batch_size", "mean_with_sample_weight", "sum"])
@@ -175,13 +231,14 @@ def test_weighted_gradient(reduction):
     weights = np.linspace(0.2, 2.0, len(labels)).astype("float32")
     for kind, kwargs in (BATCH_ALL, TFA_SEMI_HARD):
         loss = KINDS[kind](reduction=reduction, **kwargs)
-        value, grad = value_and_grad(
-            lambda t, loss=loss: loss(labels, t, sample_weight=weights), x)
-        ref_kwargs = {**reference_kwargs(kind, kwargs), "sample_weight": weights,
-                      "reduction": reduction}
+        value, grad = value_and_grad(lambda t, loss=loss: loss(labels, t, sample_weight=weights), x)
+        ref_kwargs = {
+            **reference_kwargs(kind, kwargs),
+            "sample_weight": weights,
+            "reduction": reduction,
+        }
         np.testing.assert_allclose(value, rp.triplet_loss(labels, x, **ref_kwargs), **VALUE_TOL)
-        np.testing.assert_allclose(grad, rp.triplet_gradient(labels, x, **ref_kwargs),
-                                   **GRAD_TOL)
+        np.testing.assert_allclose(grad, rp.triplet_gradient(labels, x, **ref_kwargs), **GRAD_TOL)
 
 
 @pytest.mark.parametrize("semi_margin", [-0.3, 0.4])
@@ -189,9 +246,13 @@ def test_weighted_gradient(reduction):
 def test_semi_margin_per_positive_pair(kind, semi_margin):
     """Positive "all" + semi-hard: each pair's own threshold d(a, p) + semi_margin."""
     labels, x = batch("uneven")
-    kwargs = {"distance": "euclidean", "positive_mining_strategy": "all",
-              "negative_mining_strategy": "semi-hard", "semi_margin": semi_margin,
-              "margin": 0.5}
+    kwargs = {
+        "distance": "euclidean",
+        "positive_mining_strategy": "all",
+        "negative_mining_strategy": "semi-hard",
+        "semi_margin": semi_margin,
+        "margin": 0.5,
+    }
     loss = KINDS[kind](reduction="none", **kwargs)
     want = rp.triplet_loss(labels, x, reduction="none", **reference_kwargs(kind, kwargs))
     np.testing.assert_allclose(to_numpy(loss(labels, x)), want, **VALUE_TOL)
@@ -215,7 +276,9 @@ def test_blocked_matches_unblocked(kind, kwargs, block_size):
 
 
 COMPILED = [(kind, kwargs, None) for kind, kwargs in REPRESENTATIVE] + [
-    (*BATCH_ALL, 4), (*TFA_SEMI_HARD, 4)]
+    (*BATCH_ALL, 4),
+    (*TFA_SEMI_HARD, 4),
+]
 COMPILED_IDS = REPRESENTATIVE_IDS + ["batch-all-blocked", "tfa-semi-hard-blocked"]
 
 
@@ -276,8 +339,12 @@ def test_hand_worked_tfa_semi_hard():
     """
     x = np.array([[0.0], [1.0], [3.0], [2.2], [7.0]], "float32")
     labels = np.array([0, 0, 0, 1, 1])
-    kwargs = {"distance": "euclidean", "positive_mining_strategy": "all",
-              "negative_mining_strategy": "semi-hard", "margin": 2.0}
+    kwargs = {
+        "distance": "euclidean",
+        "positive_mining_strategy": "all",
+        "negative_mining_strategy": "semi-hard",
+        "margin": 2.0,
+    }
     per_anchor = to_numpy(TripletLoss(reduction="none", **kwargs)(labels, x))
     np.testing.assert_allclose(per_anchor, [0.8, 1.8, 1.0, 4.6, 0.8], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(to_numpy(TripletLoss(**kwargs)(labels, x)), 1.125, rtol=1e-6)
@@ -297,18 +364,25 @@ def test_hand_worked_batch_all():
     """
     x = np.array([[0.0], [1.0], [1.5], [4.0]], "float32")
     labels = np.array([0, 0, 1, 1])
-    np.testing.assert_allclose(to_numpy(triplet_batch_all_loss(1.0, "euclidean")(labels, x)),
-                               1.5, rtol=1e-6)
-    every = {"distance": "euclidean", "positive_mining_strategy": "all",
-             "negative_mining_strategy": "all"}
-    np.testing.assert_allclose(to_numpy(TripletLoss(average="valid", **every)(labels, x)),
-                               0.9375, rtol=1e-6)
+    np.testing.assert_allclose(
+        to_numpy(triplet_batch_all_loss(1.0, "euclidean")(labels, x)), 1.5, rtol=1e-6
+    )
+    every = {
+        "distance": "euclidean",
+        "positive_mining_strategy": "all",
+        "negative_mining_strategy": "all",
+    }
+    np.testing.assert_allclose(
+        to_numpy(TripletLoss(average="valid", **every)(labels, x)), 0.9375, rtol=1e-6
+    )
     np.testing.assert_allclose(
         to_numpy(TripletLoss(average="active", reduction="none", **every)(labels, x)),
-        [0.5, 1.5, 5.0, 0.5], rtol=1e-6)
+        [0.5, 1.5, 5.0, 0.5],
+        rtol=1e-6,
+    )
     np.testing.assert_allclose(
-        to_numpy(TripletLoss(average="active", reduction="sum", **every)(labels, x)), 7.5,
-        rtol=1e-6)
+        to_numpy(TripletLoss(average="active", reduction="sum", **every)(labels, x)), 7.5, rtol=1e-6
+    )
 
 
 def test_hand_worked_active_average_of_a_per_anchor_strategy():
@@ -320,14 +394,15 @@ def test_hand_worked_active_average_of_a_per_anchor_strategy():
     x = np.array([[0.0], [1.0], [1.5], [4.0]], "float32")
     labels = np.array([0, 0, 1, 1])
     hard = {"distance": "euclidean", "negative_mining_strategy": "hard"}
-    np.testing.assert_allclose(to_numpy(TripletLoss(average="active", **hard)(labels, x)),
-                               5.5 / 4, rtol=1e-6)
     np.testing.assert_allclose(
-        to_numpy(TripletLoss(average="active", margin=0.4, **hard)(labels, x)), 3.3 / 2,
-        rtol=1e-6)
+        to_numpy(TripletLoss(average="active", **hard)(labels, x)), 5.5 / 4, rtol=1e-6
+    )
     np.testing.assert_allclose(
-        to_numpy(TripletLoss(average="valid", margin=0.4, **hard)(labels, x)), 3.3 / 4,
-        rtol=1e-6)
+        to_numpy(TripletLoss(average="active", margin=0.4, **hard)(labels, x)), 3.3 / 2, rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        to_numpy(TripletLoss(average="valid", margin=0.4, **hard)(labels, x)), 3.3 / 4, rtol=1e-6
+    )
 
 
 def test_hand_worked_pn_batch_all():
@@ -342,10 +417,14 @@ def test_hand_worked_pn_batch_all():
     """
     x = np.array([[0.0], [2.0], [2.5], [9.0]], "float32")
     labels = np.array([0, 0, 1, 1])
-    every = {"distance": "euclidean", "positive_mining_strategy": "all",
-             "negative_mining_strategy": "all"}
-    np.testing.assert_allclose(to_numpy(PNLoss(average="active", **every)(labels, x)),
-                               29 / 6, rtol=1e-6)
+    every = {
+        "distance": "euclidean",
+        "positive_mining_strategy": "all",
+        "negative_mining_strategy": "all",
+    }
+    np.testing.assert_allclose(
+        to_numpy(PNLoss(average="active", **every)(labels, x)), 29 / 6, rtol=1e-6
+    )
     np.testing.assert_allclose(to_numpy(PNLoss(**every)(labels, x)), 29 / 8, rtol=1e-6)
 
 
@@ -357,7 +436,8 @@ NEW_IDS = ["batch-all", "tfa-semi-hard", "pn-all-hard-soft", "pn-all-all"]
 
 
 @pytest.mark.parametrize(
-    "labels", [[0, 1, 2, 3, 4, 5], [7, 7, 7, 7, 7, 7], []],
+    "labels",
+    [[0, 1, 2, 3, 4, 5], [7, 7, 7, 7, 7, 7], []],
     ids=["no-positives", "one-class", "empty"],
 )
 @pytest.mark.parametrize("kind,kwargs", NEW_LOSSES, ids=NEW_IDS)
@@ -464,18 +544,38 @@ def test_priming_keeps_hard_hard():
 
 def test_batch_all_is_the_documented_triplet_loss():
     assert losses_module.triplet_batch_all_loss is triplet_batch_all_loss
-    assert triplet_batch_all_loss(0.3, "l2").get_config() == TripletLoss(
-        distance="l2", positive_mining_strategy="all", negative_mining_strategy="all",
-        margin=0.3, average="active").get_config()
+    assert (
+        triplet_batch_all_loss(0.3, "l2").get_config()
+        == TripletLoss(
+            distance="l2",
+            positive_mining_strategy="all",
+            negative_mining_strategy="all",
+            margin=0.3,
+            average="active",
+        ).get_config()
+    )
     assert triplet_batch_all_loss().get_config()["distance"] == "euclidean_norm"
     assert triplet_batch_all_loss().get_config()["margin"] == 1.0
 
 
 CONFIG_LOSSES = [
-    TripletLoss(positive_mining_strategy="all", negative_mining_strategy="all",
-                average="active", distance="l1", margin=0.3, reduction="sum", block_size=3),
-    PNLoss(positive_mining_strategy="all", negative_mining_strategy="semi-hard",
-           semi_margin=0.1, soft_margin=True, average="valid", name="pn_all"),
+    TripletLoss(
+        positive_mining_strategy="all",
+        negative_mining_strategy="all",
+        average="active",
+        distance="l1",
+        margin=0.3,
+        reduction="sum",
+        block_size=3,
+    ),
+    PNLoss(
+        positive_mining_strategy="all",
+        negative_mining_strategy="semi-hard",
+        semi_margin=0.1,
+        soft_margin=True,
+        average="valid",
+        name="pn_all",
+    ),
     triplet_batch_all_loss(0.5, "cosine"),
 ]
 
@@ -490,8 +590,7 @@ def test_config_round_trip(loss):
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert type(restored) is type(loss) and restored.get_config() == config
     labels, x = batch("uneven")
-    np.testing.assert_allclose(to_numpy(restored(labels, x)), to_numpy(loss(labels, x)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(restored(labels, x)), to_numpy(loss(labels, x)), rtol=1e-6)
 
 
 def test_default_average_is_valid():
@@ -501,10 +600,16 @@ def test_default_average_is_valid():
 
 def test_save_and_load_without_custom_objects(tmp_path):
     """In this process (test_pair_losses reloads every new loss in a fresh one)."""
-    losses = [TripletLoss(positive_mining_strategy="all", negative_mining_strategy="all",
-                          average="active", distance="euclidean", margin=0.7),
-              PNLoss(positive_mining_strategy="all", negative_mining_strategy="hard",
-                     average="active")]
+    losses = [
+        TripletLoss(
+            positive_mining_strategy="all",
+            negative_mining_strategy="all",
+            average="active",
+            distance="euclidean",
+            margin=0.7,
+        ),
+        PNLoss(positive_mining_strategy="all", negative_mining_strategy="hard", average="active"),
+    ]
     reloaded, expected = save_and_reload(tmp_path, losses)
     for loss, got, want in zip(losses, reloaded, expected):
         assert got["class"] == type(loss).__name__

@@ -25,8 +25,8 @@ def test_every_batch_has_p_classes_with_k_distinct_samples():
         xb, yb = batches[index]
         assert xb.shape == (12, 1) and yb.shape == (12,)
         rows = xb[:, 0].astype(int)
-        assert np.array_equal(labels[rows], yb)           # x and y stay paired
-        assert len(set(rows)) == 12                        # no repeats: every class has >= K
+        assert np.array_equal(labels[rows], yb)  # x and y stay paired
+        assert len(set(rows)) == 12  # no repeats: every class has >= K
         assert sorted(collections.Counter(yb).values()) == [3, 3, 3, 3]
 
 
@@ -35,8 +35,9 @@ def test_small_classes_fill_with_repeats_and_singletons_are_never_drawn():
     gives both samples and repeats them (2, 2, 1 times: floor/ceil of 5/2), class 2 gives all
     three (2, 2, 1 times), class 3 five distinct samples."""
     x, labels = make_data([1, 2, 3, 8])
-    batches = ClassBalancedBatches(x, labels, classes_per_batch=3, samples_per_class=5,
-                                   batches_per_epoch=20, seed=0)
+    batches = ClassBalancedBatches(
+        x, labels, classes_per_batch=3, samples_per_class=5, batches_per_epoch=20, seed=0
+    )
     for index in range(len(batches)):
         xb, yb = batches[index]
         assert 0 not in yb and sorted(set(yb)) == [1, 2, 3]
@@ -101,8 +102,12 @@ def _fit(seed, epochs=3):
     x = (rng.normal(size=(48, 5)) + labels[:, None]).astype("float32")
     batches = TracedBatches(x, labels, classes_per_batch=3, samples_per_class=4, seed=seed)
     # The same initial weights every time (seeded, without set_random_seed's TF import).
-    model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(
-        4, kernel_initializer=keras.initializers.GlorotUniform(0))])
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(4, kernel_initializer=keras.initializers.GlorotUniform(0)),
+        ]
+    )
     model.compile("adam", TripletLoss(margin=0.5))
     history = model.fit(batches, epochs=epochs, shuffle=False, verbose=0)
     return batches, model, history
@@ -111,8 +116,9 @@ def _fit(seed, epochs=3):
 def test_fit_trains_on_a_new_complete_table_every_epoch_and_repeats_with_the_seed():
     batches, model, history = _fit(seed=3)
     assert len(history.history["loss"]) == 3 and np.isfinite(history.history["loss"]).all()
-    complete = [e for e, indices in batches.requested.items()
-                if indices == set(range(len(batches)))]
+    complete = [
+        e for e, indices in batches.requested.items() if indices == set(range(len(batches)))
+    ]
     assert len(complete) >= 3  # three epochs, three different tables, each used whole
     # Same seed, same training (another seed gives other batches: see the test above).
     same_seed = _fit(seed=3)[1]
@@ -122,24 +128,57 @@ def test_fit_trains_on_a_new_complete_table_every_epoch_and_repeats_with_the_see
 @pytest.mark.parametrize(
     "kwargs,pattern",
     [
-        ({"classes_per_batch": 1}, "classes_per_batch must be an int >= 2; received classes_per_batch=1"),
-        ({"samples_per_class": 1.5}, "samples_per_class must be an int >= 2; received samples_per_class=1.5"),
-        ({"classes_per_batch": 4}, r"needs that many classes with at least 2 samples; "
-                                   r"received 3 such classes \(class sizes: \{0: 1, 1: 2, 2: 3, 3: 4\}\)"),
+        (
+            {"classes_per_batch": 1},
+            "classes_per_batch must be an int >= 2; received classes_per_batch=1",
+        ),
+        (
+            {"samples_per_class": 1.5},
+            "samples_per_class must be an int >= 2; received samples_per_class=1.5",
+        ),
+        (
+            {"classes_per_batch": 4},
+            r"needs that many classes with at least 2 samples; "
+            r"received 3 such classes \(class sizes: \{0: 1, 1: 2, 2: 3, 3: 4\}\)",
+        ),
         ({"y": np.zeros(3)}, r"y must have shape \(10,\) to match x; received shape \(3,\)"),
-        ({"batches_per_epoch": 0}, r"batches_per_epoch must be a positive int or None; received batches_per_epoch=0\."),
-        ({"batches_per_epoch": True}, r"batches_per_epoch must be a positive int or None; received batches_per_epoch=True\."),
+        (
+            {"batches_per_epoch": 0},
+            r"batches_per_epoch must be a positive int or None; received batches_per_epoch=0\.",
+        ),
+        (
+            {"batches_per_epoch": True},
+            r"batches_per_epoch must be a positive int or None; received batches_per_epoch=True\.",
+        ),
         ({"seed": "a"}, "seed must be an int"),
         ({"seed": -1}, r"^seed must be an int >= 0; received seed=-1\.$"),
-        ({"y": np.array(["a", "b", "b", "c", "c", "c", "d", "d", "d", "d"])},
-         (r"^y: class ids must be integers; map string labels to ids first, e\.g\. with "
-          r"numpy\.unique\(\.\.\., return_inverse=True\); received dtype <U1\.$")),
-        ({"y": np.array([0, 1, 1, 2, 2, 2, 3, 3, 3, 3], object)}, "class ids must be integers; .*received dtype object"),
-        ({"y": np.array([0, 1, 1, 2, 2, 2, 3, 3, 3, 3]) + 0.2},
-         r"y must hold whole-number class ids; received 10 non-integral or non-finite values, e\.g\. 0\.2 at index 0\."),
-        ({"y": np.array([0, 1, 1, 2, 2, 2, 3, 3, np.nan, np.nan])}, r"received 2 non-integral or non-finite values, e\.g\. nan at index 8"),
-        ({"x": {"a": np.zeros((10, 2))}, "y": np.zeros(4)}, r"y must have shape \(10,\) to match x; received shape \(4,\)"),
-        ({"x": {"a": np.zeros((10, 2)), "b": np.zeros((9, 1))}}, r"x must be a dict of inputs with the same number of rows; received \{'a': 10, 'b': 9\}"),
+        (
+            {"y": np.array(["a", "b", "b", "c", "c", "c", "d", "d", "d", "d"])},
+            (
+                r"^y: class ids must be integers; map string labels to ids first, e\.g\. with "
+                r"numpy\.unique\(\.\.\., return_inverse=True\); received dtype <U1\.$"
+            ),
+        ),
+        (
+            {"y": np.array([0, 1, 1, 2, 2, 2, 3, 3, 3, 3], object)},
+            "class ids must be integers; .*received dtype object",
+        ),
+        (
+            {"y": np.array([0, 1, 1, 2, 2, 2, 3, 3, 3, 3]) + 0.2},
+            r"y must hold whole-number class ids; received 10 non-integral or non-finite values, e\.g\. 0\.2 at index 0\.",
+        ),
+        (
+            {"y": np.array([0, 1, 1, 2, 2, 2, 3, 3, np.nan, np.nan])},
+            r"received 2 non-integral or non-finite values, e\.g\. nan at index 8",
+        ),
+        (
+            {"x": {"a": np.zeros((10, 2))}, "y": np.zeros(4)},
+            r"y must have shape \(10,\) to match x; received shape \(4,\)",
+        ),
+        (
+            {"x": {"a": np.zeros((10, 2)), "b": np.zeros((9, 1))}},
+            r"x must be a dict of inputs with the same number of rows; received \{'a': 10, 'b': 9\}",
+        ),
         ({"x": 3}, r"x must be an array of N inputs \(or a dict of them\); received int\."),
     ],
 )
@@ -177,13 +216,17 @@ def test_dict_inputs_are_indexed_together():
 def test_dict_inputs_train_a_two_input_model():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(4), 6)
-    inputs = {"a": rng.normal(size=(24, 3)).astype("float32"),
-              "b": rng.normal(size=(24, 2)).astype("float32")}
+    inputs = {
+        "a": rng.normal(size=(24, 3)).astype("float32"),
+        "b": rng.normal(size=(24, 2)).astype("float32"),
+    }
     a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
     out = keras.layers.Dense(2, kernel_initializer=keras.initializers.GlorotUniform(0))(
-        keras.layers.Concatenate()([a, b]))
+        keras.layers.Concatenate()([a, b])
+    )
     model = keras.Model({"a": a, "b": b}, out)
     model.compile("sgd", TripletLoss())
-    history = model.fit(ClassBalancedBatches(inputs, labels, 2, 3, seed=0), epochs=1,
-                        shuffle=False, verbose=0)
+    history = model.fit(
+        ClassBalancedBatches(inputs, labels, 2, 3, seed=0), epochs=1, shuffle=False, verbose=0
+    )
     assert np.isfinite(history.history["loss"]).all()

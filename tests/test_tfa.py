@@ -6,18 +6,18 @@ itself."""
 import keras
 import numpy as np
 import pytest
+
 import reference_pairs as rp
 from backend import compiled_value_and_grad, to_numpy, value_and_grad
 from pair_support import GRAD_TOL, VALUE_TOL, batch, save_and_reload
+from triplet_tools import TripletLoss
+from triplet_tools.distances import Distance
 from triplet_tools.tfa import (
     TripletHardLoss,
     TripletSemiHardLoss,
     triplet_hard_loss,
     triplet_semihard_loss,
 )
-
-from triplet_tools import TripletLoss
-from triplet_tools.distances import Distance
 
 METRICS = ["L2", "squared-L2", "angular"]
 
@@ -31,8 +31,14 @@ def test_semihard_matches_reference(metric, batch_kind):
     loss = TripletSemiHardLoss(margin=0.6, distance_metric=metric)
     value, grad = value_and_grad(lambda t: loss(labels, t), x)
     np.testing.assert_allclose(value, rp.tfa_semihard_loss(labels, x, 0.6, metric), **VALUE_TOL)
-    want_grad = rp.triplet_gradient(labels, x, distance_name=rp.TFA_DISTANCES[metric],
-                                    positive="all", negative="semi-hard", margin=0.6)
+    want_grad = rp.triplet_gradient(
+        labels,
+        x,
+        distance_name=rp.TFA_DISTANCES[metric],
+        positive="all",
+        negative="semi-hard",
+        margin=0.6,
+    )
     np.testing.assert_allclose(grad, want_grad, **GRAD_TOL)
 
 
@@ -44,37 +50,55 @@ def test_hard_matches_reference(metric, soft):
     labels, x = batch("uneven")
     loss = TripletHardLoss(margin=0.6, soft=soft, distance_metric=metric)
     value, grad = value_and_grad(lambda t: loss(labels, t), x)
-    np.testing.assert_allclose(value, rp.tfa_hard_loss(labels, x, 0.6, soft, metric),
-                               **VALUE_TOL)
-    want_grad = rp.triplet_gradient(labels, x, distance_name=rp.TFA_DISTANCES[metric],
-                                    positive="hard", negative="hard", soft_margin=soft,
-                                    margin=1.0 if soft else 0.6)
+    np.testing.assert_allclose(value, rp.tfa_hard_loss(labels, x, 0.6, soft, metric), **VALUE_TOL)
+    want_grad = rp.triplet_gradient(
+        labels,
+        x,
+        distance_name=rp.TFA_DISTANCES[metric],
+        positive="hard",
+        negative="hard",
+        soft_margin=soft,
+        margin=1.0 if soft else 0.6,
+    )
     np.testing.assert_allclose(grad, want_grad, **GRAD_TOL)
 
 
 def test_classes_equal_the_documented_triplet_losses():
     labels, x = batch("uneven")
     pairs = [
-        (TripletSemiHardLoss(margin=0.7, distance_metric="squared-L2"),
-         TripletLoss(distance="squared_euclidean", positive_mining_strategy="all",
-                     negative_mining_strategy="semi-hard", margin=0.7)),
-        (TripletHardLoss(margin=0.4, distance_metric="angular"),
-         TripletLoss(distance="cosine", negative_mining_strategy="hard", margin=0.4)),
-        (TripletHardLoss(soft=True, distance_metric="L2"),
-         TripletLoss(distance="euclidean", negative_mining_strategy="hard", soft_margin=True)),
+        (
+            TripletSemiHardLoss(margin=0.7, distance_metric="squared-L2"),
+            TripletLoss(
+                distance="squared_euclidean",
+                positive_mining_strategy="all",
+                negative_mining_strategy="semi-hard",
+                margin=0.7,
+            ),
+        ),
+        (
+            TripletHardLoss(margin=0.4, distance_metric="angular"),
+            TripletLoss(distance="cosine", negative_mining_strategy="hard", margin=0.4),
+        ),
+        (
+            TripletHardLoss(soft=True, distance_metric="L2"),
+            TripletLoss(distance="euclidean", negative_mining_strategy="hard", soft_margin=True),
+        ),
     ]
     for ours, documented in pairs:
-        np.testing.assert_allclose(to_numpy(ours(labels, x)), to_numpy(documented(labels, x)),
-                                   rtol=1e-6)
+        np.testing.assert_allclose(
+            to_numpy(ours(labels, x)), to_numpy(documented(labels, x)), rtol=1e-6
+        )
 
 
 def test_defaults_are_tfa_defaults():
     """margin 1.0, L2, and for the hard loss soft=False."""
     labels, x = batch("full")
-    np.testing.assert_allclose(to_numpy(TripletSemiHardLoss()(labels, x)),
-                               rp.tfa_semihard_loss(labels, x), **VALUE_TOL)
-    np.testing.assert_allclose(to_numpy(TripletHardLoss()(labels, x)),
-                               rp.tfa_hard_loss(labels, x), **VALUE_TOL)
+    np.testing.assert_allclose(
+        to_numpy(TripletSemiHardLoss()(labels, x)), rp.tfa_semihard_loss(labels, x), **VALUE_TOL
+    )
+    np.testing.assert_allclose(
+        to_numpy(TripletHardLoss()(labels, x)), rp.tfa_hard_loss(labels, x), **VALUE_TOL
+    )
     assert TripletSemiHardLoss().name == "TripletSemiHardLoss"
     assert TripletHardLoss().name == "TripletHardLoss"
 
@@ -83,15 +107,17 @@ def test_functions_return_the_scalar():
     labels, x = batch("uneven")
     value = to_numpy(triplet_semihard_loss(labels, x, margin=0.5, distance_metric="angular"))
     assert value.shape == ()
-    np.testing.assert_allclose(value, rp.tfa_semihard_loss(labels, x, 0.5, "angular"),
-                               **VALUE_TOL)
-    value = to_numpy(triplet_hard_loss(labels, x, margin=0.5, soft=True,
-                                       distance_metric="squared-L2"))
+    np.testing.assert_allclose(value, rp.tfa_semihard_loss(labels, x, 0.5, "angular"), **VALUE_TOL)
+    value = to_numpy(
+        triplet_hard_loss(labels, x, margin=0.5, soft=True, distance_metric="squared-L2")
+    )
     assert value.shape == ()
-    np.testing.assert_allclose(value, rp.tfa_hard_loss(labels, x, 0.5, True, "squared-L2"),
-                               **VALUE_TOL)
-    np.testing.assert_allclose(to_numpy(triplet_semihard_loss(labels, x)),
-                               rp.tfa_semihard_loss(labels, x), **VALUE_TOL)
+    np.testing.assert_allclose(
+        value, rp.tfa_hard_loss(labels, x, 0.5, True, "squared-L2"), **VALUE_TOL
+    )
+    np.testing.assert_allclose(
+        to_numpy(triplet_semihard_loss(labels, x)), rp.tfa_semihard_loss(labels, x), **VALUE_TOL
+    )
 
 
 def test_compiled():
@@ -100,8 +126,12 @@ def test_compiled():
     value, grad = compiled_value_and_grad(lambda t: loss(labels, t), x)
     np.testing.assert_allclose(value, rp.tfa_semihard_loss(labels, x), **VALUE_TOL)
     np.testing.assert_allclose(
-        grad, rp.triplet_gradient(labels, x, distance_name="euclidean", positive="all",
-                                  negative="semi-hard"), **GRAD_TOL)
+        grad,
+        rp.triplet_gradient(
+            labels, x, distance_name="euclidean", positive="all", negative="semi-hard"
+        ),
+        **GRAD_TOL,
+    )
 
 
 @pytest.mark.parametrize("margin", [0.0, 0.3, 1.0, 2.5])
@@ -110,10 +140,14 @@ def test_soft_accepts_any_margin_and_ignores_it(margin):
     margin's whatever the margin."""
     labels, x = batch("uneven")
     loss = TripletHardLoss(margin=margin, soft=True)
-    np.testing.assert_allclose(to_numpy(loss(labels, x)),
-                               rp.tfa_hard_loss(labels, x, margin, True), **VALUE_TOL)
-    np.testing.assert_allclose(to_numpy(triplet_hard_loss(labels, x, margin, True)),
-                               rp.tfa_hard_loss(labels, x, margin, True), **VALUE_TOL)
+    np.testing.assert_allclose(
+        to_numpy(loss(labels, x)), rp.tfa_hard_loss(labels, x, margin, True), **VALUE_TOL
+    )
+    np.testing.assert_allclose(
+        to_numpy(triplet_hard_loss(labels, x, margin, True)),
+        rp.tfa_hard_loss(labels, x, margin, True),
+        **VALUE_TOL,
+    )
 
 
 class _Chebyshev(Distance):
@@ -134,19 +168,26 @@ def test_distance_metric_accepts_a_distance_instance():
     labels, x = batch("uneven")
     line = x[:, :1]
     for cls in (TripletSemiHardLoss, TripletHardLoss):
-        np.testing.assert_allclose(to_numpy(cls(distance_metric=_Chebyshev())(labels, line)),
-                                   to_numpy(cls(distance_metric="L2")(labels, line)), rtol=1e-5)
+        np.testing.assert_allclose(
+            to_numpy(cls(distance_metric=_Chebyshev())(labels, line)),
+            to_numpy(cls(distance_metric="L2")(labels, line)),
+            rtol=1e-5,
+        )
     np.testing.assert_allclose(
         to_numpy(TripletSemiHardLoss(distance_metric=_Chebyshev())(labels, line)),
-        rp.tfa_semihard_loss(labels, line), **VALUE_TOL)
+        rp.tfa_semihard_loss(labels, line),
+        **VALUE_TOL,
+    )
 
 
 @pytest.mark.parametrize("bad", ["cosine", "euclidean", "L1", 3])
 def test_bad_distance_metric_lists_the_valid_ones(bad):
     """Our own names are not tfa's: the message names what was received and lists
     "L2", "squared-L2", "angular"."""
-    for make in (lambda: TripletSemiHardLoss(distance_metric=bad),
-                 lambda: TripletHardLoss(distance_metric=bad)):
+    for make in (
+        lambda: TripletSemiHardLoss(distance_metric=bad),
+        lambda: TripletHardLoss(distance_metric=bad),
+    ):
         with pytest.raises(ValueError) as info:
             make()
         message = str(info.value)
@@ -181,8 +222,9 @@ def test_half_precision_is_computed_in_float32(dtype):
     x = keras.ops.cast(x32, dtype)
     rounded = to_numpy(keras.ops.cast(x, "float32"))
     value, grad = value_and_grad(lambda t: TripletSemiHardLoss()(labels, t), x)
-    np.testing.assert_allclose(np.float32(value), rp.tfa_semihard_loss(labels, rounded),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        np.float32(value), rp.tfa_semihard_loss(labels, rounded), rtol=1e-4, atol=1e-5
+    )
     assert np.all(np.isfinite(grad.astype("float32")))
 
 
@@ -210,14 +252,15 @@ def test_config_holds_tfa_names(cls, kwargs):
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert type(restored) is cls and restored.get_config() == config
     labels, x = batch("uneven")
-    np.testing.assert_allclose(to_numpy(restored(labels, x)), to_numpy(loss(labels, x)),
-                               rtol=1e-6)
+    np.testing.assert_allclose(to_numpy(restored(labels, x)), to_numpy(loss(labels, x)), rtol=1e-6)
 
 
 def test_save_and_load_without_custom_objects(tmp_path):
     """In this process (test_pair_losses reloads every new loss in a fresh one)."""
-    losses = [TripletSemiHardLoss(margin=0.4, distance_metric="angular"),
-              TripletHardLoss(margin=0.2, soft=True)]
+    losses = [
+        TripletSemiHardLoss(margin=0.4, distance_metric="angular"),
+        TripletHardLoss(margin=0.2, soft=True),
+    ]
     reloaded, expected = save_and_reload(tmp_path, losses)
     for loss, got, want in zip(losses, reloaded, expected):
         assert got["class"] == type(loss).__name__

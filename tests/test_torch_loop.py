@@ -27,15 +27,19 @@ def test_plain_torch_loop_trains_and_matches_reference_gradient():
     embeddings = model(x[:16]).detach().requires_grad_(True)
     loss = loss_fn(labels[:16], embeddings)
     loss.backward()
-    want = ref.numerical_gradient(labels[:16].numpy(), embeddings.detach().numpy().astype(np.float64),
-                                  distance_name="euclidean_norm", margin=0.2)
+    want = ref.numerical_gradient(
+        labels[:16].numpy(),
+        embeddings.detach().numpy().astype(np.float64),
+        distance_name="euclidean_norm",
+        margin=0.2,
+    )
     np.testing.assert_allclose(embeddings.grad.numpy(), want, rtol=1e-3, atol=2e-5)
 
     losses = []
     for epoch in range(15):
         for start in range(0, 64, 32):
             optimizer.zero_grad()
-            loss = loss_fn(labels[start:start + 32], model(x[start:start + 32]))
+            loss = loss_fn(labels[start : start + 32], model(x[start : start + 32]))
             loss.backward()
             optimizer.step()
         with torch.no_grad():

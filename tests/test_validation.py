@@ -26,7 +26,10 @@ def test_soft_margin_with_margin(cls):
     "kwargs,pattern",
     [
         ({"distance": "hamming"}, "Unknown distance: 'hamming'. Valid names are euclidean_norm"),
-        ({"positive_mining_strategy": "semi-hard"}, "positive_mining_strategy: received 'semi-hard'"),
+        (
+            {"positive_mining_strategy": "semi-hard"},
+            "positive_mining_strategy: received 'semi-hard'",
+        ),
         ({"negative_mining_strategy": "hardest"}, "negative_mining_strategy: received 'hardest'"),
         ({"reduction": "average"}, "reduction: received 'average'; allowed values"),
         ({"margin": "1"}, "margin must be a number; received '1'"),
@@ -48,13 +51,25 @@ def test_priming_bad_distance():
 @pytest.mark.parametrize(
     "labels,embeddings,pattern",
     [
-        (np.zeros(4), np.zeros((4, 2, 1)), r"y_pred must be embeddings of shape \(batch_size, dim\); "
-         r"received y_true.shape=\(4,\) and y_pred.shape=\(4, 2, 1\)"),
+        (
+            np.zeros(4),
+            np.zeros((4, 2, 1)),
+            r"y_pred must be embeddings of shape \(batch_size, dim\); "
+            r"received y_true.shape=\(4,\) and y_pred.shape=\(4, 2, 1\)",
+        ),
         (np.zeros(4), np.zeros(4), r"received y_true.shape=\(4,\) and y_pred.shape=\(4,\)"),
-        (np.zeros(3), np.zeros((4, 2)), r"same batch size; received y_true.shape=\(3,\) and "
-         r"y_pred.shape=\(4, 2\)"),
-        (np.zeros((4, 2)), np.zeros((4, 2)), r"y_true must be class ids of shape \(batch_size,\) "
-         r"or \(batch_size, 1\); received y_true.shape=\(4, 2\)"),
+        (
+            np.zeros(3),
+            np.zeros((4, 2)),
+            r"same batch size; received y_true.shape=\(3,\) and "
+            r"y_pred.shape=\(4, 2\)",
+        ),
+        (
+            np.zeros((4, 2)),
+            np.zeros((4, 2)),
+            r"y_true must be class ids of shape \(batch_size,\) "
+            r"or \(batch_size, 1\); received y_true.shape=\(4, 2\)",
+        ),
     ],
 )
 def test_bad_input_shapes(labels, embeddings, pattern):
@@ -81,7 +96,11 @@ def test_as_label_vector_keeps_n_and_squeezes_n_by_1(labels):
     [
         (np.zeros((3, 2)), 3, r"^y must have shape \(3,\) to match x; received shape \(3, 2\)\.$"),
         (np.zeros(2), 3, r"^y must have shape \(3,\) to match x; received shape \(2,\)\.$"),
-        (np.zeros((1, 3)), None, r"^y must have shape \(N,\) or \(N, 1\); received shape \(1, 3\)\.$"),
+        (
+            np.zeros((1, 3)),
+            None,
+            r"^y must have shape \(N,\) or \(N, 1\); received shape \(1, 3\)\.$",
+        ),
         (5, None, r"received shape \(\)\.$"),
     ],
 )
@@ -90,8 +109,9 @@ def test_as_label_vector_names_both_shapes(labels, size, pattern):
         as_label_vector(labels, size, "y", "x")
 
 
-@pytest.mark.parametrize("labels", [np.array([0, 3, 3], "uint8"), np.array([1.0, -2.0, 1.0]),
-                                    np.array([True, False])])
+@pytest.mark.parametrize(
+    "labels", [np.array([0, 3, 3], "uint8"), np.array([1.0, -2.0, 1.0]), np.array([True, False])]
+)
 def test_check_class_ids_accepts_integers_and_whole_floats(labels):
     assert check_class_ids(labels) is labels
 
@@ -99,10 +119,19 @@ def test_check_class_ids_accepts_integers_and_whole_floats(labels):
 @pytest.mark.parametrize(
     "labels,pattern",
     [
-        (np.array(["cat", "dog"]), "^y: " + re.escape(CLASS_IDS_MESSAGE) + r"; received dtype <U3\.$"),
+        (
+            np.array(["cat", "dog"]),
+            "^y: " + re.escape(CLASS_IDS_MESSAGE) + r"; received dtype <U3\.$",
+        ),
         (np.array([1, "a"], object), r"class ids must be integers; .*received dtype object\."),
-        (np.array([0.0, 0.2, 0.2, 0.7]), r"received 3 non-integral or non-finite values, e\.g\. 0\.2 at index 1\."),
-        (np.array([1.0, np.nan]), r"received 1 non-integral or non-finite values, e\.g\. nan at index 1\."),
+        (
+            np.array([0.0, 0.2, 0.2, 0.7]),
+            r"received 3 non-integral or non-finite values, e\.g\. 0\.2 at index 1\.",
+        ),
+        (
+            np.array([1.0, np.nan]),
+            r"received 1 non-integral or non-finite values, e\.g\. nan at index 1\.",
+        ),
         (np.array([-np.inf, 1.0]), r"e\.g\. -inf at index 0\."),
     ],
 )

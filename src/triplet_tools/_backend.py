@@ -24,8 +24,13 @@ import sys
 #: The backends triplet-tools trains on.
 WORKING = ("tensorflow", "jax", "torch")
 #: Every backend name Keras itself knows, with the package it imports.
-KERAS_BACKENDS = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch",
-                  "numpy": "numpy", "openvino": "openvino"}
+KERAS_BACKENDS = {
+    "tensorflow": "tensorflow",
+    "jax": "jax",
+    "torch": "torch",
+    "numpy": "numpy",
+    "openvino": "openvino",
+}
 
 
 def _keras_json():
@@ -78,13 +83,17 @@ def import_problem():
     """Why ``import keras`` would fail (an unknown or missing backend), or ``None``."""
     name, source = configured()
     if name not in KERAS_BACKENDS:
-        return (f"Keras backend {name!r} (from {source}) does not exist; the backends that "
-                f"work are {', '.join(WORKING)} (installed: {_installed_text()}): set "
-                "KERAS_BACKEND to one of them")
+        return (
+            f"Keras backend {name!r} (from {source}) does not exist; the backends that "
+            f"work are {', '.join(WORKING)} (installed: {_installed_text()}): set "
+            "KERAS_BACKEND to one of them"
+        )
     if not is_installed(name):
-        return (f"Keras backend {name!r} (from {source}) is not installed; installed: "
-                f"{_installed_text()}: set KERAS_BACKEND to one of them, or pip install "
-                f'"triplet-tools[{name}]"')
+        return (
+            f"Keras backend {name!r} (from {source}) is not installed; installed: "
+            f"{_installed_text()}: set KERAS_BACKEND to one of them, or pip install "
+            f'"triplet-tools[{name}]"'
+        )
     return None
 
 
@@ -104,19 +113,27 @@ def choose_for_command():
         choices = installed()
         if len(choices) == 1:
             os.environ["KERAS_BACKEND"] = choices[0]
-            return (f"KERAS_BACKEND is not set and TensorFlow (Keras' default) is not "
-                    f"installed: using {choices[0]}, the one installed backend")
+            return (
+                f"KERAS_BACKEND is not set and TensorFlow (Keras' default) is not "
+                f"installed: using {choices[0]}, the one installed backend"
+            )
         if choices:
-            raise ValueError(f"KERAS_BACKEND is not set and TensorFlow (Keras' default) is not "
-                             f"installed; choose one of the installed backends: "
-                             f"KERAS_BACKEND={' or '.join(choices)}")
-        raise ValueError('no Keras backend is installed: pip install "triplet-tools[jax]" '
-                         "(or [tensorflow], or [torch])")
+            raise ValueError(
+                f"KERAS_BACKEND is not set and TensorFlow (Keras' default) is not "
+                f"installed; choose one of the installed backends: "
+                f"KERAS_BACKEND={' or '.join(choices)}"
+            )
+        raise ValueError(
+            'no Keras backend is installed: pip install "triplet-tools[jax]" '
+            "(or [tensorflow], or [torch])"
+        )
     problem = import_problem()
     if problem:
         raise ValueError(problem)
     if name not in WORKING:
-        raise ValueError(f"Keras backend {name!r} (from {source}) cannot train (no model.fit); "
-                         f"the backends that work are {', '.join(WORKING)} (installed: "
-                         f"{_installed_text()}): set KERAS_BACKEND to one of them")
+        raise ValueError(
+            f"Keras backend {name!r} (from {source}) cannot train (no model.fit); "
+            f"the backends that work are {', '.join(WORKING)} (installed: "
+            f"{_installed_text()}): set KERAS_BACKEND to one of them"
+        )
     return None

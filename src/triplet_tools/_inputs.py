@@ -138,8 +138,7 @@ def validate_inputs(y_true, y_pred, compute_dtype=None):
     labels = prepare_labels(y_true)
     embeddings = ops.convert_to_tensor(y_pred)
     shapes = (
-        f"received y_true.shape={tuple(labels.shape)} and "
-        f"y_pred.shape={tuple(embeddings.shape)}"
+        f"received y_true.shape={tuple(labels.shape)} and y_pred.shape={tuple(embeddings.shape)}"
     )
     if len(embeddings.shape) != 2:
         raise ValueError(f"y_pred must be embeddings of shape (batch_size, dim); {shapes}.")
@@ -181,8 +180,12 @@ def sample_weights(sample_weight, num_rows, dtype):
     if len(weights.shape) == 2 and weights.shape[1] == 1:
         weights = ops.reshape(weights, (-1,))
     wrong_rank = len(weights.shape) != 1
-    wrong_length = (not wrong_rank and weights.shape[0] is not None
-                    and num_rows is not None and weights.shape[0] != num_rows)
+    wrong_length = (
+        not wrong_rank
+        and weights.shape[0] is not None
+        and num_rows is not None
+        and weights.shape[0] != num_rows
+    )
     if wrong_rank or wrong_length:
         raise ValueError(
             "sample_weight must have shape (batch_size,) or (batch_size, 1); received "

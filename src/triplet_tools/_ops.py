@@ -28,8 +28,13 @@ else:
 
     import torch
 
-    _DTYPES = {"float32": torch.float32, "float64": torch.float64, "int32": torch.int32,
-               "int64": torch.int64, "bool": torch.bool}
+    _DTYPES = {
+        "float32": torch.float32,
+        "float64": torch.float64,
+        "int32": torch.int32,
+        "int64": torch.int64,
+        "bool": torch.bool,
+    }
 
     # keras.ops.convert_to_tensor moves a tensor to Keras' device; on a machine without an
     # accelerator every tensor is already there.
@@ -79,8 +84,7 @@ else:
     def maximum(x1, x2):
         if isinstance(x1, torch.Tensor) and isinstance(x2, (int, float)):
             return x1.clamp_min(x2)
-        if (isinstance(x1, torch.Tensor) and isinstance(x2, torch.Tensor)
-                and x1.dtype == x2.dtype):
+        if isinstance(x1, torch.Tensor) and isinstance(x2, torch.Tensor) and x1.dtype == x2.dtype:
             # keras.ops.maximum computes two float64 tensors in float32 (Keras 3.15).
             return torch.maximum(x1, x2)
         return _keras_ops.maximum(x1, x2)

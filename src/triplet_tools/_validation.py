@@ -31,14 +31,18 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
-def check_int(value: Any, argument: str, *, minimum: int | None = None,
-              allow_none: bool = False) -> int | None:
+def check_int(
+    value: Any, argument: str, *, minimum: int | None = None, allow_none: bool = False
+) -> int | None:
     """``value`` as a Python int if it is an integer ``>= minimum`` (``None`` if allowed)."""
     if value is None and allow_none:
         return None
     if not _is_int(value) or (minimum is not None and value < minimum):
-        kind = ("a positive int" if minimum == 1 else
-                "an int" + ("" if minimum is None else f" >= {minimum}"))
+        kind = (
+            "a positive int"
+            if minimum == 1
+            else "an int" + ("" if minimum is None else f" >= {minimum}")
+        )
         none = " or None" if allow_none else ""
         raise ValueError(f"{argument} must be {kind}{none}; received {argument}={value!r}.")
     return int(value)
@@ -51,8 +55,9 @@ def check_bool(value: Any, argument: str) -> bool:
     return bool(value)
 
 
-def check_number(value: Any, argument: str, *, minimum: float | None = None,
-                 positive: bool = False) -> float:
+def check_number(
+    value: Any, argument: str, *, minimum: float | None = None, positive: bool = False
+) -> float:
     """``value`` as a float if it is a finite number (``>= minimum``, or ``> 0``)."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise ValueError(f"{argument} must be a number; received {value!r}.")
@@ -82,8 +87,9 @@ def check_string(value: Any, argument: str) -> str:
     return value
 
 
-def as_label_vector(labels: Any, size: int | None = None, argument: str = "labels",
-                    rows: str = "the inputs") -> np.ndarray:
+def as_label_vector(
+    labels: Any, size: int | None = None, argument: str = "labels", rows: str = "the inputs"
+) -> np.ndarray:
     """``labels`` as a 1-D NumPy array: ``(N,)`` stays, ``(N, 1)`` becomes ``(N,)``.
 
     Args:
@@ -112,14 +118,15 @@ def as_label_vector(labels: Any, size: int | None = None, argument: str = "label
         array = array[:, 0]
     if array.ndim != 1 or (size is not None and len(array) != size):
         expected = f"({size},) to match {rows}" if size is not None else "(N,) or (N, 1)"
-        raise ValueError(f"{argument} must have shape {expected}; received shape "
-                         f"{array.shape}.")
+        raise ValueError(f"{argument} must have shape {expected}; received shape {array.shape}.")
     return array
 
 
 #: The one message for labels that are not class ids (the losses give the same).
-CLASS_IDS_MESSAGE = ("class ids must be integers; map string labels to ids first, e.g. with "
-                     "numpy.unique(..., return_inverse=True)")
+CLASS_IDS_MESSAGE = (
+    "class ids must be integers; map string labels to ids first, e.g. with "
+    "numpy.unique(..., return_inverse=True)"
+)
 
 
 def check_class_ids(labels: np.ndarray, argument: str = "y") -> np.ndarray:
@@ -148,5 +155,6 @@ def check_class_ids(labels: np.ndarray, argument: str = "y") -> np.ndarray:
         first = int(np.flatnonzero(bad)[0])
         raise ValueError(
             f"{argument} must hold whole-number class ids; received {int(np.count_nonzero(bad))} "
-            f"non-integral or non-finite values, e.g. {labels[first].item()!r} at index {first}.")
+            f"non-integral or non-finite values, e.g. {labels[first].item()!r} at index {first}."
+        )
     return labels

@@ -73,8 +73,9 @@ def l2_normalize(x, axis=-1):
     # max(||x||, 1e-6) = scale * max(||scaled||, 1e-6 / scale); the floor may overflow to
     # inf for tiny rows, which then (correctly, to float precision) normalise to zero.
     floor = NORM_EPSILON_SQUARED / ops.square(scale)
-    return scaled / ops.sqrt(ops.maximum(ops.sum(ops.square(scaled), axis=axis, keepdims=True),
-                                         floor))
+    return scaled / ops.sqrt(
+        ops.maximum(ops.sum(ops.square(scaled), axis=axis, keepdims=True), floor)
+    )
 
 
 def safe_sqrt(x):

@@ -21,7 +21,8 @@ A world of one replica behaves exactly like no distribution at all.
 """
 
 import functools
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import keras
 from keras import ops
@@ -93,6 +94,7 @@ def _tensorflow_group():
     context = tf.distribute.get_replica_context()
     if context is None or context.num_replicas_in_sync == 1:
         return None
+
     def total(x):
         return context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(x))
 
@@ -104,7 +106,7 @@ def _tensorflow_group():
             summed = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.convert_to_tensor(upstream))
             rows = tf.shape(x)[0]
             start = tf.cast(context.replica_id_in_sync_group, rows.dtype) * rows
-            return summed[start:start + rows]
+            return summed[start : start + rows]
 
         return context.all_gather(x, axis=0), gradient
 
@@ -180,7 +182,7 @@ def _torch_all_gather():
 
             total = _torch_sum(grad.contiguous())
             start = dist.get_rank() * ctx.rows
-            return total[start:start + ctx.rows]
+            return total[start : start + ctx.rows]
 
     return TorchAllGather
 

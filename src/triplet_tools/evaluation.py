@@ -33,8 +33,16 @@ from triplet_tools._validation import as_label_vector, check_int, check_string
 _BLOCK_ELEMENTS = 2**22
 
 
-def retrieval_metrics(embeddings, labels, ref_embeddings=None, ref_labels=None,
-                      distance="cosine", k=(1, 5, 10), *, block_size=None):
+def retrieval_metrics(
+    embeddings,
+    labels,
+    ref_embeddings=None,
+    ref_labels=None,
+    distance="cosine",
+    k=(1, 5, 10),
+    *,
+    block_size=None,
+):
     """Exact nearest-neighbour retrieval metrics of an embedding.
 
     ```
@@ -86,7 +94,8 @@ def retrieval_metrics(embeddings, labels, ref_embeddings=None, ref_labels=None,
         Musgrave, Belongie and Lim, "A Metric Learning Reality Check", ECCV 2020.
     """
     queries, query_labels, references, reference_labels = _check_sets(
-        embeddings, labels, ref_embeddings, ref_labels)
+        embeddings, labels, ref_embeddings, ref_labels
+    )
     cutoffs = _check_cutoffs(k)
     distance = distances_module.get(distance)
     leave_one_out = references is None
@@ -96,17 +105,18 @@ def retrieval_metrics(embeddings, labels, ref_embeddings=None, ref_labels=None,
     if not np.any(relevant):
         raise ValueError(
             "No query has a relevant reference: every query's class has no other member "
-            f"among the {len(reference_labels)} references. Give at least two samples of a class.")
+            f"among the {len(reference_labels)} references. Give at least two samples of a class."
+        )
     block_size = check_int(block_size, "block_size", minimum=1, allow_none=True)
-    rows = block_size or query_block_rows(len(queries), len(references), queries.shape[1],
-                                          distance)
+    rows = block_size or query_block_rows(len(queries), len(references), queries.shape[1], distance)
 
     reference_tensor = ops.convert_to_tensor(references)
     sums = dict.fromkeys(metric_names(cutoffs), 0.0)
     for start in range(0, len(queries), rows):
         stop = min(start + rows, len(queries))
         block = ops.convert_to_numpy(
-            distance.pairwise(ops.convert_to_tensor(queries[start:stop]), reference_tensor))
+            distance.pairwise(ops.convert_to_tensor(queries[start:stop]), reference_tensor)
+        )
         _check_finite(block, "distances", "(the embeddings are too large for this distance)")
         if leave_one_out:
             # +inf sorts after every finite distance, so a query is never its own neighbour.
@@ -140,8 +150,9 @@ def _check_cutoffs(k):
             raise ValueError
         return tuple(sorted({check_int(c, "k", minimum=1) for c in values}))
     except (TypeError, ValueError):
-        raise ValueError("k must be a positive int or a non-empty sequence of positive ints; "
-                         f"received {k!r}.") from None
+        raise ValueError(
+            f"k must be a positive int or a non-empty sequence of positive ints; received {k!r}."
+        ) from None
 
 
 def _relevant_counts(query_labels, reference_labels, leave_one_out):
@@ -207,7 +218,8 @@ def _check_sets(embeddings, labels, ref_embeddings, ref_labels):
     if (ref_embeddings is None) != (ref_labels is None):
         raise ValueError(
             "ref_embeddings and ref_labels must be given together; received "
-            f"ref_embeddings={_describe(ref_embeddings)} and ref_labels={_describe(ref_labels)}.")
+            f"ref_embeddings={_describe(ref_embeddings)} and ref_labels={_describe(ref_labels)}."
+        )
     queries = _as_embeddings(embeddings, "embeddings")
     query_labels = _as_labels(labels, len(queries), "labels", "embeddings")
     if ref_embeddings is None:
@@ -217,7 +229,8 @@ def _check_sets(embeddings, labels, ref_embeddings, ref_labels):
     if references.shape[1] != queries.shape[1]:
         raise ValueError(
             "embeddings and ref_embeddings must have the same width; received shapes "
-            f"{queries.shape} and {references.shape}.")
+            f"{queries.shape} and {references.shape}."
+        )
     if references.dtype != queries.dtype:
         references, queries = references.astype(np.float64), queries.astype(np.float64)
     return queries, query_labels, references, reference_labels
@@ -226,8 +239,9 @@ def _check_sets(embeddings, labels, ref_embeddings, ref_labels):
 def _as_embeddings(x, argument):
     array = np.asarray(ops.convert_to_numpy(x) if _is_tensor(x) else x)
     if array.ndim != 2 or 0 in array.shape:
-        raise ValueError(f"{argument} must be a non-empty (N, D) array; received shape "
-                         f"{array.shape}.")
+        raise ValueError(
+            f"{argument} must be a non-empty (N, D) array; received shape {array.shape}."
+        )
     if not _is_numeric(array.dtype):
         raise ValueError(f"{argument} must be numeric; received dtype {array.dtype}.")
     array = array.astype(np.float64 if array.dtype == np.float64 else np.float32)
@@ -253,8 +267,10 @@ def _as_labels(y, size, argument, rows):
     array = as_label_vector(ops.convert_to_numpy(y) if _is_tensor(y) else y, size, argument, rows)
     if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
         bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        raise ValueError(f"{argument} contain {bad} NaN or infinite values; class labels must "
-                         "be finite (a NaN label belongs to no class).")
+        raise ValueError(
+            f"{argument} contain {bad} NaN or infinite values; class labels must "
+            "be finite (a NaN label belongs to no class)."
+        )
     return array
 
 
@@ -269,21 +285,32 @@ def _count_inputs(x, argument):
     """The number of samples in model inputs ``x`` (an array, a tensor or a dict of them),
     after checking that every float input is finite: a NaN input gives a NaN embedding, and
     the error is clearer now than after the first epoch."""
-    arrays = (list(x.values()) if isinstance(x, dict)
-              else list(x) if isinstance(x, (list, tuple)) else [x])
-    if not arrays or any(a is None or not hasattr(a, "shape") or len(a.shape) == 0
-                         for a in arrays):
-        raise ValueError(f"{argument} must be model inputs: an array or tensor of shape (N, ...) "
-                         f"or a dict of them; received {_describe_inputs(x)}.")
+    arrays = (
+        list(x.values())
+        if isinstance(x, dict)
+        else list(x)
+        if isinstance(x, (list, tuple))
+        else [x]
+    )
+    if not arrays or any(a is None or not hasattr(a, "shape") or len(a.shape) == 0 for a in arrays):
+        raise ValueError(
+            f"{argument} must be model inputs: an array or tensor of shape (N, ...) "
+            f"or a dict of them; received {_describe_inputs(x)}."
+        )
     sizes = {int(a.shape[0]) for a in arrays}
     if len(sizes) != 1:
-        raise ValueError(f"{argument}: every input must have the same number of rows; received "
-                         f"{_describe_inputs(x)}.")
+        raise ValueError(
+            f"{argument}: every input must have the same number of rows; received "
+            f"{_describe_inputs(x)}."
+        )
     for array in arrays:
         array = np.asarray(ops.convert_to_numpy(array) if _is_tensor(array) else array)
         if array.dtype.kind == "f" or (array.dtype.kind == "V" and _is_numeric(array.dtype)):
-            _check_finite(array.astype(np.float32, copy=False) if array.dtype.kind == "V"
-                          else array, argument, "(the model would embed them as NaN)")
+            _check_finite(
+                array.astype(np.float32, copy=False) if array.dtype.kind == "V" else array,
+                argument,
+                "(the model would embed them as NaN)",
+            )
     return sizes.pop()
 
 
@@ -359,23 +386,42 @@ class RetrievalMetricsCallback(keras.callbacks.Callback):
     2
     """
 
-    def __init__(self, x, y, ref_x=None, ref_y=None, *, every=1, distance="cosine",
-                 k=(1, 5, 10), batch_size=256, prefix="val_", log_metrics=None):
+    def __init__(
+        self,
+        x,
+        y,
+        ref_x=None,
+        ref_y=None,
+        *,
+        every=1,
+        distance="cosine",
+        k=(1, 5, 10),
+        batch_size=256,
+        prefix="val_",
+        log_metrics=None,
+    ):
         super().__init__()
         every = check_int(every, "every", minimum=1)
         batch_size = check_int(batch_size, "batch_size", minimum=1)
         prefix = check_string(prefix, "prefix")
         if (ref_x is None) != (ref_y is None):
-            raise ValueError("ref_x and ref_y must be given together; received "
-                             f"ref_x={_describe(ref_x)} and ref_y={_describe(ref_y)}.")
+            raise ValueError(
+                "ref_x and ref_y must be given together; received "
+                f"ref_x={_describe(ref_x)} and ref_y={_describe(ref_y)}."
+            )
         self.x, self.ref_x = x, ref_x
         self.y = _as_labels(y, _count_inputs(x, "x"), "y", "x")
-        self.ref_y = None if ref_x is None else _as_labels(ref_y, _count_inputs(ref_x, "ref_x"),
-                                                           "ref_y", "ref_x")
+        self.ref_y = (
+            None
+            if ref_x is None
+            else _as_labels(ref_y, _count_inputs(ref_x, "ref_x"), "ref_y", "ref_x")
+        )
         counts = _relevant_counts(self.y, self.y if ref_x is None else self.ref_y, ref_x is None)
         if not np.any(counts):
-            raise ValueError("No query in x has a relevant reference: give at least two "
-                             "samples of a class (or a reference set that holds its class).")
+            raise ValueError(
+                "No query in x has a relevant reference: give at least two "
+                "samples of a class (or a reference set that holds its class)."
+            )
         self.every = every
         self.distance = distances_module.get(distance)
         self.k = _check_cutoffs(k)
@@ -385,8 +431,9 @@ class RetrievalMetricsCallback(keras.callbacks.Callback):
         self.log_metrics = names if log_metrics is None else list(log_metrics)
         unknown = [name for name in self.log_metrics if name not in names]
         if unknown or not self.log_metrics:
-            raise ValueError(f"log_metrics must name some of {', '.join(names)}; received "
-                             f"{log_metrics!r}.")
+            raise ValueError(
+                f"log_metrics must name some of {', '.join(names)}; received {log_metrics!r}."
+            )
         self.epochs = []
         self.history = {name: [] for name in metric_names(self.k)}
 
@@ -408,10 +455,12 @@ class RetrievalMetricsCallback(keras.callbacks.Callback):
     def evaluate(self):
         """The metrics of the current model on the callback's data, as a dict."""
         embed = lambda inputs: self.model.predict(  # noqa: E731
-            inputs, batch_size=self.batch_size, verbose=0)
+            inputs, batch_size=self.batch_size, verbose=0
+        )
         references = None if self.ref_x is None else embed(self.ref_x)
-        return retrieval_metrics(embed(self.x), self.y, references, self.ref_y,
-                                 distance=self.distance, k=self.k)
+        return retrieval_metrics(
+            embed(self.x), self.y, references, self.ref_y, distance=self.distance, k=self.k
+        )
 
 
 __all__ = ["RetrievalMetricsCallback", "metric_names", "retrieval_metrics"]

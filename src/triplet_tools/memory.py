@@ -76,34 +76,52 @@ class CrossBatchMemory(keras.layers.Layer):
                 f"input shape {tuple(input_shape)}."
             )
         self.embeddings = self.add_weight(
-            shape=(self.size, input_shape[-1]), initializer="zeros", trainable=False,
-            name="embeddings", dtype="float32",
+            shape=(self.size, input_shape[-1]),
+            initializer="zeros",
+            trainable=False,
+            name="embeddings",
+            dtype="float32",
         )
         # Class ids as wide as the backend holds them (int32 on JAX without x64, where
         # the losses refuse larger ids), so a stored id never wraps.
         label_dtype = "int64" if backend_has_int64() else "int32"
         self.labels = self.add_weight(
-            shape=(self.size,), initializer="zeros", trainable=False, name="labels",
+            shape=(self.size,),
+            initializer="zeros",
+            trainable=False,
+            name="labels",
             dtype=label_dtype,
         )
         # Next slot to write, and how many slots hold data (at most `size`).
-        self.position = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                        name="position", dtype="int32")
-        self.filled = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                      name="filled", dtype="int32")
+        self.position = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="position", dtype="int32"
+        )
+        self.filled = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="filled", dtype="int32"
+        )
         # 1 while the model runs in training mode: only training batches are recorded.
-        self.recording = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                         name="recording", dtype="int32")
+        self.recording = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="recording", dtype="int32"
+        )
         # The contents as the last loss call saw them, before it recorded its batch, so
         # that MiningStatistics (which Keras runs after the loss) mines what the loss mined.
         self.previous_embeddings = self.add_weight(
-            shape=(self.size, input_shape[-1]), initializer="zeros", trainable=False,
-            name="previous_embeddings", dtype="float32")
+            shape=(self.size, input_shape[-1]),
+            initializer="zeros",
+            trainable=False,
+            name="previous_embeddings",
+            dtype="float32",
+        )
         self.previous_labels = self.add_weight(
-            shape=(self.size,), initializer="zeros", trainable=False, name="previous_labels",
-            dtype=label_dtype)
-        self.previous_filled = self.add_weight(shape=(), initializer="zeros", trainable=False,
-                                               name="previous_filled", dtype="int32")
+            shape=(self.size,),
+            initializer="zeros",
+            trainable=False,
+            name="previous_labels",
+            dtype=label_dtype,
+        )
+        self.previous_filled = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="previous_filled", dtype="int32"
+        )
 
     def call(self, inputs, training=None):
         self.recording.assign(ops.cast(bool(training), "int32"))
@@ -116,8 +134,11 @@ class CrossBatchMemory(keras.layers.Layer):
         """``(embeddings (M, D), labels (M,), written (M,) bool)`` as stored now, or (with
         ``before_last_record``) as the last :meth:`record` found them."""
         if before_last_record:
-            embeddings, labels, filled = (self.previous_embeddings, self.previous_labels,
-                                          self.previous_filled)
+            embeddings, labels, filled = (
+                self.previous_embeddings,
+                self.previous_labels,
+                self.previous_filled,
+            )
         else:
             embeddings, labels, filled = self.embeddings, self.labels, self.filled
         written = ops.arange(self.size, dtype="int32") < filled.value
@@ -130,8 +151,8 @@ class CrossBatchMemory(keras.layers.Layer):
         self.previous_embeddings.assign(self.embeddings.value)
         self.previous_labels.assign(self.labels.value)
         self.previous_filled.assign(self.filled.value)
-        embeddings = ops.stop_gradient(ops.cast(embeddings, "float32"))[-self.size:]
-        labels = ops.cast(labels, self.labels.dtype)[-self.size:]
+        embeddings = ops.stop_gradient(ops.cast(embeddings, "float32"))[-self.size :]
+        labels = ops.cast(labels, self.labels.dtype)[-self.size :]
         rows = embeddings.shape[0] if embeddings.shape[0] is not None else ops.shape(embeddings)[0]
         slots = (self.position.value + ops.arange(rows, dtype="int32")) % self.size
         on = ops.cast(self.recording.value, "bool")
@@ -139,10 +160,12 @@ class CrossBatchMemory(keras.layers.Layer):
         self.embeddings.assign(ops.where(on, updated, self.embeddings.value))
         updated = ops.scatter_update(self.labels.value, slots[:, None], labels)
         self.labels.assign(ops.where(on, updated, self.labels.value))
-        self.position.assign(ops.where(on, (self.position.value + rows) % self.size,
-                                       self.position.value))
-        self.filled.assign(ops.where(on, ops.minimum(self.filled.value + rows, self.size),
-                                     self.filled.value))
+        self.position.assign(
+            ops.where(on, (self.position.value + rows) % self.size, self.position.value)
+        )
+        self.filled.assign(
+            ops.where(on, ops.minimum(self.filled.value + rows, self.size), self.filled.value)
+        )
 
     def get_config(self):
         return {**super().get_config(), "size": self.size}

@@ -72,7 +72,8 @@ class MiningStatistics(keras.metrics.Metric):
         if not isinstance(loss, TripletFamilyLoss):
             raise ValueError(
                 "loss must be a triplet_tools loss (TripletLoss, PNLoss, PrimingLoss or "
-                f"one of the triplet_batch_*_loss functions' results); received {loss!r}.")
+                f"one of the triplet_batch_*_loss functions' results); received {loss!r}."
+            )
         self.loss = loss
         self.prefix = check_string(prefix, "prefix")
         # Set by the loss when it hands over what it mined, read by the next update_state.
@@ -80,8 +81,9 @@ class MiningStatistics(keras.metrics.Metric):
         loss.report_to(self)
         counters = ("anchors", "valid", "active", "sum_d_ap", "sum_d_an")
         self._counters = {
-            counter: self.add_variable(shape=(), initializer="zeros", dtype=self.dtype,
-                                       name=counter)
+            counter: self.add_variable(
+                shape=(), initializer="zeros", dtype=self.dtype, name=counter
+            )
             for counter in counters
         }
 
@@ -112,10 +114,12 @@ class MiningStatistics(keras.metrics.Metric):
             "valid": ops.sum(valid),
             "active": ops.sum(active),
             # where, not a product: an invalid anchor's distances may be anything.
-            "sum_d_ap": ops.sum(ops.where(triplets.valid, ops.cast(
-                triplets.positive_distance, self.dtype), 0)),
-            "sum_d_an": ops.sum(ops.where(triplets.valid, ops.cast(
-                triplets.negative_distance, self.dtype), 0)),
+            "sum_d_ap": ops.sum(
+                ops.where(triplets.valid, ops.cast(triplets.positive_distance, self.dtype), 0)
+            ),
+            "sum_d_an": ops.sum(
+                ops.where(triplets.valid, ops.cast(triplets.negative_distance, self.dtype), 0)
+            ),
         }
         for counter, increment in increments.items():
             self._counters[counter].assign_add(ops.stop_gradient(increment))

@@ -19,7 +19,8 @@ for the memory.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from triplet_tools import distributed
 from triplet_tools._inputs import backend_has_int64
@@ -100,7 +101,9 @@ def gather(labels, embeddings, *, memory=None, global_mining=True, as_last_seen=
             raise ValueError(MEMORY_UNDER_REPLICAS_ERROR)
         rows = ops.shape(embeddings)[0]
         whole = ReferenceSet(
-            None, group.gather(embeddings), group.gather_labels(labels),
+            None,
+            group.gather(embeddings),
+            group.gather_labels(labels),
             distributed.replica_positions(group, rows),
         )
         return References((whole,), sum_across=group.sum, scale=group.loss_scale)
@@ -113,8 +116,9 @@ def gather(labels, embeddings, *, memory=None, global_mining=True, as_last_seen=
         with_memory = ReferenceSet(
             None,
             ops.concatenate([embeddings, ops.cast(stored, embeddings.dtype)], axis=0),
-            ops.concatenate([ops.cast(labels, label_dtype), ops.cast(stored_labels, label_dtype)],
-                            axis=0),
+            ops.concatenate(
+                [ops.cast(labels, label_dtype), ops.cast(stored_labels, label_dtype)], axis=0
+            ),
             ops.arange(rows, dtype="int32"),
             ops.concatenate([ops.ones((rows,), "bool"), written], axis=0),
         )
@@ -122,8 +126,9 @@ def gather(labels, embeddings, *, memory=None, global_mining=True, as_last_seen=
         def record():
             memory.record(embeddings, labels)
 
-        return References((with_memory,), mean_scale=mean_scale,
-                          record=None if as_last_seen else record)
+        return References(
+            (with_memory,), mean_scale=mean_scale, record=None if as_last_seen else record
+        )
 
     num_slices = distributed.data_parallel_replicas()
     if not global_mining and num_slices > 1:

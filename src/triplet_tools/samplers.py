@@ -82,13 +82,15 @@ class ClassBalancedBatches(keras.utils.PyDataset):
         Re-Identification", 2017 (P x K batches).
     """
 
-    def __init__(self, x, y, classes_per_batch, samples_per_class, batches_per_epoch=None,
-                 seed=0, **kwargs):
+    def __init__(
+        self, x, y, classes_per_batch, samples_per_class, batches_per_epoch=None, seed=0, **kwargs
+    ):
         super().__init__(**kwargs)
         classes_per_batch = check_int(classes_per_batch, "classes_per_batch", minimum=2)
         samples_per_class = check_int(samples_per_class, "samples_per_class", minimum=2)
-        batches_per_epoch = check_int(batches_per_epoch, "batches_per_epoch", minimum=1,
-                                      allow_none=True)
+        batches_per_epoch = check_int(
+            batches_per_epoch, "batches_per_epoch", minimum=1, allow_none=True
+        )
         seed = check_int(seed, "seed", minimum=0)
         labels = check_class_ids(as_label_vector(y, _count_rows(x), "y", "x"), "y")
         classes, inverse, sizes = np.unique(labels, return_inverse=True, return_counts=True)
@@ -97,10 +99,12 @@ class ClassBalancedBatches(keras.utils.PyDataset):
             raise ValueError(
                 f"classes_per_batch={classes_per_batch} needs that many classes with at least "
                 f"2 samples; received {len(eligible)} such classes (class sizes: "
-                f"{_describe_sizes(classes, sizes)}).")
+                f"{_describe_sizes(classes, sizes)})."
+            )
         if batches_per_epoch is None:
-            batches_per_epoch = max(1, int(sizes[eligible].sum()) // (
-                classes_per_batch * samples_per_class))
+            batches_per_epoch = max(
+                1, int(sizes[eligible].sum()) // (classes_per_batch * samples_per_class)
+            )
         self.batches_per_epoch = batches_per_epoch
         self.x, self.y = x, labels
         self.classes_per_batch = classes_per_batch
@@ -127,8 +131,9 @@ class ClassBalancedBatches(keras.utils.PyDataset):
     def epoch_indices(self, epoch):
         """The ``(batches_per_epoch, P*K)`` sample indices of ``epoch``, from ``(seed, epoch)``."""
         rng = np.random.default_rng([self.seed, epoch])
-        table = np.empty((self.batches_per_epoch, self.classes_per_batch * self.samples_per_class),
-                         np.int64)
+        table = np.empty(
+            (self.batches_per_epoch, self.classes_per_batch * self.samples_per_class), np.int64
+        )
         for batch in range(self.batches_per_epoch):
             chosen = rng.choice(len(self.members), self.classes_per_batch, replace=False)
             table[batch] = np.concatenate([self._draw(self.members[c], rng) for c in chosen])
@@ -139,20 +144,24 @@ class ClassBalancedBatches(keras.utils.PyDataset):
             return rng.choice(members, self.samples_per_class, replace=False)
         rounds = -(-self.samples_per_class // len(members))
         return np.concatenate([rng.permutation(members) for _ in range(rounds)])[
-            :self.samples_per_class]
+            : self.samples_per_class
+        ]
 
 
 def _count_rows(x):
     """The number of samples in ``x``: its length, or the common length of a dict's inputs."""
     if not isinstance(x, dict):
         if not hasattr(x, "__len__") or isinstance(x, (str, bytes)):
-            raise ValueError("x must be an array of N inputs (or a dict of them); received "
-                             f"{type(x).__name__}.")
+            raise ValueError(
+                f"x must be an array of N inputs (or a dict of them); received {type(x).__name__}."
+            )
         return len(x)
     sizes = {name: len(inputs) for name, inputs in x.items()}
     if len(set(sizes.values())) != 1:
-        raise ValueError("x must be a dict of inputs with the same number of rows; received "
-                         f"{'no inputs' if not sizes else sizes}.")
+        raise ValueError(
+            "x must be a dict of inputs with the same number of rows; received "
+            f"{'no inputs' if not sizes else sizes}."
+        )
     return next(iter(sizes.values()))
 
 

@@ -85,17 +85,27 @@ class TripletSemiHardLoss(TripletLoss):
     0.125
     """
 
-    def __init__(self, margin=1.0, distance_metric="L2", name="TripletSemiHardLoss",
-                 **kwargs):
-        super().__init__(distance=_distance(distance_metric), positive_mining_strategy="all",
-                         negative_mining_strategy="semi-hard", margin=margin, name=name,
-                         **kwargs)
+    def __init__(self, margin=1.0, distance_metric="L2", name="TripletSemiHardLoss", **kwargs):
+        super().__init__(
+            distance=_distance(distance_metric),
+            positive_mining_strategy="all",
+            negative_mining_strategy="semi-hard",
+            margin=margin,
+            name=name,
+            **kwargs,
+        )
         self.distance_metric = distance_metric
 
     def get_config(self):
         config = super().get_config()
-        for ours in ("distance", "positive_mining_strategy", "negative_mining_strategy",
-                     "semi_margin", "soft_margin", "average"):
+        for ours in (
+            "distance",
+            "positive_mining_strategy",
+            "negative_mining_strategy",
+            "semi_margin",
+            "soft_margin",
+            "average",
+        ):
             config.pop(ours)
         return {**config, "distance_metric": _metric_config(self.distance_metric)}
 
@@ -127,18 +137,30 @@ class TripletHardLoss(TripletLoss):
     1.0
     """
 
-    def __init__(self, margin=1.0, soft=False, distance_metric="L2", name="TripletHardLoss",
-                 **kwargs):
-        super().__init__(distance=_distance(distance_metric), negative_mining_strategy="hard",
-                         soft_margin=soft, margin=1.0 if soft else margin, name=name, **kwargs)
+    def __init__(
+        self, margin=1.0, soft=False, distance_metric="L2", name="TripletHardLoss", **kwargs
+    ):
+        super().__init__(
+            distance=_distance(distance_metric),
+            negative_mining_strategy="hard",
+            soft_margin=soft,
+            margin=1.0 if soft else margin,
+            name=name,
+            **kwargs,
+        )
         self.margin = margin if soft else self.margin
         self.distance_metric = distance_metric
 
     def get_config(self):
         config = super().get_config()
         soft = config.pop("soft_margin")
-        for ours in ("distance", "positive_mining_strategy", "negative_mining_strategy",
-                     "semi_margin", "average"):
+        for ours in (
+            "distance",
+            "positive_mining_strategy",
+            "negative_mining_strategy",
+            "semi_margin",
+            "average",
+        ):
             config.pop(ours)
         return {**config, "soft": soft, "distance_metric": _metric_config(self.distance_metric)}
 
@@ -167,4 +189,5 @@ def triplet_hard_loss(y_true, y_pred, margin=1.0, soft=False, distance_metric="L
     1.0
     """
     return TripletHardLoss(margin=margin, soft=soft, distance_metric=distance_metric)(
-        y_true, y_pred)
+        y_true, y_pred
+    )

@@ -28,8 +28,9 @@ def _data():
 
 
 def _model():
-    return tf.keras.Sequential([tf.keras.layers.Dense(16, activation="relu", input_shape=(6,)),
-                                tf.keras.layers.Dense(4)])
+    return tf.keras.Sequential(
+        [tf.keras.layers.Dense(16, activation="relu", input_shape=(6,)), tf.keras.layers.Dense(4)]
+    )
 
 
 @pytest.mark.parametrize("wrap", [False, True])
@@ -66,6 +67,11 @@ def test_adapter_save_and_load(tmp_path):
     restored = tf.keras.models.load_model(path)
     assert isinstance(restored.loss, TFKerasLoss)
     assert restored.loss.loss.get_config()["margin"] == 0.3
-    np.testing.assert_allclose(restored.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
-    np.testing.assert_allclose(restored.evaluate(x, labels, batch_size=64, verbose=0),
-                               model.evaluate(x, labels, batch_size=64, verbose=0), rtol=1e-5)
+    np.testing.assert_allclose(
+        restored.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        restored.evaluate(x, labels, batch_size=64, verbose=0),
+        model.evaluate(x, labels, batch_size=64, verbose=0),
+        rtol=1e-5,
+    )

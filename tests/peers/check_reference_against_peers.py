@@ -46,8 +46,7 @@ def _relative(a, b):
     return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-12))
 
 
-def report(peer, what, batch, peer_value, our_value, peer_grad=None, our_grad=None,
-           claimed=True):
+def report(peer, what, batch, peer_value, our_value, peer_grad=None, our_grad=None, claimed=True):
     value_gap = _relative(peer_value, our_value)
     grad_gap = None if peer_grad is None else _relative(peer_grad, our_grad)
     ok = value_gap <= VALUE_RTOL and (grad_gap is None or grad_gap <= GRAD_RTOL)
@@ -57,9 +56,11 @@ def report(peer, what, batch, peer_value, our_value, peer_grad=None, our_grad=No
     shown_peer = np.asarray(peer_value, np.float64).reshape(-1)[:4]
     shown_ours = np.asarray(our_value, np.float64).reshape(-1)[:4]
     grad_text = "" if grad_gap is None else f"  grad rel {grad_gap:.1e}"
-    print(f"{peer:5s} {what:44s} {batch:10s} peer {np.array2string(shown_peer, precision=6)}"
-          f" ours {np.array2string(shown_ours, precision=6)}  value rel {value_gap:.1e}"
-          f"{grad_text}  {tag}")
+    print(
+        f"{peer:5s} {what:44s} {batch:10s} peer {np.array2string(shown_peer, precision=6)}"
+        f" ours {np.array2string(shown_ours, precision=6)}  value rel {value_gap:.1e}"
+        f"{grad_text}  {tag}"
+    )
 
 
 def _unit_rows(x):
@@ -87,31 +88,68 @@ def check_tfa():
             for margin in (1.0, 0.3):
                 value, grad = tf_value_and_grad(
                     lambda t, y=y, m=margin, d=metric: tfa.losses.triplet_semihard_loss(y, t, m, d),
-                    x, tf.float32)
+                    x,
+                    tf.float32,
+                )
                 want = rp.tfa_semihard_loss(labels, x, margin, metric)
                 want_grad = rp.triplet_gradient(
-                    labels, x, distance_name=rp.TFA_DISTANCES[metric], positive="all",
-                    negative="semi-hard", margin=margin)
-                report("tfa", f"TripletSemiHardLoss({margin}, {metric!r}) [float32]", batch,
-                       value, want, grad, want_grad)
+                    labels,
+                    x,
+                    distance_name=rp.TFA_DISTANCES[metric],
+                    positive="all",
+                    negative="semi-hard",
+                    margin=margin,
+                )
+                report(
+                    "tfa",
+                    f"TripletSemiHardLoss({margin}, {metric!r}) [float32]",
+                    batch,
+                    value,
+                    want,
+                    grad,
+                    want_grad,
+                )
             for soft in (False, True):
                 value, grad = tf_value_and_grad(
                     lambda t, y=y, s=soft, d=metric: tfa.losses.triplet_hard_loss(y, t, 1.0, s, d),
-                    x, tf.float32)
+                    x,
+                    tf.float32,
+                )
                 want = rp.tfa_hard_loss(labels, x, 1.0, soft, metric)
                 want_grad = rp.triplet_gradient(
-                    labels, x, distance_name=rp.TFA_DISTANCES[metric], positive="hard",
-                    negative="hard", soft_margin=soft)
-                report("tfa", f"TripletHardLoss(soft={soft}, {metric!r}) [float32]", batch,
-                       value, want, grad, want_grad)
+                    labels,
+                    x,
+                    distance_name=rp.TFA_DISTANCES[metric],
+                    positive="hard",
+                    negative="hard",
+                    soft_margin=soft,
+                )
+                report(
+                    "tfa",
+                    f"TripletHardLoss(soft={soft}, {metric!r}) [float32]",
+                    batch,
+                    value,
+                    want,
+                    grad,
+                    want_grad,
+                )
         for margin in (1.0, 0.5):
             value, grad = tf_value_and_grad(
-                lambda t, y=y, m=margin: tfa.losses.lifted_struct_loss(y, t, m), x, tf.float32)
+                lambda t, y=y, m=margin: tfa.losses.lifted_struct_loss(y, t, m), x, tf.float32
+            )
             want = rp.pair_loss("lifted_struct", labels, x, margin=margin)
-            want_grad = rp.pair_gradient("lifted_struct", labels, x, distance_name="euclidean",
-                                         margin=margin)
-            report("tfa", f"lifted_struct_loss(margin={margin}) [float32]", batch,
-                   value, want, grad, want_grad)
+            want_grad = rp.pair_gradient(
+                "lifted_struct", labels, x, distance_name="euclidean", margin=margin
+            )
+            report(
+                "tfa",
+                f"lifted_struct_loss(margin={margin}) [float32]",
+                batch,
+                value,
+                want,
+                grad,
+                want_grad,
+            )
 
 
 # --- TensorFlow Similarity 0.17.1 ----------------------------------------------------------------
@@ -141,42 +179,80 @@ def check_tfsim():
         for kwargs in ({}, {"alpha": 1.0, "beta": 20.0, "epsilon": 0.3, "lmda": 0.6}):
             values, grad = per_anchor(
                 lambda *a, kw=kwargs: multisimilarity_loss(*a, distance=cosine, **kw),
-                labels, x, True)
+                labels,
+                x,
+                True,
+            )
             totals, counts = rp.multi_similarity_per_anchor(labels, x, **kwargs)
             valid = counts > 0
-            want_grad = rp.pair_gradient("multi_similarity", labels, x, distance_name="cosine",
-                                         **kwargs) if valid.all() else None
-            report("tfsim", f"multisimilarity_loss({kwargs or 'defaults'}) [float32]",
-                   f"{batch}:{int(valid.sum())}v", values, totals,
-                   grad if valid.all() else None, want_grad)
+            want_grad = (
+                rp.pair_gradient("multi_similarity", labels, x, distance_name="cosine", **kwargs)
+                if valid.all()
+                else None
+            )
+            report(
+                "tfsim",
+                f"multisimilarity_loss({kwargs or 'defaults'}) [float32]",
+                f"{batch}:{int(valid.sum())}v",
+                values,
+                totals,
+                grad if valid.all() else None,
+                want_grad,
+            )
         for temperature in (1.0, 0.5):
             values, grad = per_anchor(
                 lambda *a, t=temperature: soft_nn_loss(*a, distance=sql2, temperature=t),
-                labels, x, False)
+                labels,
+                x,
+                False,
+            )
             totals, _ = rp.soft_nearest_neighbor_per_anchor(labels, x, temperature=temperature)
             # SPEC: TF Similarity computes -log(1e-9 + exp(-l_a)) on valid anchors.
             saturated = -np.log(1e-9 + np.exp(-totals))
             want_grad = rp.numerical_gradient(
-                lambda d, labels=labels, t=temperature: float(np.mean(-np.log(
-                    1e-9 + np.exp(-rp.soft_nearest_neighbor_per_anchor(
-                        labels, None, temperature=t, distances=d)[0])))),
-                x, "squared_euclidean")
-            report("tfsim", f"soft_nn_loss(T={temperature}) = -log(1e-9+e^-l) [float32]", batch,
-                   values, saturated, grad, want_grad)
-            report("tfsim", f"soft_nn_loss(T={temperature}) vs our l_a", batch, values, totals,
-                   claimed=False)
+                lambda d, labels=labels, t=temperature: float(
+                    np.mean(
+                        -np.log(
+                            1e-9
+                            + np.exp(
+                                -rp.soft_nearest_neighbor_per_anchor(
+                                    labels, None, temperature=t, distances=d
+                                )[0]
+                            )
+                        )
+                    )
+                ),
+                x,
+                "squared_euclidean",
+            )
+            report(
+                "tfsim",
+                f"soft_nn_loss(T={temperature}) = -log(1e-9+e^-l) [float32]",
+                batch,
+                values,
+                saturated,
+                grad,
+                want_grad,
+            )
+            report(
+                "tfsim",
+                f"soft_nn_loss(T={temperature}) vs our l_a",
+                batch,
+                values,
+                totals,
+                claimed=False,
+            )
         values, _ = per_anchor(lambda *a: circle_loss(*a, distance=cosine), labels, x, True)
         totals, _ = rp.circle_per_anchor(labels, x)
-        report("tfsim", "circle_loss (two log(1+sum) terms)", batch, values, totals,
-               claimed=False)
+        report("tfsim", "circle_loss (two log(1+sum) terms)", batch, values, totals, claimed=False)
     # Saturation: TF Similarity's -log(1e-9 + exp(-l)) stops near 20.7; ours does not.
     labels = np.array([0, 0, 1, 1])
     x = np.array([[0.0, 0.0], [3.0, 0.0], [0.1, 0.0], [3.1, 0.0]])
-    values, _ = per_anchor(lambda *a: soft_nn_loss(*a, distance=sql2, temperature=0.05),
-                           labels, x, False)
+    values, _ = per_anchor(
+        lambda *a: soft_nn_loss(*a, distance=sql2, temperature=0.05), labels, x, False
+    )
     totals, _ = rp.soft_nearest_neighbor_per_anchor(labels, x, temperature=0.05)
-    report("tfsim", "soft_nn_loss(T=0.05) far positives", "4 points", values, totals,
-           claimed=False)
+    report("tfsim", "soft_nn_loss(T=0.05) far positives", "4 points", values, totals, claimed=False)
 
 
 # --- pytorch-metric-learning 2.9.0 ---------------------------------------------------------------
@@ -192,10 +268,18 @@ def check_pml():
             value = CircleLoss(m=margin, gamma=gamma)(t, torch.tensor(labels))
             (grad,) = torch.autograd.grad(value, t)
             want = rp.pair_loss("circle", labels, x, gamma=gamma, margin=margin)
-            want_grad = rp.pair_gradient("circle", labels, x, distance_name="cosine",
-                                         gamma=gamma, margin=margin)
-            report("pml", f"CircleLoss(m={margin}, gamma={gamma}) value+grad", batch,
-                   value.item(), want, grad.numpy(), want_grad)
+            want_grad = rp.pair_gradient(
+                "circle", labels, x, distance_name="cosine", gamma=gamma, margin=margin
+            )
+            report(
+                "pml",
+                f"CircleLoss(m={margin}, gamma={gamma}) value+grad",
+                batch,
+                value.item(),
+                want,
+                grad.numpy(),
+                want_grad,
+            )
 
 
 # --- keras.losses.circle -------------------------------------------------------------------------
@@ -209,20 +293,33 @@ def check_keras():
         for gamma, margin in ((80.0, 0.4), (32.0, 0.25)):
             unit = _unit_rows(x).astype("float32")
             values = keras.ops.convert_to_numpy(
-                keras.losses.circle(labels, unit, gamma=gamma, margin=margin))
+                keras.losses.circle(labels, unit, gamma=gamma, margin=margin)
+            )
             totals, _ = rp.circle_per_anchor(labels, x, gamma=gamma, margin=margin)
-            report("keras", f"losses.circle(gamma={gamma}, margin={margin}) [{backend}]", batch,
-                   values, totals)
+            report(
+                "keras",
+                f"losses.circle(gamma={gamma}, margin={margin}) [{backend}]",
+                batch,
+                values,
+                totals,
+            )
     # Gradients differ: Keras differentiates through alpha. Shown on one batch, against the
     # reference's central differences with alpha free (what Keras does) and held (SPEC).
     _, labels, x = next(iter(batches()))
     free = rp.numerical_gradient(
-        lambda d: rp.reduce(*rp.circle_per_anchor(labels, None, distances=d)), x, "cosine")
+        lambda d: rp.reduce(*rp.circle_per_anchor(labels, None, distances=d)), x, "cosine"
+    )
     held = rp.pair_gradient("circle", labels, x, distance_name="cosine")
     keras_grad = _keras_circle_gradient(labels, x)
     report("keras", "circle gradient vs alpha differentiated", "4x3/s0", keras_grad, free)
-    report("keras", "circle gradient vs alpha under stop_gradient", "4x3/s0", keras_grad, held,
-           claimed=False)
+    report(
+        "keras",
+        "circle gradient vs alpha under stop_gradient",
+        "4x3/s0",
+        keras_grad,
+        held,
+        claimed=False,
+    )
 
 
 def _keras_circle_gradient(labels, x):

@@ -39,12 +39,15 @@ class _Parser(argparse.ArgumentParser):
 
 def _int_at_least(low):
     """An argparse type: a whole number ``>= low``."""
+
     def parse(text):
         try:
             return check_int(int(text), "value", minimum=low)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"expected an integer >= {low}; received {text!r}") from None
+                f"expected an integer >= {low}; received {text!r}"
+            ) from None
+
     return parse
 
 
@@ -57,32 +60,62 @@ def build_parser():
     parser = _Parser(prog=PROG, description="Online-mined triplet losses for Keras 3.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo_parser = subparsers.add_parser(
-        "demo", help="train and evaluate an embedding end to end",
+        "demo",
+        help="train and evaluate an embedding end to end",
         description="Trains a small embedding model with online mining on scikit-learn's "
-                    "digits (or --data FILE), holding out 30%% of every class, and prints "
-                    "retrieval metrics for raw features and the trained embedding; writes "
-                    "pictures to --out. The Keras backend is KERAS_BACKEND's.")
-    demo_parser.add_argument("--loss", choices=tuple(demo.LOSSES), default="semihard",
-                             help="semihard (default), hard (batch-hard), pn, priming, or soft "
-                                  "(semi-hard with softplus instead of the hinge)")
-    demo_parser.add_argument("--distance", choices=DISTANCE_NAMES, default="cosine",
-                             help="distance for the loss and for retrieval (default cosine)")
+        "digits (or --data FILE), holding out 30%% of every class, and prints "
+        "retrieval metrics for raw features and the trained embedding; writes "
+        "pictures to --out. The Keras backend is KERAS_BACKEND's.",
+    )
+    demo_parser.add_argument(
+        "--loss",
+        choices=tuple(demo.LOSSES),
+        default="semihard",
+        help="semihard (default), hard (batch-hard), pn, priming, or soft "
+        "(semi-hard with softplus instead of the hinge)",
+    )
+    demo_parser.add_argument(
+        "--distance",
+        choices=DISTANCE_NAMES,
+        default="cosine",
+        help="distance for the loss and for retrieval (default cosine)",
+    )
     demo_parser.add_argument("--epochs", type=_int_at_least(1), default=20, help="default 20")
-    demo_parser.add_argument("--batch-size", type=_int_at_least(1), default=120,
-                             help="rows per batch, split into P classes x K samples (default 120)")
-    demo_parser.add_argument("--out", default="demo-output",
-                             help="folder for the pictures and metrics.json (default demo-output)")
+    demo_parser.add_argument(
+        "--batch-size",
+        type=_int_at_least(1),
+        default=120,
+        help="rows per batch, split into P classes x K samples (default 120)",
+    )
+    demo_parser.add_argument(
+        "--out",
+        default="demo-output",
+        help="folder for the pictures and metrics.json (default demo-output)",
+    )
     demo_parser.add_argument("--seed", type=_int_at_least(0), default=0, help="default 0")
-    demo_parser.add_argument("--data", metavar="FILE",
-                             help=".npz with arrays x (N x D) and y (N), or .csv with a header "
-                                  "row, a 'label' column and numeric feature columns")
-    demo_parser.add_argument("--label-column", default="label",
-                             help="the label column of a .csv file (default label)")
-    demo_parser.add_argument("--map", choices=plots.MAP_METHODS, default="tsne",
-                             help="2-D map of the held-out points (default tsne)")
-    demo_parser.add_argument("--memory", type=_int_at_least(0), default=0, metavar="ROWS",
-                             help="cross-batch memory: also mine against the last ROWS "
-                                  "training embeddings (default 0: in-batch mining only)")
+    demo_parser.add_argument(
+        "--data",
+        metavar="FILE",
+        help=".npz with arrays x (N x D) and y (N), or .csv with a header "
+        "row, a 'label' column and numeric feature columns",
+    )
+    demo_parser.add_argument(
+        "--label-column", default="label", help="the label column of a .csv file (default label)"
+    )
+    demo_parser.add_argument(
+        "--map",
+        choices=plots.MAP_METHODS,
+        default="tsne",
+        help="2-D map of the held-out points (default tsne)",
+    )
+    demo_parser.add_argument(
+        "--memory",
+        type=_int_at_least(0),
+        default=0,
+        metavar="ROWS",
+        help="cross-batch memory: also mine against the last ROWS "
+        "training embeddings (default 0: in-batch mining only)",
+    )
     demo_parser.set_defaults(run=run_demo)
     return parser
 
@@ -90,9 +123,18 @@ def build_parser():
 def run_demo(args):
     from triplet_tools.demo import command as demo
 
-    demo.run(loss=args.loss, distance=args.distance, epochs=args.epochs,
-             batch_size=args.batch_size, out=args.out, seed=args.seed, data=args.data,
-             label_column=args.label_column, map_method=args.map, memory=args.memory)
+    demo.run(
+        loss=args.loss,
+        distance=args.distance,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        out=args.out,
+        seed=args.seed,
+        data=args.data,
+        label_column=args.label_column,
+        map_method=args.map,
+        memory=args.memory,
+    )
     return 0
 
 

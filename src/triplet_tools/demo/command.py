@@ -32,17 +32,23 @@ from triplet_tools.samplers import ClassBalancedBatches
 
 #: ``--loss`` choices: name -> (description, factory taking the loss's keyword options).
 LOSSES = {
-    "semihard": ("TripletLoss, hardest positive, semi-hard negative, margin 0.5",
-                 lambda **options: TripletLoss(margin=0.5, **options)),
-    "hard": ("TripletLoss, hardest positive and negative (batch-hard), margin 0.5",
-             lambda **options: TripletLoss(negative_mining_strategy="hard", margin=0.5,
-                                           **options)),
-    "pn": ("PNLoss, semi-hard negative, margin 0.5",
-           lambda **options: PNLoss(margin=0.5, **options)),
-    "priming": ("PrimingLoss, d_ap^2 + exp(-10 d_an)",
-                lambda **options: PrimingLoss(**options)),
-    "soft": ("TripletLoss, hardest positive, semi-hard negative, softplus(d_ap - d_an)",
-             lambda **options: TripletLoss(soft_margin=True, **options)),
+    "semihard": (
+        "TripletLoss, hardest positive, semi-hard negative, margin 0.5",
+        lambda **options: TripletLoss(margin=0.5, **options),
+    ),
+    "hard": (
+        "TripletLoss, hardest positive and negative (batch-hard), margin 0.5",
+        lambda **options: TripletLoss(negative_mining_strategy="hard", margin=0.5, **options),
+    ),
+    "pn": (
+        "PNLoss, semi-hard negative, margin 0.5",
+        lambda **options: PNLoss(margin=0.5, **options),
+    ),
+    "priming": ("PrimingLoss, d_ap^2 + exp(-10 d_an)", lambda **options: PrimingLoss(**options)),
+    "soft": (
+        "TripletLoss, hardest positive, semi-hard negative, softplus(d_ap - d_an)",
+        lambda **options: TripletLoss(soft_margin=True, **options),
+    ),
 }
 #: What the demo needs beyond the library (the ``demo`` extra): import name -> package.
 EXTRAS = {"sklearn": "scikit-learn", "matplotlib": "matplotlib"}
@@ -50,9 +56,20 @@ HOLDOUT_FRACTION = 0.3
 EMBEDDING_DIM = 32
 
 
-def run(loss="semihard", distance="cosine", epochs=20, batch_size=120, out="demo-output",
-        seed=0, data=None, label_column="label", map_method="tsne", memory=0, verbose=1,
-        echo=print):
+def run(
+    loss="semihard",
+    distance="cosine",
+    epochs=20,
+    batch_size=120,
+    out="demo-output",
+    seed=0,
+    data=None,
+    label_column="label",
+    map_method="tsne",
+    memory=0,
+    verbose=1,
+    echo=print,
+):
     """Runs the whole demo and returns a dict of what it measured.
 
     Args:
@@ -101,12 +118,16 @@ def run(loss="semihard", distance="cosine", epochs=20, batch_size=120, out="demo
     classes, per_class = batch_shape(batch_size, split["trainable_classes"])
     prepare_output_folder(out)
     loss_description, make_loss = LOSSES[loss]
-    echo(f"data: {dataset.description}: {len(dataset.y)} samples, {dataset.x.shape[1]} "
-         f"features, {len(dataset.class_names)} classes; {len(split['y_test'])} held out "
-         f"({HOLDOUT_FRACTION:.0%} of every class)")
-    echo(f"model: MLP 128-128 + L2Embedding({EMBEDDING_DIM}); loss: {loss_description}; "
-         f"distance: {distance}; batches: {classes} classes x {per_class} samples; "
-         f"cross-batch memory: {memory or 'none'}; backend: {keras.backend.backend()}")
+    echo(
+        f"data: {dataset.description}: {len(dataset.y)} samples, {dataset.x.shape[1]} "
+        f"features, {len(dataset.class_names)} classes; {len(split['y_test'])} held out "
+        f"({HOLDOUT_FRACTION:.0%} of every class)"
+    )
+    echo(
+        f"model: MLP 128-128 + L2Embedding({EMBEDDING_DIM}); loss: {loss_description}; "
+        f"distance: {distance}; batches: {classes} classes x {per_class} samples; "
+        f"cross-batch memory: {memory or 'none'}; backend: {keras.backend.backend()}"
+    )
 
     raw = retrieval_metrics(split["raw_test"], split["y_test"], distance=distance)
     model = build_model(dataset.x.shape[1], seed)
@@ -115,16 +136,18 @@ def run(loss="semihard", distance="cosine", epochs=20, batch_size=120, out="demo
         options["memory"] = CrossBatchMemory(memory)
         model.add(options["memory"])
     loss_object = make_loss(**options)
-    model.compile(keras.optimizers.Adam(1e-3), loss_object,
-                  metrics=[MiningStatistics(loss_object)])
-    batches = ClassBalancedBatches(split["x_train"], split["y_train"], classes, per_class,
-                                   seed=seed)
+    model.compile(keras.optimizers.Adam(1e-3), loss_object, metrics=[MiningStatistics(loss_object)])
+    batches = ClassBalancedBatches(
+        split["x_train"], split["y_train"], classes, per_class, seed=seed
+    )
     # Only MAP@R on the progress bar: every metric would make the line wrap.
-    retrieval = RetrievalMetricsCallback(split["x_test"], split["y_test"], distance=distance,
-                                         log_metrics=["map@r"])
+    retrieval = RetrievalMetricsCallback(
+        split["x_test"], split["y_test"], distance=distance, log_metrics=["map@r"]
+    )
     fit_started = time.perf_counter()
-    history = model.fit(batches, epochs=epochs, shuffle=False, verbose=verbose,
-                        callbacks=[retrieval]).history
+    history = model.fit(
+        batches, epochs=epochs, shuffle=False, verbose=verbose, callbacks=[retrieval]
+    ).history
     train_seconds = time.perf_counter() - fit_started
     trained = {name: values[-1] for name, values in retrieval.history.items()}
 
@@ -132,19 +155,38 @@ def run(loss="semihard", distance="cosine", epochs=20, batch_size=120, out="demo
     for line in format_table({"raw features": raw, "trained embedding": trained}):
         echo(line)
     gain = trained["map@r"] - raw["map@r"]
-    echo(f"MAP@R {raw['map@r']:.3f} -> {trained['map@r']:.3f} ({gain:+.3f}) after {epochs} "
-         f"epochs; training + evaluation took {time.perf_counter() - started:.1f} s")
+    echo(
+        f"MAP@R {raw['map@r']:.3f} -> {trained['map@r']:.3f} ({gain:+.3f}) after {epochs} "
+        f"epochs; training + evaluation took {time.perf_counter() - started:.1f} s"
+    )
 
     result = {
-        "data": dataset.description, "loss": loss, "distance": distance, "epochs": epochs,
-        "batch": [classes, per_class], "seed": seed, "memory": memory,
+        "data": dataset.description,
+        "loss": loss,
+        "distance": distance,
+        "epochs": epochs,
+        "batch": [classes, per_class],
+        "seed": seed,
+        "memory": memory,
         "backend": keras.backend.backend(),
-        "raw": raw, "trained": trained, "history": history, "train_seconds": train_seconds,
+        "raw": raw,
+        "trained": trained,
+        "history": history,
+        "train_seconds": train_seconds,
     }
     embeddings = keras.ops.convert_to_numpy(model.predict(split["x_test"], verbose=0))
-    result["files"] = _write_outputs(out, split, embeddings, dataset.class_names, raw["map@r"],
-                                     retrieval, history["loss"], history["active_triplets"],
-                                     map_method, seed)
+    result["files"] = _write_outputs(
+        out,
+        split,
+        embeddings,
+        dataset.class_names,
+        raw["map@r"],
+        retrieval,
+        history["loss"],
+        history["active_triplets"],
+        map_method,
+        seed,
+    )
     result["total_seconds"] = time.perf_counter() - started
     with open(result["files"][-1], "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=1)
@@ -160,11 +202,14 @@ def check_demo_extras():
 
     >>> check_demo_extras()  # both installed: nothing to say
     """
-    missing = [package for module, package in EXTRAS.items()
-               if importlib.util.find_spec(module) is None]
+    missing = [
+        package for module, package in EXTRAS.items() if importlib.util.find_spec(module) is None
+    ]
     if missing:
-        raise datasets.DataError(f"the demo needs scikit-learn and matplotlib (missing: "
-                                 f'{", ".join(missing)}): pip install "triplet-tools[demo]"')
+        raise datasets.DataError(
+            f"the demo needs scikit-learn and matplotlib (missing: "
+            f'{", ".join(missing)}): pip install "triplet-tools[demo]"'
+        )
 
 
 def prepare_output_folder(out):
@@ -184,21 +229,24 @@ def prepare_output_folder(out):
     """
     path = os.path.abspath(os.fspath(out))
     if os.path.exists(path) and not os.path.isdir(path):
-        raise datasets.DataError(f"--out {out}: an existing file, not a folder; give a folder "
-                                 "(created if missing)")
+        raise datasets.DataError(
+            f"--out {out}: an existing file, not a folder; give a folder (created if missing)"
+        )
     above = path
     while not os.path.exists(above):
         above = os.path.dirname(above)
     if not os.path.isdir(above):
-        raise datasets.DataError(f"--out {out}: {above} is a file, so no folder can be made "
-                                 "under it")
+        raise datasets.DataError(
+            f"--out {out}: {above} is a file, so no folder can be made under it"
+        )
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:
-        raise datasets.DataError(f"--out {out}: cannot create the folder or write in it "
-                                 f"({error.strerror or error})") from None
+        raise datasets.DataError(
+            f"--out {out}: cannot create the folder or write in it ({error.strerror or error})"
+        ) from None
 
 
 def build_model(input_dim, seed=0):
@@ -208,12 +256,14 @@ def build_model(input_dim, seed=0):
     ``keras.utils.set_random_seed``, which also imports TensorFlow when it is installed.
     """
     init = lambda layer: keras.initializers.GlorotUniform(seed=seed * 3 + layer)  # noqa: E731
-    return keras.Sequential([
-        keras.Input((input_dim,)),
-        keras.layers.Dense(128, activation="relu", kernel_initializer=init(0)),
-        keras.layers.Dense(128, activation="relu", kernel_initializer=init(1)),
-        L2Embedding(EMBEDDING_DIM, kernel_initializer=init(2)),
-    ])
+    return keras.Sequential(
+        [
+            keras.Input((input_dim,)),
+            keras.layers.Dense(128, activation="relu", kernel_initializer=init(0)),
+            keras.layers.Dense(128, activation="relu", kernel_initializer=init(1)),
+            L2Embedding(EMBEDDING_DIM, kernel_initializer=init(2)),
+        ]
+    )
 
 
 def batch_shape(batch_size, num_classes):
@@ -227,8 +277,9 @@ def batch_shape(batch_size, num_classes):
     ((10, 12), (32, 4), (2, 3))
     """
     if batch_size < 4:
-        raise datasets.DataError(f"--batch-size must be at least 4 (2 classes x 2 samples); "
-                                 f"received {batch_size}")
+        raise datasets.DataError(
+            f"--batch-size must be at least 4 (2 classes x 2 samples); received {batch_size}"
+        )
     classes = min(num_classes, max(2, batch_size // 4))
     return classes, batch_size // classes
 
@@ -266,27 +317,45 @@ def _split(dataset, seed):
         raise datasets.DataError(
             f"too few classes to train: {trainable} class(es) have 2 or more training samples "
             f"after holding out {HOLDOUT_FRACTION:.0%}; need at least 2 (give every class 4 or "
-            "more samples)")
+            "more samples)"
+        )
     if not np.any(_repeated(y_test)):
         raise datasets.DataError(
             f"no class has 2 or more samples in the held-out {HOLDOUT_FRACTION:.0%}, so "
-            "retrieval cannot be measured; give every class 5 or more samples")
+            "retrieval cannot be measured; give every class 5 or more samples"
+        )
     mean, scale = x_train.mean(axis=0), x_train.std(axis=0)
     scale[scale == 0] = 1.0  # constant features (digits' blank border pixels)
     standardise = lambda x: ((x - mean) / scale).astype("float32")  # noqa: E731
-    return {"x_train": standardise(x_train), "y_train": y_train,
-            "raw_test": dataset.x[held_out], "x_test": standardise(dataset.x[held_out]),
-            "y_test": y_test, "trainable_classes": trainable}
+    return {
+        "x_train": standardise(x_train),
+        "y_train": y_train,
+        "raw_test": dataset.x[held_out],
+        "x_test": standardise(dataset.x[held_out]),
+        "y_test": y_test,
+        "trainable_classes": trainable,
+    }
 
 
-def _write_outputs(out, split, embeddings, class_names, raw_map_at_r, retrieval, loss, active,
-                   map_method, seed):
+def _write_outputs(
+    out, split, embeddings, class_names, raw_map_at_r, retrieval, loss, active, map_method, seed
+):
     """Writes the two pictures; returns their paths and that of metrics.json (written last)."""
-    files = [os.path.join(out, name) for name in
-             ("embedding_map.png", "training_curves.png", "metrics.json")]
-    plots.embedding_map(split["raw_test"], embeddings, split["y_test"], class_names,
-                        (raw_map_at_r, retrieval.history["map@r"][-1]), files[0], map_method,
-                        seed)
-    plots.training_curves(retrieval.epochs, loss, active, retrieval.history["map@r"],
-                          raw_map_at_r, files[1])
+    files = [
+        os.path.join(out, name)
+        for name in ("embedding_map.png", "training_curves.png", "metrics.json")
+    ]
+    plots.embedding_map(
+        split["raw_test"],
+        embeddings,
+        split["y_test"],
+        class_names,
+        (raw_map_at_r, retrieval.history["map@r"][-1]),
+        files[0],
+        map_method,
+        seed,
+    )
+    plots.training_curves(
+        retrieval.epochs, loss, active, retrieval.history["map@r"], raw_map_at_r, files[1]
+    )
     return files

@@ -88,9 +88,11 @@ def load_file(path, label_column="label"):
     elif extension == ".csv":
         x, y = _read_csv(path, label_column)
     else:
-        raise DataError(f"{path}: unsupported file type {extension or '(none)'!r}; "
-                        "use .npz (arrays x and y) or .csv (a header row and a "
-                        f"{label_column!r} column)")
+        raise DataError(
+            f"{path}: unsupported file type {extension or '(none)'!r}; "
+            "use .npz (arrays x and y) or .csv (a header row and a "
+            f"{label_column!r} column)"
+        )
     return _dataset(x, y, os.path.basename(path), source=path)
 
 
@@ -108,7 +110,7 @@ def holdout_split(labels, fraction=0.3, seed=0):
     held_out = np.zeros(len(labels), bool)
     for label in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == label))
-        held_out[members[:int(round(fraction * len(members)))]] = True
+        held_out[members[: int(round(fraction * len(members)))]] = True
     return held_out
 
 
@@ -119,8 +121,10 @@ def _read_npz(path):
         with np.load(path, allow_pickle=False) as arrays:
             missing = [name for name in ("x", "y") if name not in arrays.files]
             if missing:
-                raise DataError(f"{path}: no array named {' or '.join(map(repr, missing))} "
-                                f"(found: {', '.join(arrays.files) or 'none'})")
+                raise DataError(
+                    f"{path}: no array named {' or '.join(map(repr, missing))} "
+                    f"(found: {', '.join(arrays.files) or 'none'})"
+                )
             return arrays["x"], arrays["y"]
     except DataError:
         raise
@@ -138,18 +142,21 @@ def _read_csv(path, label_column):
         raise DataError(f"{path}: the file is empty")
     header = [name.strip() for name in rows[0]]
     if label_column not in header:
-        raise DataError(f"{path}: no column named {label_column!r} in the header row "
-                        f"(found: {', '.join(header)})")
+        raise DataError(
+            f"{path}: no column named {label_column!r} in the header row "
+            f"(found: {', '.join(header)})"
+        )
     named = [column + 1 for column, name in enumerate(header) if name == label_column]
     if len(named) > 1:
-        raise DataError(f"{path}: the header names {label_column!r} {len(named)} times "
-                        f"(columns {', '.join(map(str, named))}); name the label column once")
+        raise DataError(
+            f"{path}: the header names {label_column!r} {len(named)} times "
+            f"(columns {', '.join(map(str, named))}); name the label column once"
+        )
     label_index = header.index(label_column)
     features, labels, overflowing = [], [], []
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != len(header):
-            raise DataError(f"{path}, line {line}: {len(row)} fields, the header has "
-                            f"{len(header)}")
+            raise DataError(f"{path}, line {line}: {len(row)} fields, the header has {len(header)}")
         labels.append(row[label_index].strip())
         values = []
         for column, field in enumerate(row):
@@ -158,15 +165,16 @@ def _read_csv(path, label_column):
             try:
                 values.append(float(field))
             except ValueError:
-                raise DataError(f"{path}, line {line}, column {header[column]!r}: "
-                                f"non-numeric feature {field.strip()!r}") from None
+                raise DataError(
+                    f"{path}, line {line}, column {header[column]!r}: "
+                    f"non-numeric feature {field.strip()!r}"
+                ) from None
             if _FLOAT32_MAX < abs(values[-1]) < np.inf:
                 overflowing.append(f"line {line} column {header[column]!r} = {field.strip()}")
         features.append(values)
     if overflowing:
         raise DataError(_overflow_message(path, overflowing))
-    return np.array(features, np.float64).reshape(len(features), len(header) - 1), \
-        np.array(labels)
+    return np.array(features, np.float64).reshape(len(features), len(header) - 1), np.array(labels)
 
 
 def _dataset(x, y, description, source="data"):
@@ -176,8 +184,10 @@ def _dataset(x, y, description, source="data"):
     except ValueError:
         pass  # reported with x's shape below
     if x.ndim != 2 or y.ndim != 1 or len(x) != len(y) or x.shape[1] == 0:
-        raise DataError(f"{source}: x must be (N, D) with D >= 1 and y (N,); received x of "
-                        f"shape {x.shape} and y of shape {y.shape}")
+        raise DataError(
+            f"{source}: x must be (N, D) with D >= 1 and y (N,); received x of "
+            f"shape {x.shape} and y of shape {y.shape}"
+        )
     if x.dtype.kind not in "fiub":
         raise DataError(f"{source}: x must hold numbers; received dtype {x.dtype}")
     if not np.all(np.isfinite(x)):
@@ -185,16 +195,17 @@ def _dataset(x, y, description, source="data"):
     too_large = np.abs(x) > _FLOAT32_MAX
     if np.any(too_large):
         rows, columns = np.nonzero(too_large)
-        raise DataError(_overflow_message(
-            source, [f"x[{r}, {c}] = {x[r, c]:g}" for r, c in zip(rows, columns)]))
+        raise DataError(
+            _overflow_message(source, [f"x[{r}, {c}] = {x[r, c]:g}" for r, c in zip(rows, columns)])
+        )
     if y.dtype.kind not in "iuUSb" and not (y.dtype.kind == "f" and np.all(y == np.round(y))):
-        raise DataError(f"{source}: y must hold class labels (integers or strings); "
-                        f"received dtype {y.dtype}")
+        raise DataError(
+            f"{source}: y must hold class labels (integers or strings); received dtype {y.dtype}"
+        )
     names, codes = np.unique(y, return_inverse=True)
     if len(names) < 2:
         raise DataError(f"{source}: too few classes: found {len(names)}, need at least 2")
-    return Dataset(x.astype(np.float32), codes.astype(np.int32), tuple(names.tolist()),
-                   description)
+    return Dataset(x.astype(np.float32), codes.astype(np.int32), tuple(names.tolist()), description)
 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -202,8 +213,10 @@ _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 def _overflow_message(source, cells, shown=3):
     more = f" and {len(cells) - shown} more" if len(cells) > shown else ""
-    return (f"{source}: {len(cells)} values overflow float32 (largest {_FLOAT32_MAX:.4g}), "
-            f"which the model computes in: {', '.join(cells[:shown])}{more}")
+    return (
+        f"{source}: {len(cells)} values overflow float32 (largest {_FLOAT32_MAX:.4g}), "
+        f"which the model computes in: {', '.join(cells[:shown])}{more}"
+    )
 
 
 def _first_line(error):

@@ -26,8 +26,10 @@ def project_2d(features, method="tsne", seed=0):
     (40, 2)
     """
     if method not in MAP_METHODS:
-        raise ValueError(f"Unknown map method: received {method!r}; allowed values are "
-                         f"{', '.join(map(repr, MAP_METHODS))}.")
+        raise ValueError(
+            f"Unknown map method: received {method!r}; allowed values are "
+            f"{', '.join(map(repr, MAP_METHODS))}."
+        )
     if method == "pca":
         from sklearn.decomposition import PCA
 
@@ -39,8 +41,9 @@ def project_2d(features, method="tsne", seed=0):
     # One OpenMP thread: on a busy 2-core machine, spinning worker threads made t-SNE of 540
     # points take 15 s instead of 1 s. 500 iterations (not 1000) settle a map this small.
     with threadpool_limits(limits=1):
-        return TSNE(n_components=2, perplexity=perplexity, init="pca", max_iter=500,
-                    random_state=seed).fit_transform(features)
+        return TSNE(
+            n_components=2, perplexity=perplexity, init="pca", max_iter=500, random_state=seed
+        ).fit_transform(features)
 
 
 def embedding_map(raw, trained, labels, class_names, scores, path, method="tsne", seed=0):
@@ -72,16 +75,22 @@ def embedding_map(raw, trained, labels, class_names, scores, path, method="tsne"
         points = project_2d(features, method, seed)
         for label, name in enumerate(class_names):
             chosen = labels == label
-            axis.scatter(points[chosen, 0], points[chosen, 1], s=9, color=colours[label],
-                         label=str(name))
+            axis.scatter(
+                points[chosen, 0], points[chosen, 1], s=9, color=colours[label], label=str(name)
+            )
         axis.set_title(title)
         axis.set_xticks([])
         axis.set_yticks([])
     name = "t-SNE" if method == "tsne" else "PCA"
     figure.suptitle(f"Held-out points, {name} map, one colour per class")
     if len(class_names) <= 20:
-        axes[1].legend(title="class", loc="center left", bbox_to_anchor=(1.0, 0.5),
-                       markerscale=2, frameon=False)
+        axes[1].legend(
+            title="class",
+            loc="center left",
+            bbox_to_anchor=(1.0, 0.5),
+            markerscale=2,
+            frameon=False,
+        )
     figure.savefig(path)
 
 

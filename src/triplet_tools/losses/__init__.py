@@ -3,7 +3,6 @@
 ``SoftNearestNeighborLoss``, ``LiftedStructLoss``)."""
 
 from triplet_tools.losses.base import AnchorTriplets, TripletFamilyLoss
-from triplet_tools.losses.reduction import REDUCTIONS
 from triplet_tools.losses.pair import (
     CircleLoss,
     LiftedStructLoss,
@@ -13,6 +12,7 @@ from triplet_tools.losses.pair import (
 )
 from triplet_tools.losses.pn import PNLoss
 from triplet_tools.losses.priming import PrimingLoss, triplet_batch_priming_loss
+from triplet_tools.losses.reduction import REDUCTIONS
 from triplet_tools.losses.triplet import (
     TripletLoss,
     triplet_batch_all_loss,

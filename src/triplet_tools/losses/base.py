@@ -106,8 +106,9 @@ class TripletFamilyLoss(keras.losses.Loss):
                     f"received dtype={dtype!r}."
                 )
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.rules = mining_rules(distance, positive_mining_strategy, negative_mining_strategy,
-                                  semi_margin)
+        self.rules = mining_rules(
+            distance, positive_mining_strategy, negative_mining_strategy, semi_margin
+        )
         self.block_size = check_int(block_size, "block_size", minimum=1, allow_none=True)
         self.global_mining = check_bool(global_mining, "global_mining")
         self.memory = memory_module.check_memory(memory)
@@ -155,16 +156,29 @@ class TripletFamilyLoss(keras.losses.Loss):
         """``c_a`` of a per-anchor result: 1 for a valid anchor, else 0."""
         return ops.cast(triplets.valid, triplets.loss.dtype)
 
-    def score_set(self, features, labels, reference_features, reference_labels,
-                  anchor_positions, reference_mask):
+    def score_set(
+        self,
+        features,
+        labels,
+        reference_features,
+        reference_labels,
+        anchor_positions,
+        reference_mask,
+    ):
         """Scores anchors against one reference set; returns an :class:`AnchorTriplets`.
 
         The default mines one positive and one negative per anchor and applies
         :meth:`anchor_loss`. ``reference_features`` is ``None`` for in-batch mining.
         """
         mined = mine_features(
-            features, labels, reference_features, reference_labels, anchor_positions,
-            rules=self.rules, reference_mask=reference_mask, block_size=self.block_size,
+            features,
+            labels,
+            reference_features,
+            reference_labels,
+            anchor_positions,
+            rules=self.rules,
+            reference_mask=reference_mask,
+            block_size=self.block_size,
         )
         pool = features if reference_features is None else reference_features
         positives = ops.take(pool, mined.positive, axis=0)
@@ -174,8 +188,9 @@ class TripletFamilyLoss(keras.losses.Loss):
         # A product, not a select: an invalid anchor gets 0 and zero gradient, yet NaN in
         # its embedding still reaches the loss.
         loss = self.anchor_loss(d_ap, d_an) * valid
-        return AnchorTriplets(loss, mined.valid, d_ap, d_an, valid,
-                              ops.cast(loss > 0, features.dtype) * valid)
+        return AnchorTriplets(
+            loss, mined.valid, d_ap, d_an, valid, ops.cast(loss > 0, features.dtype) * valid
+        )
 
     # --- pipeline ------------------------------------------------------------------------
 
@@ -193,8 +208,15 @@ class TripletFamilyLoss(keras.losses.Loss):
             self._memory_layer = memory_module.lookup(self.memory)
         return memory_module.resolve(self._memory_layer or self.memory)
 
-    def anchor_triplets(self, y_true, y_pred, references_=None, reference_labels=None,
-                        anchor_positions=None, reference_mask=None):
+    def anchor_triplets(
+        self,
+        y_true,
+        y_pred,
+        references_=None,
+        reference_labels=None,
+        anchor_positions=None,
+        reference_mask=None,
+    ):
         """Runs the pipeline on explicit references; returns ``(B,)`` :class:`AnchorTriplets`.
 
         Args:
@@ -206,8 +228,13 @@ class TripletFamilyLoss(keras.losses.Loss):
                 references are the batch.
         """
         labels, embeddings = self._inputs(y_true, y_pred)
-        return self._score(labels, embeddings, references.ReferenceSet(
-            None, references_, reference_labels, anchor_positions, reference_mask))
+        return self._score(
+            labels,
+            embeddings,
+            references.ReferenceSet(
+                None, references_, reference_labels, anchor_positions, reference_mask
+            ),
+        )
 
     def _score(self, labels, embeddings, reference_set):
         # Each row is transformed once (normalised, for the normalised distances), with
@@ -219,15 +246,23 @@ class TripletFamilyLoss(keras.losses.Loss):
         if features.shape[0] == 0:
             # An empty batch has no valid anchor: exactly 0, still connected to the input.
             nothing = ops.sum(features, axis=1) * 0
-            return AnchorTriplets(nothing, ops.zeros((0,), "bool"), nothing, nothing,
-                                  nothing, nothing)
+            return AnchorTriplets(
+                nothing, ops.zeros((0,), "bool"), nothing, nothing, nothing, nothing
+            )
         reference_features, reference_labels = None, None
         if reference_set.embeddings is not None:
             reference_features = self.distance.mining_features(
-                ops.cast(ops.convert_to_tensor(reference_set.embeddings), embeddings.dtype))
+                ops.cast(ops.convert_to_tensor(reference_set.embeddings), embeddings.dtype)
+            )
             reference_labels = _inputs.prepare_labels(reference_set.labels)
-        return self.score_set(features, labels, reference_features, reference_labels,
-                              reference_set.positions, reference_set.mask)
+        return self.score_set(
+            features,
+            labels,
+            reference_features,
+            reference_labels,
+            reference_set.positions,
+            reference_set.mask,
+        )
 
     def mine_batch(self, y_true, y_pred, as_last_seen=False):
         """Mines a batch against the references a call of this loss would use.
@@ -241,8 +276,13 @@ class TripletFamilyLoss(keras.losses.Loss):
         return self._mine(labels, embeddings, as_last_seen)
 
     def _mine(self, labels, embeddings, as_last_seen=False):
-        refs = references.gather(labels, embeddings, memory=self._bound_memory(),
-                                 global_mining=self.global_mining, as_last_seen=as_last_seen)
+        refs = references.gather(
+            labels,
+            embeddings,
+            memory=self._bound_memory(),
+            global_mining=self.global_mining,
+            as_last_seen=as_last_seen,
+        )
         triplets = _concatenate([self._score(labels, embeddings, s) for s in refs.sets])
         return triplets, refs
 
@@ -260,16 +300,21 @@ class TripletFamilyLoss(keras.losses.Loss):
         """
         with keras.name_scope(self.name):
             labels, embeddings = self._inputs(y_true, y_pred)
-            weights = _inputs.sample_weights(sample_weight, embeddings.shape[0],
-                                             embeddings.dtype)
+            weights = _inputs.sample_weights(sample_weight, embeddings.shape[0], embeddings.dtype)
             triplets, refs = self._mine(labels, embeddings)
             for metric in self._statistics:
                 metric.accumulate(triplets)
             if refs.record is not None:
                 refs.record()
             loss = reduction_module.reduce(
-                triplets.loss, triplets.count, weights, self.reduction,
-                sum_across=refs.sum_across, scale=refs.scale, mean_scale=refs.mean_scale)
+                triplets.loss,
+                triplets.count,
+                weights,
+                self.reduction,
+                sum_across=refs.sum_across,
+                scale=refs.scale,
+                mean_scale=refs.mean_scale,
+            )
             return ops.cast(loss, self.dtype)
 
     # --- config --------------------------------------------------------------------------

@@ -37,9 +37,15 @@ class PairLoss(TripletFamilyLoss):
     parameters: tuple[str, ...] = ()
 
     def __init__(self, distance, name, reduction="sum_over_batch_size", **kwargs):
-        super().__init__(distance=distance, positive_mining_strategy="all",
-                         negative_mining_strategy="all", semi_margin=0.0, name=name,
-                         reduction=reduction, **kwargs)
+        super().__init__(
+            distance=distance,
+            positive_mining_strategy="all",
+            negative_mining_strategy="all",
+            semi_margin=0.0,
+            name=name,
+            reduction=reduction,
+            **kwargs,
+        )
 
     def row_loss(self, block):
         """``(l_a, c_a, valid)`` for a :class:`~triplet_tools.mining.pairs.PairBlock`."""
@@ -51,20 +57,42 @@ class PairLoss(TripletFamilyLoss):
         # A product, not a select: NaN in the anchor's own embedding reaches its loss.
         loss = loss * valid_f + nan_if_not_finite(block.anchors)
         kept = ops.cast(block.positive, block.distances.dtype)
-        mean_positive = (ops.sum(ops.stop_gradient(block.distances) * kept, axis=1)
-                         / ops.maximum(ops.sum(kept, axis=1), 1))
+        mean_positive = ops.sum(ops.stop_gradient(block.distances) * kept, axis=1) / ops.maximum(
+            ops.sum(kept, axis=1), 1
+        )
         kept = ops.cast(block.negative, block.distances.dtype)
-        mean_negative = (ops.sum(ops.stop_gradient(block.distances) * kept, axis=1)
-                         / ops.maximum(ops.sum(kept, axis=1), 1))
-        return (loss, count * valid_f, valid, ops.cast(loss > 0, loss.dtype) * valid_f,
-                mean_positive, mean_negative)
+        mean_negative = ops.sum(ops.stop_gradient(block.distances) * kept, axis=1) / ops.maximum(
+            ops.sum(kept, axis=1), 1
+        )
+        return (
+            loss,
+            count * valid_f,
+            valid,
+            ops.cast(loss > 0, loss.dtype) * valid_f,
+            mean_positive,
+            mean_negative,
+        )
 
-    def score_set(self, features, labels, reference_features, reference_labels,
-                  anchor_positions, reference_mask):
+    def score_set(
+        self,
+        features,
+        labels,
+        reference_features,
+        reference_labels,
+        anchor_positions,
+        reference_mask,
+    ):
         loss, count, valid, active, d_ap, d_an = pairs.score_pairs(
-            features, labels, reference_features, reference_labels, anchor_positions,
-            reference_mask, distance=self.distance, row_function=self._row,
-            rows=self.block_size)
+            features,
+            labels,
+            reference_features,
+            reference_labels,
+            anchor_positions,
+            reference_mask,
+            distance=self.distance,
+            row_function=self._row,
+            rows=self.block_size,
+        )
         return AnchorTriplets(loss, valid, d_ap, d_an, count, active)
 
     def get_config(self):
@@ -119,9 +147,18 @@ class MultiSimilarityLoss(PairLoss):
 
     parameters = ("alpha", "beta", "epsilon", "lmda", "center")
 
-    def __init__(self, distance="cosine", alpha=2.0, beta=40.0, epsilon=0.1, lmda=0.5,
-                 center=1.0, name="MultiSimilarityLoss", reduction="sum_over_batch_size",
-                 **kwargs):
+    def __init__(
+        self,
+        distance="cosine",
+        alpha=2.0,
+        beta=40.0,
+        epsilon=0.1,
+        lmda=0.5,
+        center=1.0,
+        name="MultiSimilarityLoss",
+        reduction="sum_over_batch_size",
+        **kwargs,
+    ):
         self.alpha = check_number(alpha, "alpha", positive=True)
         self.beta = check_number(beta, "beta", positive=True)
         self.epsilon = check_number(epsilon, "epsilon", minimum=0)
@@ -135,9 +172,11 @@ class MultiSimilarityLoss(PairLoss):
         nearest_negative = ops.min(ops.where(block.negative, fixed, float("inf")), axis=1)
         farthest_positive = ops.max(ops.where(block.positive, fixed, -float("inf")), axis=1)
         hard_positive = ops.logical_and(
-            block.positive, fixed > (nearest_negative - self.epsilon)[:, None])
+            block.positive, fixed > (nearest_negative - self.epsilon)[:, None]
+        )
         hard_negative = ops.logical_and(
-            block.negative, fixed < (farthest_positive + self.epsilon)[:, None])
+            block.negative, fixed < (farthest_positive + self.epsilon)[:, None]
+        )
         valid = ops.logical_and(ops.any(hard_positive, axis=1), ops.any(hard_negative, axis=1))
         similarity = d + self.lmda - self.center
         positive_term = ops.softplus(masked_logsumexp(self.alpha * similarity, hard_positive))
@@ -182,8 +221,15 @@ class CircleLoss(PairLoss):
 
     parameters = ("gamma", "margin")
 
-    def __init__(self, distance="cosine", gamma=80.0, margin=0.4, name="CircleLoss",
-                 reduction="sum_over_batch_size", **kwargs):
+    def __init__(
+        self,
+        distance="cosine",
+        gamma=80.0,
+        margin=0.4,
+        name="CircleLoss",
+        reduction="sum_over_batch_size",
+        **kwargs,
+    ):
         self.gamma = check_number(gamma, "gamma", positive=True)
         self.margin = check_number(margin, "margin", minimum=0)
         super().__init__(distance, name, reduction, **kwargs)
@@ -194,8 +240,7 @@ class CircleLoss(PairLoss):
         alpha_p = ops.relu(fixed + self.margin)
         alpha_n = ops.relu(1 + self.margin - fixed)
         positive = masked_logsumexp(self.gamma * alpha_p * (d - self.margin), block.positive)
-        negative = masked_logsumexp(self.gamma * alpha_n * (1 - self.margin - d),
-                                    block.negative)
+        negative = masked_logsumexp(self.gamma * alpha_n * (1 - self.margin - d), block.negative)
         valid = _valid(block)
         # Both terms are finite on valid anchors; elsewhere -inf + x must not become NaN.
         total = ops.where(valid, positive + negative, 0)
@@ -235,8 +280,14 @@ class SoftNearestNeighborLoss(PairLoss):
 
     parameters = ("temperature",)
 
-    def __init__(self, distance="squared_euclidean", temperature=1.0,
-                 name="SoftNearestNeighborLoss", reduction="sum_over_batch_size", **kwargs):
+    def __init__(
+        self,
+        distance="squared_euclidean",
+        temperature=1.0,
+        name="SoftNearestNeighborLoss",
+        reduction="sum_over_batch_size",
+        **kwargs,
+    ):
         self.temperature = check_number(temperature, "temperature", positive=True)
         super().__init__(distance, name, reduction, **kwargs)
 
@@ -282,8 +333,14 @@ class LiftedStructLoss(PairLoss):
 
     parameters = ("margin",)
 
-    def __init__(self, margin=1.0, distance="euclidean", name="LiftedStructLoss",
-                 reduction="sum_over_batch_size", **kwargs):
+    def __init__(
+        self,
+        margin=1.0,
+        distance="euclidean",
+        name="LiftedStructLoss",
+        reduction="sum_over_batch_size",
+        **kwargs,
+    ):
         self.margin = check_number(margin, "margin", minimum=0)
         super().__init__(distance, name, reduction, **kwargs)
         self._reference_terms = None
@@ -302,8 +359,15 @@ class LiftedStructLoss(PairLoss):
         count = ops.sum(ops.cast(block.positive, loss.dtype), axis=1)
         return loss, count, _valid(block)
 
-    def score_set(self, features, labels, reference_features, reference_labels,
-                  anchor_positions, reference_mask):
+    def score_set(
+        self,
+        features,
+        labels,
+        reference_features,
+        reference_labels,
+        anchor_positions,
+        reference_mask,
+    ):
         in_batch = reference_features is None
         references = features if in_batch else reference_features
         if in_batch:
@@ -316,11 +380,24 @@ class LiftedStructLoss(PairLoss):
         finite = ops.all(ops.isfinite(ops.stop_gradient(references)), axis=-1)
         references = ops.where(finite[:, None], references, ops.zeros_like(references))
         (self._reference_terms,) = pairs.score_pairs(
-            references, reference_labels, None if in_batch else references,
-            None if in_batch else reference_labels, positions, reference_mask,
-            distance=self.distance, row_function=self._negative_term, rows=self.block_size)
+            references,
+            reference_labels,
+            None if in_batch else references,
+            None if in_batch else reference_labels,
+            positions,
+            reference_mask,
+            distance=self.distance,
+            row_function=self._negative_term,
+            rows=self.block_size,
+        )
         try:
-            return super().score_set(features, labels, reference_features, reference_labels,
-                                     anchor_positions, reference_mask)
+            return super().score_set(
+                features,
+                labels,
+                reference_features,
+                reference_labels,
+                anchor_positions,
+                reference_mask,
+            )
         finally:
             self._reference_terms = None

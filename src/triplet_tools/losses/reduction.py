@@ -15,7 +15,8 @@ counted gives exactly 0 (or NaN, when an embedding holds NaN: it must reach the 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from triplet_tools._ops import ops
 
@@ -34,10 +35,16 @@ def check_reduction(reduction: Any) -> Any:
     return reduction
 
 
-def reduce(losses: Any, counts: Any, sample_weight: Any = None,
-           reduction: str | None = "sum_over_batch_size", *,
-           sum_across: Callable | None = None, scale: float = 1.0,
-           mean_scale: float = 1.0) -> Any:
+def reduce(
+    losses: Any,
+    counts: Any,
+    sample_weight: Any = None,
+    reduction: str | None = "sum_over_batch_size",
+    *,
+    sum_across: Callable | None = None,
+    scale: float = 1.0,
+    mean_scale: float = 1.0,
+) -> Any:
     """Reduces per-anchor ``L_a`` with counts ``c_a`` (see the module docstring).
 
     Args:

@@ -123,36 +123,67 @@ class TripletLoss(TripletFamilyLoss):
         """``(M, M)`` distances among the references for ``PNLoss``'s ``d(p, n)``; ``None``."""
         return None
 
-    def score_set(self, features, labels, reference_features, reference_labels,
-                  anchor_positions, reference_mask):
+    def score_set(
+        self,
+        features,
+        labels,
+        reference_features,
+        reference_labels,
+        anchor_positions,
+        reference_mask,
+    ):
         if self.rules.per_anchor:
-            triplets = super().score_set(features, labels, reference_features,
-                                         reference_labels, anchor_positions, reference_mask)
+            triplets = super().score_set(
+                features,
+                labels,
+                reference_features,
+                reference_labels,
+                anchor_positions,
+                reference_mask,
+            )
             if self.average == "active" and not self.soft_margin:
                 triplets = triplets._replace(count=triplets.active)
             return triplets
         pool = features if reference_features is None else reference_features
         finite = ops.all(ops.isfinite(ops.stop_gradient(pool)), axis=-1)
         pair_distances = self.reference_pair_distances(
-            ops.where(finite[:, None], pool, ops.zeros_like(pool)))
+            ops.where(finite[:, None], pool, ops.zeros_like(pool))
+        )
         rules = self.rules
 
         def units(block):
             return pairs.triplet_units(
-                block, positive=rules.positive, negative=rules.negative,
-                semi_margin=rules.semi_margin, unit_loss=self.anchor_loss,
-                soft=self.soft_margin, average=self.average,
-                positive_negative_distances=pair_distances)
+                block,
+                positive=rules.positive,
+                negative=rules.negative,
+                semi_margin=rules.semi_margin,
+                unit_loss=self.anchor_loss,
+                soft=self.soft_margin,
+                average=self.average,
+                positive_negative_distances=pair_distances,
+            )
 
         loss, count, valid, active, d_ap, d_an = pairs.score_pairs(
-            features, labels, reference_features, reference_labels, anchor_positions,
-            reference_mask, distance=self.distance, row_function=units,
-            rows=self.block_size, cubic=True)
+            features,
+            labels,
+            reference_features,
+            reference_labels,
+            anchor_positions,
+            reference_mask,
+            distance=self.distance,
+            row_function=units,
+            rows=self.block_size,
+            cubic=True,
+        )
         return AnchorTriplets(loss, valid, d_ap, d_an, count, active)
 
     def get_config(self):
-        return {**super().get_config(), "soft_margin": self.soft_margin, "margin": self.margin,
-                "average": self.average}
+        return {
+            **super().get_config(),
+            "soft_margin": self.soft_margin,
+            "margin": self.margin,
+            "average": self.average,
+        }
 
 
 def triplet_batch_all_loss(margin=1.0, metric="euclidean_norm"):
@@ -185,8 +216,13 @@ def triplet_batch_all_loss(margin=1.0, metric="euclidean_norm"):
     >>> round(float(loss([0, 0, 1], y_pred)), 4)
     0.5
     """
-    return TripletLoss(distance=metric, positive_mining_strategy="all",
-                       negative_mining_strategy="all", margin=margin, average="active")
+    return TripletLoss(
+        distance=metric,
+        positive_mining_strategy="all",
+        negative_mining_strategy="all",
+        margin=margin,
+        average="active",
+    )
 
 
 def triplet_batch_hard_loss(margin=1.0, metric="euclidean_norm"):

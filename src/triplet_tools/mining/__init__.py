@@ -26,8 +26,6 @@ from triplet_tools._validation import check_choice
 from triplet_tools.mining.blocks import auto_block_rows, map_blocks
 from triplet_tools.mining.rules import (
     NEGATIVE_STRATEGIES,
-    PER_ANCHOR_NEGATIVES,
-    PER_ANCHOR_POSITIVES,
     POSITIVE_STRATEGIES,
     MiningRules,
     mining_rules,
@@ -139,8 +137,14 @@ def mine_triplets(
         references = ops.cast(ops.convert_to_tensor(references), anchors.dtype)
         reference_features = rules.distance.mining_features(ops.stop_gradient(references))
     return mine_features(
-        features, anchor_labels, reference_features, reference_labels, anchor_positions,
-        rules=rules, reference_mask=reference_mask, block_size=block_size,
+        features,
+        anchor_labels,
+        reference_features,
+        reference_labels,
+        anchor_positions,
+        rules=rules,
+        reference_mask=reference_mask,
+        block_size=block_size,
     )
 
 
@@ -194,7 +198,8 @@ def mine_features(
         if reference_labels is None:
             raise ValueError("reference_labels are required when references are given.")
         reference_features = ops.stop_gradient(
-            ops.cast(ops.convert_to_tensor(reference_features), features.dtype))
+            ops.cast(ops.convert_to_tensor(reference_features), features.dtype)
+        )
         reference_labels = ops.convert_to_tensor(reference_labels)
         if anchor_positions is None:
             anchor_positions = -ops.ones_like(anchor_labels, dtype="int32")
@@ -212,16 +217,25 @@ def mine_features(
         num_anchors, reference_features.shape[0], features.shape[-1], rules.distance
     )
     if _EAGER_TORCH:
-        return MinedTriplets(*_kernel.mine(
-            features, anchor_labels, anchor_positions, reference_features, reference_labels,
-            reference_mask, rows=rows or num_anchors, rules=rules,
-        ))
+        return MinedTriplets(
+            *_kernel.mine(
+                features,
+                anchor_labels,
+                anchor_positions,
+                reference_features,
+                reference_labels,
+                reference_mask,
+                rows=rows or num_anchors,
+                rules=rules,
+            )
+        )
 
     def mine_block(a, la, pa):
         return _kernel.mine_block(
             a, la, pa, reference_features, reference_labels, reference_mask, rules
         )
 
-    mined = map_blocks(mine_block, (features, anchor_labels, anchor_positions),
-                       rows=rows, pad_values=(0, 0, -1))
+    mined = map_blocks(
+        mine_block, (features, anchor_labels, anchor_positions), rows=rows, pad_values=(0, 0, -1)
+    )
     return MinedTriplets(*mined)

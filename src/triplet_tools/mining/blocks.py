@@ -80,6 +80,4 @@ def map_blocks(fn, arrays, rows, pad_values):
             array = ops.pad(array, widths, constant_values=value)
         blocked.append(ops.reshape(array, (num_blocks, rows, *array.shape[1:])))
     outputs = ops.map(lambda block: tuple(fn(*block)), tuple(blocked))
-    return tuple(
-        ops.reshape(t, (num_blocks * rows, *t.shape[2:]))[:total] for t in outputs
-    )
+    return tuple(ops.reshape(t, (num_blocks * rows, *t.shape[2:]))[:total] for t in outputs)

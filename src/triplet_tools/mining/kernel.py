@@ -27,8 +27,9 @@ def _arg_extreme(values, largest):
     return best, ops.cast(ops.where(first < past_end, first, 0), "int32")
 
 
-def mine_block(anchors, anchor_labels, anchor_positions, references, reference_labels,
-               reference_mask, rules):
+def mine_block(
+    anchors, anchor_labels, anchor_positions, references, reference_labels, reference_mask, rules
+):
     """Mines one block of anchors against all references (see ``mining.rules``); returns
     ``(positive, negative, valid)``, each ``(n,)``."""
     distance = rules.distance

@@ -23,7 +23,8 @@ so NaN reaches only the loss of the anchor that holds it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from triplet_tools._ops import ops
 from triplet_tools.mining.blocks import BLOCK_ELEMENTS, map_blocks
@@ -95,8 +96,19 @@ def _one_hot(index, width):
     return ops.one_hot(index, width) > 0
 
 
-def score_pairs(features, labels, reference_features, reference_labels, anchor_positions,
-                reference_mask, *, distance, row_function, rows=None, cubic=False):
+def score_pairs(
+    features,
+    labels,
+    reference_features,
+    reference_labels,
+    anchor_positions,
+    reference_mask,
+    *,
+    distance,
+    row_function,
+    rows=None,
+    cubic=False,
+):
     """Runs ``row_function`` over row blocks of anchors; returns its per-anchor outputs.
 
     Args:
@@ -125,10 +137,14 @@ def score_pairs(features, labels, reference_features, reference_labels, anchor_p
     elif anchor_positions is None:
         anchor_positions = -ops.ones(ops.shape(labels), dtype="int32")
     labels, reference_labels = common_label_dtype(
-        ops.convert_to_tensor(labels), ops.convert_to_tensor(reference_labels))
+        ops.convert_to_tensor(labels), ops.convert_to_tensor(reference_labels)
+    )
     finite = ops.all(ops.isfinite(ops.stop_gradient(reference_features)), axis=-1)
-    mask = finite if reference_mask is None else ops.logical_and(
-        ops.cast(reference_mask, "bool"), finite)
+    mask = (
+        finite
+        if reference_mask is None
+        else ops.logical_and(ops.cast(reference_mask, "bool"), finite)
+    )
     # Zeroed, not only masked: a NaN row would turn every gradient of a block product NaN.
     clean = ops.where(mask[:, None], reference_features, ops.zeros_like(reference_features))
     reference_index = ops.arange(ops.shape(reference_labels)[0], dtype="int32")
@@ -138,16 +154,20 @@ def score_pairs(features, labels, reference_features, reference_labels, anchor_p
         same = ops.equal(anchor_labels[:, None], reference_labels[None, :])
         kept = mask[None, :]
         positive = ops.logical_and(
-            ops.logical_and(same, kept),
-            ops.not_equal(positions[:, None], reference_index[None, :]))
+            ops.logical_and(same, kept), ops.not_equal(positions[:, None], reference_index[None, :])
+        )
         negative = ops.logical_and(ops.logical_not(same), kept)
         distances = distance.pairwise_features(anchors, clean)
         return row_function(PairBlock(distances, positive, negative, anchors, batch_rows))
 
     if rows is None:
         rows = block_rows(num_anchors, reference_labels.shape[0], cubic)
-    return map_blocks(block, (features, labels, ops.cast(anchor_positions, "int32"), anchor_rows),
-                      rows=rows, pad_values=(0, 0, -1, -1))
+    return map_blocks(
+        block,
+        (features, labels, ops.cast(anchor_positions, "int32"), anchor_rows),
+        rows=rows,
+        pad_values=(0, 0, -1, -1),
+    )
 
 
 def nan_if_not_finite(anchors):
@@ -156,9 +176,17 @@ def nan_if_not_finite(anchors):
     return ops.sum(ops.stop_gradient(anchors), axis=-1) * 0
 
 
-def triplet_units(block: PairBlock, *, positive: str, negative: str, semi_margin: float,
-                  unit_loss: Callable, soft: bool, average: str,
-                  positive_negative_distances: Any = None):
+def triplet_units(
+    block: PairBlock,
+    *,
+    positive: str,
+    negative: str,
+    semi_margin: float,
+    unit_loss: Callable,
+    soft: bool,
+    average: str,
+    positive_negative_distances: Any = None,
+):
     """Per anchor: the units ``(a, p, n)`` of ``TripletLoss`` / ``PNLoss`` with ``"all"``.
 
     ```
@@ -200,15 +228,16 @@ def triplet_units(block: PairBlock, *, positive: str, negative: str, semi_margin
         negatives = _one_hot(chosen, width)[:, None, :]
     else:  # semi-hard, for each unit's own positive
         beyond = ops.logical_and(
-            negatives_of_anchor, fixed[:, None, :] > fixed[:, :, None] + semi_margin)
-        nearest_beyond = _arg(ops.broadcast_to(fixed[:, None, :], ops.shape(beyond)), beyond,
-                              largest=False)
+            negatives_of_anchor, fixed[:, None, :] > fixed[:, :, None] + semi_margin
+        )
+        nearest_beyond = _arg(
+            ops.broadcast_to(fixed[:, None, :], ops.shape(beyond)), beyond, largest=False
+        )
         farthest = _arg(fixed, block.negative, largest=True)
         chosen = ops.where(ops.any(beyond, axis=2), nearest_beyond, farthest[:, None])
         negatives = _one_hot(chosen, width)
 
-    units = ops.logical_and(ops.logical_and(positives[:, :, None], negatives),
-                            valid[:, None, None])
+    units = ops.logical_and(ops.logical_and(positives[:, :, None], negatives), valid[:, None, None])
     d_ap = distances[:, :, None]
     d_an = distances[:, None, :]
     if positive_negative_distances is not None:
@@ -218,8 +247,14 @@ def triplet_units(block: PairBlock, *, positive: str, negative: str, semi_margin
     unit_count = ops.sum(ops.cast(units, distances.dtype), axis=(1, 2))
     active = ops.sum(ops.cast(ops.logical_and(units, losses > 0), distances.dtype), axis=(1, 2))
     count = unit_count if (average == "valid" or soft) else active
-    return (total, count, valid, active,
-            _masked_mean(distances, positives), _masked_mean(distances, block.negative))
+    return (
+        total,
+        count,
+        valid,
+        active,
+        _masked_mean(distances, positives),
+        _masked_mean(distances, block.negative),
+    )
 
 
 def _masked_mean(values, mask):

@@ -59,8 +59,12 @@ class MiningRules(NamedTuple):
         return self.positive in PER_ANCHOR_POSITIVES and self.negative in PER_ANCHOR_NEGATIVES
 
 
-def mining_rules(distance: Any = "euclidean_norm", positive: str = "hard",
-                 negative: str = "semi-hard", semi_margin: float = 0.0) -> MiningRules:
+def mining_rules(
+    distance: Any = "euclidean_norm",
+    positive: str = "hard",
+    negative: str = "semi-hard",
+    semi_margin: float = 0.0,
+) -> MiningRules:
     """Checks and bundles the mining arguments.
 
     Args:
@@ -86,8 +90,9 @@ def mining_rules(distance: Any = "euclidean_norm", positive: str = "hard",
     )
 
 
-def semi_hard_threshold(distance: Any, positive_score: Any, anchors: Any,
-                        semi_margin: float) -> Any:
+def semi_hard_threshold(
+    distance: Any, positive_score: Any, anchors: Any, semi_margin: float
+) -> Any:
     """The mining score of ``d(a, p) + semi_margin`` for each anchor, from ``p``'s score."""
     if semi_margin == 0:
         return positive_score

@@ -28,8 +28,17 @@ from triplet_tools.mining.rules import semi_hard_threshold
 _INF = float("inf")
 
 
-def mine(anchors, anchor_labels, anchor_positions, references, reference_labels,
-         reference_mask, *, rows, rules):
+def mine(
+    anchors,
+    anchor_labels,
+    anchor_positions,
+    references,
+    reference_labels,
+    reference_mask,
+    *,
+    rows,
+    rules,
+):
     """Returns ``(positive, negative, valid)``, each ``(B,)``; see ``mining.mine_triplets``."""
     num_anchors = anchors.shape[0]
     distance = rules.distance
@@ -40,13 +49,24 @@ def mine(anchors, anchor_labels, anchor_positions, references, reference_labels,
             scores = distance.mining_scores(anchors, references)
             if dense:
                 positive, negative, valid = _mine_dense(
-                    scores, anchors, anchor_labels, anchor_positions, reference_labels,
-                    reference_mask, rules)
+                    scores,
+                    anchors,
+                    anchor_labels,
+                    anchor_positions,
+                    reference_labels,
+                    reference_mask,
+                    rules,
+                )
             else:
                 positive, negative, valid = _mine_block(
-                    scores, anchors, anchor_labels, anchor_positions,
+                    scores,
+                    anchors,
+                    anchor_labels,
+                    anchor_positions,
                     _ReferenceClasses(reference_labels, reference_mask),
-                    torch.empty_like(scores), rules)
+                    torch.empty_like(scores),
+                    rules,
+                )
             return positive.to(torch.int32), negative.to(torch.int32), valid
         classes = _ReferenceClasses(reference_labels, reference_mask)
         outputs = (
@@ -59,11 +79,18 @@ def mine(anchors, anchor_labels, anchor_positions, references, reference_labels,
             block = slice(start, start + rows)
             scores = distance.mining_scores(anchors[block], references)
             if buffer is None:
-                buffer = torch.empty((rows, scores.shape[1]), dtype=scores.dtype,
-                                     device=scores.device)
+                buffer = torch.empty(
+                    (rows, scores.shape[1]), dtype=scores.dtype, device=scores.device
+                )
             chosen = _mine_block(
-                scores, anchors[block], anchor_labels[block], anchor_positions[block], classes,
-                buffer[: scores.shape[0]], rules)
+                scores,
+                anchors[block],
+                anchor_labels[block],
+                anchor_positions[block],
+                classes,
+                buffer[: scores.shape[0]],
+                rules,
+            )
             for out, value in zip(outputs, chosen):
                 out[block] = value
     return outputs
@@ -144,8 +171,9 @@ def _set_columns(values, columns, present, fill):
     values[rows[present], columns[present]] = fill
 
 
-def _mine_dense(scores, anchors, anchor_labels, anchor_positions, reference_labels,
-                reference_mask, rules):
+def _mine_dense(
+    scores, anchors, anchor_labels, anchor_positions, reference_labels, reference_mask, rules
+):
     """The rules of ``mining.rules`` with a dense ``(n, M)`` label mask; overwrites
     ``scores``. Row reductions return the first index of ties, as ``_arg_extreme`` does."""
     same = anchor_labels[:, None] == reference_labels[None, :]
@@ -159,8 +187,7 @@ def _mine_dense(scores, anchors, anchor_labels, anchor_positions, reference_labe
     hard_positive = rules.positive == "hard"
     fill = -_INF if hard_positive else _INF
     positive_scores = torch.where(positive_mask, scores, fill)
-    positive_score, positive = (positive_scores.max(1) if hard_positive
-                                else positive_scores.min(1))
+    positive_score, positive = positive_scores.max(1) if hard_positive else positive_scores.min(1)
     has_positive = positive_score != fill
 
     if rules.negative == "hard":
