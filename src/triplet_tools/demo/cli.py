@@ -71,8 +71,9 @@ def build_parser():
         "--loss",
         choices=tuple(demo.LOSSES),
         default="semihard",
-        help="semihard (default), hard (batch-hard), pn, priming, or soft "
-        "(semi-hard with softplus instead of the hinge)",
+        help="semihard (default), hard (batch-hard), pn, priming, soft (semi-hard with "
+        "softplus instead of the hinge), batch-all, tfa-semihard, multi-similarity, circle, "
+        "soft-nn or lifted",
     )
     demo_parser.add_argument(
         "--distance",

@@ -25,7 +25,15 @@ from triplet_tools.demo import data as datasets
 from triplet_tools.demo import pictures as plots
 from triplet_tools.evaluation import RetrievalMetricsCallback, metric_names, retrieval_metrics
 from triplet_tools.layers import L2Embedding
-from triplet_tools.losses import PNLoss, PrimingLoss, TripletLoss
+from triplet_tools.losses import (
+    CircleLoss,
+    LiftedStructLoss,
+    MultiSimilarityLoss,
+    PNLoss,
+    PrimingLoss,
+    SoftNearestNeighborLoss,
+    TripletLoss,
+)
 from triplet_tools.memory import CrossBatchMemory
 from triplet_tools.metrics import MiningStatistics
 from triplet_tools.samplers import ClassBalancedBatches
@@ -48,6 +56,33 @@ LOSSES = {
     "soft": (
         "TripletLoss, hardest positive, semi-hard negative, softplus(d_ap - d_an)",
         lambda **options: TripletLoss(soft_margin=True, **options),
+    ),
+    "batch-all": (
+        "TripletLoss, every triplet, mean over the active ones (batch all != 0), margin 0.5",
+        lambda **options: TripletLoss(
+            positive_mining_strategy="all",
+            negative_mining_strategy="all",
+            average="active",
+            margin=0.5,
+            **options,
+        ),
+    ),
+    "tfa-semihard": (
+        "TripletLoss, every positive pair with its own semi-hard negative (tfa's), margin 0.5",
+        lambda **options: TripletLoss(positive_mining_strategy="all", margin=0.5, **options),
+    ),
+    "multi-similarity": (
+        "MultiSimilarityLoss, alpha 2, beta 40, epsilon 0.1, lambda 0.5",
+        lambda **options: MultiSimilarityLoss(**options),
+    ),
+    "circle": ("CircleLoss, gamma 80, margin 0.4", lambda **options: CircleLoss(**options)),
+    "soft-nn": (
+        "SoftNearestNeighborLoss, temperature 0.1",
+        lambda **options: SoftNearestNeighborLoss(temperature=0.1, **options),
+    ),
+    "lifted": (
+        "LiftedStructLoss, margin 1 (tfa's)",
+        lambda **options: LiftedStructLoss(**options),
     ),
 }
 #: What the demo needs beyond the library (the ``demo`` extra): import name -> package.
