@@ -257,6 +257,116 @@ def triplet_units(
     )
 
 
+def triplet_slots(block: PairBlock, *, positive: str, negative: str, semi_margin: float,
+                  margin: float, soft: bool, average: str):
+    """:func:`triplet_units` for ``TripletLoss`` without the ``n x M x M`` candidates.
+
+    The positives of each anchor are taken one *slot* at a time (slot ``k``: the anchor's
+    ``k``-th positive, in column order; one slot for a hard / easy positive), in a loop of
+    as many steps as the block's largest class has positives. Each step scores that
+    positive's units against the whole row in a few fused passes, and adds to
+    ``W_aj = dL_a / dd(a, j)`` (hinge: active units in which ``j`` is the positive minus those
+    in which it is the negative; soft: the same with ``sigmoid`` weights). The loop runs
+    without gradient; the gradient enters through ``sum_j W_aj (d(a, j) - stop_gradient(d(a, j)))``,
+    which is zero in value and exact in gradient (every unit loss is a function of the
+    distances, and mining is not differentiated).
+
+    Args and returns as for :func:`triplet_units` (``margin`` replaces ``unit_loss``).
+    """
+    distances = block.distances
+    fixed = ops.stop_gradient(distances)
+    dtype = fixed.dtype
+    width = ops.shape(fixed)[1]
+    columns = ops.arange(width, dtype="int32")
+    has_positive = ops.any(block.positive, axis=1)
+    valid = ops.logical_and(has_positive, ops.any(block.negative, axis=1))
+    negative_f = ops.cast(block.negative, dtype)
+    farthest = ops.max(ops.where(block.negative, fixed, -_INF), axis=1)
+    nearest = ops.min(ops.where(block.negative, fixed, _INF), axis=1)
+
+    def column_of(value):
+        """One-hot ``(n, M)`` of the first negative column at distance ``value``."""
+        hit = ops.logical_and(block.negative, ops.equal(fixed, value[:, None]))
+        first = ops.min(ops.where(hit, columns[None, :], width), axis=1)
+        return ops.cast(ops.equal(columns[None, :], first[:, None]), dtype)
+
+    if positive == "all":
+        rank = ops.cumsum(ops.cast(block.positive, "int32"), axis=1)
+        slots = ops.max(rank[:, -1]) if block.positive.shape[0] != 0 else 0
+
+        def selected(k):
+            return ops.logical_and(block.positive, ops.equal(rank, k + 1))
+    else:
+        chosen = _arg(fixed, block.positive, largest=positive == "hard")
+        only = ops.logical_and(_one_hot(chosen, width), has_positive[:, None])
+        slots = 1
+
+        def selected(k):
+            return only
+
+    fixed_negative = None
+    if negative == "hard":
+        fixed_negative = (nearest, column_of(nearest))
+    elif negative == "easy":
+        fixed_negative = (farthest, column_of(farthest))
+
+    def unit(gap):
+        """``(l, dl/dgap)`` of a unit with ``gap = d_ap - d_an``."""
+        if soft:
+            return ops.softplus(gap), ops.sigmoid(gap)
+        shifted = gap + margin
+        return ops.relu(shifted), ops.cast(shifted > 0, dtype)
+
+    def step(k, total, units, active, weights):
+        chosen_f = ops.cast(ops.logical_and(selected(k), valid[:, None]), dtype)
+        present = ops.sum(chosen_f, axis=1)  # 1 where this slot holds a positive, else 0
+        d_ap = ops.sum(chosen_f * fixed, axis=1)
+        if negative == "all":
+            value, slope = unit(d_ap[:, None] - fixed)
+            kept = negative_f * present[:, None]
+            value, slope = value * kept, slope * kept
+            total = total + ops.sum(value, axis=1)
+            units = units + ops.sum(kept, axis=1)
+            active = active + ops.sum(ops.cast(value > 0, dtype), axis=1)
+            weights = weights + chosen_f * ops.sum(slope, axis=1)[:, None] - slope
+        else:
+            if fixed_negative is None:  # semi-hard, from this positive's own distance
+                beyond = ops.logical_and(
+                    block.negative, fixed > (d_ap + semi_margin)[:, None])
+                nearest_beyond = ops.min(ops.where(beyond, fixed, _INF), axis=1)
+                d_an = ops.where(nearest_beyond < _INF, nearest_beyond, farthest)
+                negative_column = column_of(d_an)
+            else:
+                d_an, negative_column = fixed_negative
+            value, slope = unit(d_ap - d_an)
+            value, slope = value * present, slope * present
+            total = total + value
+            units = units + present
+            active = active + ops.cast(value > 0, dtype)
+            weights = weights + (chosen_f - negative_column) * slope[:, None]
+        return total, units, active, weights
+
+    zeros = ops.zeros_like(farthest)
+    state = (zeros, zeros, zeros, ops.zeros_like(fixed))
+    if slots == 1:
+        total, units, active, weights = step(0, *state)
+    else:
+        _, total, units, active, weights = ops.while_loop(
+            lambda k, *_: k < slots,
+            lambda k, *carry: (k + 1, *step(k, *carry)),
+            (ops.convert_to_tensor(0, "int32"), *state),
+        )
+    weights = ops.stop_gradient(weights)
+    loss = (ops.stop_gradient(total) + ops.sum(weights * (distances - fixed), axis=1)
+            + nan_if_not_finite(block.anchors))
+    count = units if (average == "valid" or soft) else active
+    chosen_positive = ops.logical_and(block.positive, valid[:, None])
+    if positive != "all":
+        chosen_positive = ops.logical_and(only, valid[:, None])
+    return (loss, count, valid, active,
+            _masked_mean(distances, chosen_positive), _masked_mean(distances, block.negative))
+
+
 def _masked_mean(values, mask):
     kept = ops.cast(mask, values.dtype)
     return ops.sum(values * kept, axis=1) / ops.maximum(ops.sum(kept, axis=1), 1)
