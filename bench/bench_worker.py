@@ -19,6 +19,7 @@ Example (from a source checkout, in the project's environment)::
 """
 
 import argparse
+import contextlib
 import importlib.metadata
 import json
 import os
@@ -65,10 +66,8 @@ def make_inputs(batch, dim, per_class, seed):
 def _versions(*distributions):
     found = {}
     for name in distributions:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return found
 
 

@@ -1,4 +1,5 @@
-"""A griffe extension: our docstrings read well in ``help()``; this makes them read well on the site.
+"""A griffe extension: our docstrings read well in ``help()``; this makes them read well on the
+site.
 
 The docstrings are written for the terminal and for doctest (``python -m pytest
 --doctest-modules``), with a few reStructuredText habits. Before mkdocstrings parses them

@@ -114,7 +114,8 @@ def files(tmp_path):
         ),
         (
             ["--data", "overflow"],
-            "1 values overflow float32 (largest 3.403e+38), which the model computes in: x[1, 1] = 5e+38",
+            "1 values overflow float32 (largest 3.403e+38), which the model computes in: "
+            "x[1, 1] = 5e+38",
         ),
         (["--data", "folder"], "a_folder is a folder; --data takes a .npz or .csv file"),
     ],

@@ -1,4 +1,5 @@
-"""retrieval_metrics against the brute-force reference, hand-worked cases, blocks, errors, callback."""
+"""retrieval_metrics against the brute-force reference, hand-worked cases, blocks, errors,
+callback."""
 
 import keras
 import numpy as np
@@ -313,7 +314,8 @@ def test_callback_with_reference_set_and_prefix():
         ({"prefix": 3}, r"prefix must be a string; received 3\."),
         (
             {"x": None},
-            r"x must be model inputs: an array or tensor of shape \(N, ...\) or a dict of them; received NoneType None",
+            r"x must be model inputs: an array or tensor of shape \(N, ...\) or a dict of them; "
+            r"received NoneType None",
         ),
         (
             {"x": np.array([[0.0, 1, 2], [3, np.nan, 5], [6, 7, np.inf], [0, 0, 0]])},
@@ -321,7 +323,8 @@ def test_callback_with_reference_set_and_prefix():
         ),
         (
             {"x": {"a": np.zeros((4, 3)), "b": np.zeros((3, 1))}},
-            r"every input must have the same number of rows; received \{'a': shape \(4, 3\), 'b': shape \(3, 1\)\}",
+            r"every input must have the same number of rows; received "
+            r"\{'a': shape \(4, 3\), 'b': shape \(3, 1\)\}",
         ),
         ({"ref_x": None, "ref_y": [0, 1]}, "ref_x and ref_y must be given together"),
         (

@@ -45,7 +45,7 @@ def _data(n=64, dim=6, classes=8, seed=0):
     return x, labels
 
 
-@pytest.mark.parametrize("loss", LOSSES, ids=lambda l: l.name)
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda case: case.name)
 def test_config_round_trip(loss):
     config = loss.get_config()
     assert all(isinstance(v, (str, int, float, bool, type(None))) for v in config.values())
@@ -136,7 +136,8 @@ def test_save_and_load_without_custom_objects(tmp_path):
         x = np.load({str(tmp_path / "x.npy")!r}); y = np.load({str(tmp_path / "y.npy")!r})
         print(json.dumps({{"loss": type(model.loss).__name__, "config": model.loss.get_config(),
                           "eval": float(model.evaluate(x, y, batch_size=64, verbose=0))}}))
-        np.save({str(tmp_path / "pred.npy")!r}, keras.ops.convert_to_numpy(model.predict(x, verbose=0)))
+        pred = keras.ops.convert_to_numpy(model.predict(x, verbose=0))
+        np.save({str(tmp_path / "pred.npy")!r}, pred)
     """)
     out = subprocess.run(
         [sys.executable, "-c", script],

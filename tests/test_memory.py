@@ -138,7 +138,8 @@ def test_fit_fills_the_memory_in_compiled_training_steps(tmp_path):
         import triplet_tools
         model = keras.models.load_model({str(path)!r})
         memory = model.get_layer("xbm")
-        np.save({str(tmp_path / "stored.npy")!r}, keras.ops.convert_to_numpy(memory.embeddings.value))
+        stored = keras.ops.convert_to_numpy(memory.embeddings.value)
+        np.save({str(tmp_path / "stored.npy")!r}, stored)
         assert model.loss.get_config()["memory"] == "xbm"
         x = np.load({str(tmp_path / "x.npy")!r})
         history = model.fit(x, np.arange(48) % 6, batch_size=8, epochs=1, verbose=0)

@@ -165,7 +165,8 @@ def test_fit_trains_on_a_new_complete_table_every_epoch_and_repeats_with_the_see
         ),
         (
             {"y": np.array([0, 1, 1, 2, 2, 2, 3, 3, 3, 3]) + 0.2},
-            r"y must hold whole-number class ids; received 10 non-integral or non-finite values, e\.g\. 0\.2 at index 0\.",
+            r"y must hold whole-number class ids; received 10 non-integral or non-finite values, "
+            r"e\.g\. 0\.2 at index 0\.",
         ),
         (
             {"y": np.array([0, 1, 1, 2, 2, 2, 3, 3, np.nan, np.nan])},
@@ -177,7 +178,8 @@ def test_fit_trains_on_a_new_complete_table_every_epoch_and_repeats_with_the_see
         ),
         (
             {"x": {"a": np.zeros((10, 2)), "b": np.zeros((9, 1))}},
-            r"x must be a dict of inputs with the same number of rows; received \{'a': 10, 'b': 9\}",
+            r"x must be a dict of inputs with the same number of rows; "
+            r"received \{'a': 10, 'b': 9\}",
         ),
         ({"x": 3}, r"x must be an array of N inputs \(or a dict of them\); received int\."),
     ],

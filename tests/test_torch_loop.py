@@ -36,7 +36,7 @@ def test_plain_torch_loop_trains_and_matches_reference_gradient():
     np.testing.assert_allclose(embeddings.grad.numpy(), want, rtol=1e-3, atol=2e-5)
 
     losses = []
-    for epoch in range(15):
+    for _epoch in range(15):
         for start in range(0, 64, 32):
             optimizer.zero_grad()
             loss = loss_fn(labels[start : start + 32], model(x[start : start + 32]))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from numbers import Integral, Real
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import numpy as np
 
@@ -31,6 +31,14 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, Integral) and not isinstance(value, bool)
 
 
+@overload
+def check_int(
+    value: Any, argument: str, *, minimum: int | None = ..., allow_none: Literal[False] = ...
+) -> int: ...
+@overload
+def check_int(
+    value: Any, argument: str, *, minimum: int | None = ..., allow_none: bool
+) -> int | None: ...
 def check_int(
     value: Any, argument: str, *, minimum: int | None = None, allow_none: bool = False
 ) -> int | None:
@@ -63,7 +71,8 @@ def check_number(
         raise ValueError(f"{argument} must be a number; received {value!r}.")
     if not math.isfinite(value):
         raise ValueError(f"{argument} must be finite; received {argument}={value!r}.")
-    if positive and not value > 0:
+    # value is finite here, so <= 0 is exactly not > 0 (numbers.Real declares no __gt__).
+    if positive and value <= 0:
         raise ValueError(f"{argument} must be > 0; received {argument}={value!r}.")
     if minimum is not None and value < minimum:
         raise ValueError(f"{argument} must be >= {minimum:g}; received {argument}={value!r}.")
@@ -139,10 +148,11 @@ def check_class_ids(labels: np.ndarray, argument: str = "y") -> np.ndarray:
 
     >>> check_class_ids(np.array([1.0, 2.0, 1.0])).tolist()
     [1.0, 2.0, 1.0]
-    >>> check_class_ids(np.array([0.2, 0.7]))
+    >>> check_class_ids(np.array([0.2, 0.7]))  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
         ...
-    ValueError: y must hold whole-number class ids; received 2 non-integral or non-finite values, e.g. 0.2 at index 0.
+    ValueError: y must hold whole-number class ids; received 2 non-integral or non-finite values,
+    e.g. 0.2 at index 0.
     """
     kind = labels.dtype.kind
     if kind in "iub":

@@ -164,7 +164,8 @@ class Distance:
     materializes_differences = False
 
     def pairwise(self, x, y):
-        """Distance of every row of ``x`` ``(n, D)`` to every row of ``y`` ``(m, D)``: ``(n, m)``."""
+        """Distance of every row of ``x`` ``(n, D)`` to every row of ``y`` ``(m, D)``:
+        ``(n, m)``."""
         raise NotImplementedError(
             f"{type(self).__name__} must implement pairwise(x, y) -> (n, m) distances."
         )
@@ -205,7 +206,8 @@ class Distance:
         return scores
 
     def distance_to_score(self, distances, anchors):
-        """Maps one distance per anchor ``(n,)`` (possibly negative) to the score scale, monotonically."""
+        """Maps one distance per anchor ``(n,)`` (possibly negative) to the score scale,
+        monotonically."""
         return distances
 
     def get_config(self):

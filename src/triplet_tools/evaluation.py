@@ -434,8 +434,8 @@ class RetrievalMetricsCallback(keras.callbacks.Callback):
             raise ValueError(
                 f"log_metrics must name some of {', '.join(names)}; received {log_metrics!r}."
             )
-        self.epochs = []
-        self.history = {name: [] for name in metric_names(self.k)}
+        self.epochs: list[int] = []
+        self.history: dict[str, list[float]] = {name: [] for name in metric_names(self.k)}
 
     def on_train_begin(self, logs=None):
         self.epochs = []

@@ -22,6 +22,7 @@ just built), so two models loaded from one file each keep their own memory.
 """
 
 import weakref
+from typing import Any
 
 import keras
 from keras import ops
@@ -30,7 +31,7 @@ from triplet_tools._inputs import backend_has_int64
 from triplet_tools._validation import check_int
 
 # Layers by name, so a deserialised loss can find the memory of the model loaded with it.
-_LAYERS = weakref.WeakValueDictionary()
+_LAYERS: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
 
 @keras.saving.register_keras_serializable(package="triplet_tools")

@@ -160,7 +160,7 @@ def _count_rows(x):
     if len(set(sizes.values())) != 1:
         raise ValueError(
             "x must be a dict of inputs with the same number of rows; received "
-            f"{'no inputs' if not sizes else sizes}."
+            f"{sizes if sizes else 'no inputs'}."
         )
     return next(iter(sizes.values()))
 

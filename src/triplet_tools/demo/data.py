@@ -13,6 +13,7 @@ Labels are mapped to ``0 .. C-1`` in sorted order; :attr:`Dataset.class_names` k
 originals.
 """
 
+import contextlib
 import csv
 import os
 import zipfile
@@ -179,10 +180,8 @@ def _read_csv(path, label_column):
 
 def _dataset(x, y, description, source="data"):
     x, y = np.asarray(x), np.asarray(y)
-    try:
+    with contextlib.suppress(ValueError):  # reported with x's shape below
         y = as_label_vector(y)
-    except ValueError:
-        pass  # reported with x's shape below
     if x.ndim != 2 or y.ndim != 1 or len(x) != len(y) or x.shape[1] == 0:
         raise DataError(
             f"{source}: x must be (N, D) with D >= 1 and y (N,); received x of "

@@ -118,7 +118,7 @@ class TripletFamilyLoss(keras.losses.Loss):
         self._explicit_dtype = dtype
         # MiningStatistics metrics that receive what each call mined (see report_to); weak,
         # and not a list, so that saving does not walk loss -> metric -> loss forever.
-        self._statistics = weakref.WeakSet()
+        self._statistics: weakref.WeakSet[Any] = weakref.WeakSet()
 
     def report_to(self, metric):
         """Hands every later call's mined :class:`AnchorTriplets` to ``metric.accumulate``."""

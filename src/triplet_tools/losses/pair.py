@@ -11,6 +11,8 @@ the average.
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 
 from triplet_tools._ops import ops
@@ -343,7 +345,8 @@ class LiftedStructLoss(PairLoss):
     ):
         self.margin = check_number(margin, "margin", minimum=0)
         super().__init__(distance, name, reduction, **kwargs)
-        self._reference_terms = None
+        # A backend tensor (typed Any) while a call scores references, else None.
+        self._reference_terms: Any = None
 
     def _negative_term(self, block):
         term = masked_logsumexp(self.margin - block.distances, block.negative)

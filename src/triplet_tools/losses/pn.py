@@ -38,8 +38,31 @@ class PNLoss(TripletLoss):
         convolutional neural networks", BMVC 2016.
     """
 
-    def __init__(self, *args, name="PNLoss", **kwargs):
-        super().__init__(*args, name=name, **kwargs)
+    def __init__(
+        self,
+        distance="cosine",
+        positive_mining_strategy="hard",
+        negative_mining_strategy="semi-hard",
+        soft_margin=False,
+        margin=1.0,
+        semi_margin=0.0,
+        name="PNLoss",
+        reduction="sum_over_batch_size",
+        average="valid",
+        **kwargs,
+    ):
+        super().__init__(
+            distance=distance,
+            positive_mining_strategy=positive_mining_strategy,
+            negative_mining_strategy=negative_mining_strategy,
+            soft_margin=soft_margin,
+            margin=margin,
+            semi_margin=semi_margin,
+            name=name,
+            reduction=reduction,
+            average=average,
+            **kwargs,
+        )
 
     def reference_pair_distances(self, references):
         return self.distance.pairwise_features(references, references)

@@ -1,4 +1,5 @@
-"""Priming loss (triplet-tools 0.2.3): pull the hardest positive in, push the hardest negative away."""
+"""Priming loss (triplet-tools 0.2.3): pull the hardest positive in, push the hardest negative
+away."""
 
 import keras
 

@@ -36,7 +36,7 @@ _EAGER_TORCH = keras.backend.backend() == "torch"
 if _EAGER_TORCH:
     import torch
 
-    from triplet_tools.mining import torch_kernel as _kernel
+    from triplet_tools.mining import torch_kernel as _torch_kernel
 
     _compiling = torch.compiler.is_compiling
 else:
@@ -218,7 +218,7 @@ def mine_features(
     )
     if _EAGER_TORCH:
         return MinedTriplets(
-            *_kernel.mine(
+            *_torch_kernel.mine(
                 features,
                 anchor_labels,
                 anchor_positions,

@@ -16,8 +16,8 @@ passes to the few that need all scores:
   cost there is the number of ops, not the passes, so :func:`_mine_dense` builds the
   ``(n, M)`` label mask and mines in about fifteen ops.
 
-It selects what the ``keras.ops`` kernel (``mining.kernel``) selects (ties aside); the tests hold both to the
-same brute-force reference.
+It selects what the ``keras.ops`` kernel (``mining.kernel``) selects (ties aside); the tests
+hold both to the same brute-force reference.
 """
 
 import torch
