@@ -89,9 +89,9 @@ def safe_sqrt(x):
     [2.0, 0.0, 0.0, nan]
     """
     positive = x > 0
-    # x * 0 is 0 for the non-positive (rounding noise) entries, with gradient 0, and NaN
+    # |x| * 0 is +0 for the non-positive (rounding noise) entries, with gradient 0, and NaN
     # for NaN, which must reach the loss.
-    return ops.where(positive, ops.sqrt(ops.where(positive, x, ops.ones_like(x))), x * 0)
+    return ops.where(positive, ops.sqrt(ops.where(positive, x, ops.ones_like(x))), ops.abs(x) * 0)
 
 
 #: Products of at most this many entries use ``matmul`` on torch (see :func:`gram`).

@@ -257,8 +257,16 @@ def triplet_units(
     )
 
 
-def triplet_slots(block: PairBlock, *, positive: str, negative: str, semi_margin: float,
-                  margin: float, soft: bool, average: str):
+def triplet_slots(
+    block: PairBlock,
+    *,
+    positive: str,
+    negative: str,
+    semi_margin: float,
+    margin: float,
+    soft: bool,
+    average: str,
+):
     """:func:`triplet_units` for ``TripletLoss`` without the ``n x M x M`` candidates.
 
     The positives of each anchor are taken one *slot* at a time (slot ``k``: the anchor's
@@ -331,8 +339,7 @@ def triplet_slots(block: PairBlock, *, positive: str, negative: str, semi_margin
             weights = weights + chosen_f * ops.sum(slope, axis=1)[:, None] - slope
         else:
             if fixed_negative is None:  # semi-hard, from this positive's own distance
-                beyond = ops.logical_and(
-                    block.negative, fixed > (d_ap + semi_margin)[:, None])
+                beyond = ops.logical_and(block.negative, fixed > (d_ap + semi_margin)[:, None])
                 nearest_beyond = ops.min(ops.where(beyond, fixed, _INF), axis=1)
                 d_an = ops.where(nearest_beyond < _INF, nearest_beyond, farthest)
                 negative_column = column_of(d_an)
@@ -357,14 +364,23 @@ def triplet_slots(block: PairBlock, *, positive: str, negative: str, semi_margin
             (ops.convert_to_tensor(0, "int32"), *state),
         )
     weights = ops.stop_gradient(weights)
-    loss = (ops.stop_gradient(total) + ops.sum(weights * (distances - fixed), axis=1)
-            + nan_if_not_finite(block.anchors))
+    loss = (
+        ops.stop_gradient(total)
+        + ops.sum(weights * (distances - fixed), axis=1)
+        + nan_if_not_finite(block.anchors)
+    )
     count = units if (average == "valid" or soft) else active
     chosen_positive = ops.logical_and(block.positive, valid[:, None])
     if positive != "all":
         chosen_positive = ops.logical_and(only, valid[:, None])
-    return (loss, count, valid, active,
-            _masked_mean(distances, chosen_positive), _masked_mean(distances, block.negative))
+    return (
+        loss,
+        count,
+        valid,
+        active,
+        _masked_mean(distances, chosen_positive),
+        _masked_mean(distances, block.negative),
+    )
 
 
 def _masked_mean(values, mask):
