@@ -152,6 +152,17 @@ class TripletLoss(TripletFamilyLoss):
         rules = self.rules
 
         def units(block):
+            if pair_distances is None:  # TripletLoss: one positive slot at a time
+                return pairs.triplet_slots(
+                    block,
+                    positive=rules.positive,
+                    negative=rules.negative,
+                    semi_margin=rules.semi_margin,
+                    margin=self.margin,
+                    soft=self.soft_margin,
+                    average=self.average,
+                )
+            # PNLoss also needs d(p, n) for every unit: the n x M x M candidates.
             return pairs.triplet_units(
                 block,
                 positive=rules.positive,
@@ -173,7 +184,7 @@ class TripletLoss(TripletFamilyLoss):
             distance=self.distance,
             row_function=units,
             rows=self.block_size,
-            cubic=True,
+            cubic=pair_distances is not None,
         )
         return AnchorTriplets(loss, valid, d_ap, d_an, count, active)
 

@@ -299,18 +299,20 @@ def triplet_slots(
         return ops.cast(ops.equal(columns[None, :], first[:, None]), dtype)
 
     if positive == "all":
-        rank = ops.cumsum(ops.cast(block.positive, "int32"), axis=1)
-        slots = ops.max(rank[:, -1]) if block.positive.shape[0] != 0 else 0
-
-        def selected(k):
-            return ops.logical_and(block.positive, ops.equal(rank, k + 1))
+        # Slot k takes the first positive column not taken yet (a cumsum over the row
+        # would do, but XLA's CPU cumsum is quadratic in the row length).
+        remaining = ops.logical_and(block.positive, valid[:, None])
+        slots = ops.max(ops.sum(ops.cast(remaining, "int32"), axis=1))
     else:
         chosen = _arg(fixed, block.positive, largest=positive == "hard")
-        only = ops.logical_and(_one_hot(chosen, width), has_positive[:, None])
+        remaining = ops.logical_and(_one_hot(chosen, width), valid[:, None])
         slots = 1
 
-        def selected(k):
-            return only
+    def take_first(remaining):
+        """``(one-hot of the first remaining column, the rest)``, each ``(n, M)`` bool."""
+        first = ops.min(ops.where(remaining, columns[None, :], width), axis=1)
+        chosen = ops.equal(columns[None, :], first[:, None])
+        return chosen, ops.logical_and(remaining, ops.logical_not(chosen))
 
     fixed_negative = None
     if negative == "hard":
@@ -325,8 +327,9 @@ def triplet_slots(
         shifted = gap + margin
         return ops.relu(shifted), ops.cast(shifted > 0, dtype)
 
-    def step(k, total, units, active, weights):
-        chosen_f = ops.cast(ops.logical_and(selected(k), valid[:, None]), dtype)
+    def step(remaining, total, units, active, weights):
+        chosen, remaining = take_first(remaining)
+        chosen_f = ops.cast(chosen, dtype)
         present = ops.sum(chosen_f, axis=1)  # 1 where this slot holds a positive, else 0
         d_ap = ops.sum(chosen_f * fixed, axis=1)
         if negative == "all":
@@ -351,16 +354,16 @@ def triplet_slots(
             units = units + present
             active = active + ops.cast(value > 0, dtype)
             weights = weights + (chosen_f - negative_column) * slope[:, None]
-        return total, units, active, weights
+        return remaining, total, units, active, weights
 
     zeros = ops.zeros_like(farthest)
-    state = (zeros, zeros, zeros, ops.zeros_like(fixed))
-    if slots == 1:
-        total, units, active, weights = step(0, *state)
+    state = (remaining, zeros, zeros, zeros, ops.zeros_like(fixed))
+    if positive != "all":  # one slot, known while tracing
+        _, total, units, active, weights = step(*state)
     else:
-        _, total, units, active, weights = ops.while_loop(
+        _, _, total, units, active, weights = ops.while_loop(
             lambda k, *_: k < slots,
-            lambda k, *carry: (k + 1, *step(k, *carry)),
+            lambda k, *carry: (k + 1, *step(*carry)),
             (ops.convert_to_tensor(0, "int32"), *state),
         )
     weights = ops.stop_gradient(weights)
@@ -370,9 +373,7 @@ def triplet_slots(
         + nan_if_not_finite(block.anchors)
     )
     count = units if (average == "valid" or soft) else active
-    chosen_positive = ops.logical_and(block.positive, valid[:, None])
-    if positive != "all":
-        chosen_positive = ops.logical_and(only, valid[:, None])
+    chosen_positive = state[0]
     return (
         loss,
         count,
