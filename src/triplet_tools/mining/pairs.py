@@ -365,6 +365,8 @@ def triplet_slots(
             lambda k, *_: k < slots,
             lambda k, *carry: (k + 1, *step(*carry)),
             (ops.convert_to_tensor(0, "int32"), *state),
+            # A bound XLA needs for the gradient of a loop inside a loop (TensorFlow).
+            maximum_iterations=fixed.shape[1],
         )
     weights = ops.stop_gradient(weights)
     loss = (
