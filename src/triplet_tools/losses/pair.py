@@ -58,21 +58,14 @@ class PairLoss(TripletFamilyLoss):
         valid_f = ops.cast(valid, block.distances.dtype)
         # A product, not a select: NaN in the anchor's own embedding reaches its loss.
         loss = loss * valid_f + nan_if_not_finite(block.anchors)
-        kept = ops.cast(block.positive, block.distances.dtype)
-        mean_positive = ops.sum(ops.stop_gradient(block.distances) * kept, axis=1) / ops.maximum(
-            ops.sum(kept, axis=1), 1
-        )
-        kept = ops.cast(block.negative, block.distances.dtype)
-        mean_negative = ops.sum(ops.stop_gradient(block.distances) * kept, axis=1) / ops.maximum(
-            ops.sum(kept, axis=1), 1
-        )
+        fixed = ops.stop_gradient(block.distances)
         return (
             loss,
             count * valid_f,
             valid,
             ops.cast(loss > 0, loss.dtype) * valid_f,
-            mean_positive,
-            mean_negative,
+            pairs.masked_mean(fixed, block.positive),
+            pairs.masked_mean(fixed, block.negative),
         )
 
     def score_set(
@@ -380,8 +373,7 @@ class LiftedStructLoss(PairLoss):
         # Pass 1: every reference's log-sum-exp over its own negatives, with gradient. A
         # reference that is not finite is never a positive: zeroed here so that its NaN
         # cannot reach other rows' gradients.
-        finite = ops.all(ops.isfinite(ops.stop_gradient(references)), axis=-1)
-        references = ops.where(finite[:, None], references, ops.zeros_like(references))
+        references, _ = pairs.zero_non_finite(references)
         (self._reference_terms,) = pairs.score_pairs(
             references,
             reference_labels,

@@ -145,10 +145,7 @@ class TripletLoss(TripletFamilyLoss):
                 triplets = triplets._replace(count=triplets.active)
             return triplets
         pool = features if reference_features is None else reference_features
-        finite = ops.all(ops.isfinite(ops.stop_gradient(pool)), axis=-1)
-        pair_distances = self.reference_pair_distances(
-            ops.where(finite[:, None], pool, ops.zeros_like(pool))
-        )
+        pair_distances = self.reference_pair_distances(pairs.zero_non_finite(pool)[0])
         rules = self.rules
 
         def units(block):

@@ -139,14 +139,12 @@ def score_pairs(
     labels, reference_labels = common_label_dtype(
         ops.convert_to_tensor(labels), ops.convert_to_tensor(reference_labels)
     )
-    finite = ops.all(ops.isfinite(ops.stop_gradient(reference_features)), axis=-1)
+    clean, finite = zero_non_finite(reference_features)
     mask = (
         finite
         if reference_mask is None
         else ops.logical_and(ops.cast(reference_mask, "bool"), finite)
     )
-    # Zeroed, not only masked: a NaN row would turn every gradient of a block product NaN.
-    clean = ops.where(mask[:, None], reference_features, ops.zeros_like(reference_features))
     reference_index = ops.arange(ops.shape(reference_labels)[0], dtype="int32")
     anchor_rows = ops.arange(ops.shape(labels)[0], dtype="int32")
 
@@ -168,6 +166,16 @@ def score_pairs(
         rows=rows,
         pad_values=(0, 0, -1, -1),
     )
+
+
+def zero_non_finite(rows):
+    """``(rows with every non-finite row zeroed, (M,) bool finite)``.
+
+    Zeroed, not only masked: a NaN row would turn every gradient of a block product NaN,
+    although the mask keeps it out of every value.
+    """
+    finite = ops.all(ops.isfinite(ops.stop_gradient(rows)), axis=-1)
+    return ops.where(finite[:, None], rows, ops.zeros_like(rows)), finite
 
 
 def nan_if_not_finite(anchors):
@@ -252,8 +260,8 @@ def triplet_units(
         count,
         valid,
         active,
-        _masked_mean(distances, positives),
-        _masked_mean(distances, block.negative),
+        masked_mean(distances, positives),
+        masked_mean(distances, block.negative),
     )
 
 
@@ -381,11 +389,12 @@ def triplet_slots(
         count,
         valid,
         active,
-        _masked_mean(distances, chosen_positive),
-        _masked_mean(distances, block.negative),
+        masked_mean(distances, chosen_positive),
+        masked_mean(distances, block.negative),
     )
 
 
-def _masked_mean(values, mask):
+def masked_mean(values, mask):
+    """Row means of ``values`` over ``mask`` ``(n, M)``; 0 for an empty row."""
     kept = ops.cast(mask, values.dtype)
     return ops.sum(values * kept, axis=1) / ops.maximum(ops.sum(kept, axis=1), 1)
