@@ -212,7 +212,11 @@ def test_fit_with_memory_reports_the_valid_anchors_the_loss_had(case):
     make, validity = MEMORY_CASES[case]
     classes = [0, 1, 0, 2, 1]
     labels = np.repeat(classes, 4)
-    x = np.random.default_rng(3).normal(size=(len(labels), 4)).astype("float32")
+    # Classes around their own centres, so that multi-similarity's P'/N' leave some anchors
+    # of these batches invalid (8 of 20 valid, against 16 of 20 with P and N alone).
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(3, 4))
+    x = (rng.normal(size=(len(labels), 4)) * 0.5 + centres[labels]).astype("float32")
     memory = CrossBatchMemory(size=6)
     model = keras.Sequential([_model(), memory])
     loss = make(memory)
@@ -233,7 +237,7 @@ def test_fit_with_memory_reports_the_valid_anchors_the_loss_had(case):
         assert start > 0 or not any(flags)  # the first batch: nothing in memory yet
         valid += sum(flags)
     want = valid / len(labels)
-    assert want > 0.5
+    assert want > 0  # the batches alone: 0
     assert history.history["valid_anchors"][0] == pytest.approx(want, rel=1e-6)
 
 
