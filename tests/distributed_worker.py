@@ -2,9 +2,12 @@
 
 Run as a script by tests/test_distributed.py, one process per configuration:
 
-    python distributed_worker.py MODE LOSS GLOBAL_MINING OUT.npz
+    python distributed_worker.py MODE LOSSES GLOBAL_MINING OUT.npz
 
 MODE: single | tf-mirrored | tf-multiworker | torch-ddp | jax-data-parallel.
+LOSSES: comma-separated names of :data:`LOSSES`; one process runs one step per loss, each
+from the same initial weights, and saves ``LOSS:i`` (the weights) and ``LOSS:info`` (a
+JSON dict: the loss value, or the error) for each, so a failing loss fails only its test.
 Every mode starts from the same weights and sees the same global batch of 16 rows; the
 data-parallel modes split it in two contiguous halves (one per replica, rank or device).
 """
@@ -12,10 +15,12 @@ data-parallel modes split it in two contiguous halves (one per replica, rank or 
 import json
 import os
 import sys
+import traceback
 
 import numpy as np
 
-MODE, LOSS, GLOBAL_MINING, OUT = sys.argv[1], sys.argv[2], sys.argv[3] == "1", sys.argv[4]
+MODE, GLOBAL_MINING, OUT = sys.argv[1], sys.argv[3] == "1", sys.argv[4]
+NAMES = sys.argv[2].split(",")
 LEARNING_RATE = 0.5
 
 
@@ -29,35 +34,95 @@ def data():
     return x, labels, [kernel, bias]
 
 
-def make_loss():
-    from triplet_tools.losses import PNLoss, TripletLoss
+def make_loss(name):
+    """The loss called ``name``, with this run's ``global_mining``."""
+    from triplet_tools import triplet_batch_all_loss
+    from triplet_tools.losses import (
+        CircleLoss,
+        MultiSimilarityLoss,
+        PNLoss,
+        SoftNearestNeighborLoss,
+        TripletLoss,
+    )
+    from triplet_tools.tfa import LiftedStructLoss, TripletSemiHardLoss
 
-    cls = {"triplet": TripletLoss, "pn": PNLoss}[LOSS]
-    return cls(distance="euclidean", margin=1.0, global_mining=GLOBAL_MINING)
+    mining = {"global_mining": GLOBAL_MINING}
+    if name == "batch-all":
+        # triplet_batch_all_loss keeps the 0.2.3 functions' fixed signature (margin, metric);
+        # global_mining=False takes its documented TripletLoss equivalent.
+        if GLOBAL_MINING:
+            return triplet_batch_all_loss(margin=1.0, metric="euclidean")
+        return TripletLoss(
+            distance="euclidean",
+            positive_mining_strategy="all",
+            negative_mining_strategy="all",
+            margin=1.0,
+            average="active",
+            **mining,
+        )
+    losses = {
+        "triplet": lambda: TripletLoss(distance="euclidean", margin=1.0, **mining),
+        "pn": lambda: PNLoss(distance="euclidean", margin=1.0, **mining),
+        "tfa-semihard": lambda: TripletSemiHardLoss(margin=1.0, **mining),
+        "multi-similarity": lambda: MultiSimilarityLoss(**mining),
+        "circle": lambda: CircleLoss(gamma=10.0, **mining),
+        "soft-nn": lambda: SoftNearestNeighborLoss(**mining),
+        "lifted": lambda: LiftedStructLoss(margin=1.0, **mining),
+    }
+    return losses[name]()
 
 
-def keras_model(weights):
+#: Every loss name :func:`make_loss` knows.
+LOSSES = (
+    "triplet",
+    "pn",
+    "batch-all",
+    "tfa-semihard",
+    "multi-similarity",
+    "circle",
+    "soft-nn",
+    "lifted",
+)
+
+
+def keras_model(weights, name):
     import keras
 
     model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
     model.set_weights(weights)
-    model.compile(keras.optimizers.SGD(LEARNING_RATE), make_loss())
+    model.compile(keras.optimizers.SGD(LEARNING_RATE), make_loss(name))
     return model
 
 
-def save(weights, extra=None):
-    np.savez(OUT, *weights, info=json.dumps(extra or {}))
+def run_each(step, save_here=True):
+    """Runs ``step(name) -> (weights, info)`` for every loss of the command line and saves
+    them all (when ``save_here``); an error is recorded under its loss, not raised."""
+    arrays, infos = {}, {}
+    for name in NAMES:
+        try:
+            weights, info = step(name)
+        except Exception:
+            infos[name] = {"error": traceback.format_exc()}
+            continue
+        infos[name] = info
+        arrays.update({f"{name}:{i}": w for i, w in enumerate(weights)})
+    if save_here:
+        np.savez(OUT, info=json.dumps(infos), **arrays)
 
 
 def run_keras_fit(strategy=None):
     x, labels, weights = data()
-    if strategy is None:
-        model = keras_model(weights)
-    else:
-        with strategy.scope():
-            model = keras_model(weights)
-    history = model.fit(x, labels, batch_size=16, epochs=1, shuffle=False, verbose=0)
-    save(model.get_weights(), {"loss": history.history["loss"][0]})
+
+    def step(name):
+        if strategy is None:
+            model = keras_model(weights, name)
+        else:
+            with strategy.scope():
+                model = keras_model(weights, name)
+        history = model.fit(x, labels, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        return model.get_weights(), {"loss": history.history["loss"][0]}
+
+    run_each(step)
 
 
 def tf_logical_cpus(count):
@@ -79,30 +144,33 @@ def run_tf_custom_loop():
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
     x, labels, weights = data()
-    with strategy.scope():
-        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
-        model.set_weights(weights)
-        optimizer = keras.optimizers.SGD(LEARNING_RATE)
-        optimizer.build(model.trainable_variables)
-    loss_fn = make_loss()
     batches = tf.data.Dataset.from_tensor_slices((x, labels)).batch(16)
 
-    @tf.function
-    def step(batch):
-        def replica_step(inputs, targets):
-            with tf.GradientTape() as tape:
-                loss = loss_fn(targets, model(inputs, training=True))
-            gradients = tape.gradient(loss, model.trainable_variables)
-            optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-            return loss
+    def one_loss(name):
+        with strategy.scope():
+            model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+            model.set_weights(weights)
+            optimizer = keras.optimizers.SGD(LEARNING_RATE)
+            optimizer.build(model.trainable_variables)
+        loss_fn = make_loss(name)
 
-        shares = strategy.run(replica_step, args=batch)
-        return strategy.reduce("SUM", shares, axis=None)
+        @tf.function
+        def step(batch):
+            def replica_step(inputs, targets):
+                with tf.GradientTape() as tape:
+                    loss = loss_fn(targets, model(inputs, training=True))
+                gradients = tape.gradient(loss, model.trainable_variables)
+                optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+                return loss
 
-    for batch in strategy.experimental_distribute_dataset(batches):
-        loss = step(batch)
-    if json.loads(os.environ["TF_CONFIG"])["task"]["index"] == 0:
-        save(model.get_weights(), {"loss": float(loss)})
+            shares = strategy.run(replica_step, args=batch)
+            return strategy.reduce("SUM", shares, axis=None)
+
+        for batch in strategy.experimental_distribute_dataset(batches):
+            loss = step(batch)
+        return model.get_weights(), {"loss": float(loss)}
+
+    run_each(one_loss, save_here=json.loads(os.environ["TF_CONFIG"])["task"]["index"] == 0)
 
 
 def run_torch_ddp():
@@ -113,23 +181,24 @@ def run_torch_ddp():
     rank, world = dist.get_rank(), dist.get_world_size()
     x, labels, (kernel, bias) = data()
     rows = slice(rank * 16 // world, (rank + 1) * 16 // world)
-    layer = torch.nn.Linear(6, 4)
-    with torch.no_grad():
-        layer.weight.copy_(torch.tensor(kernel.T))
-        layer.bias.copy_(torch.tensor(bias))
-    model = torch.nn.parallel.DistributedDataParallel(layer)
-    optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
-    loss = make_loss()(torch.tensor(labels[rows]), model(torch.tensor(x[rows])))
-    loss.backward()
-    optimizer.step()
-    # Every rank returns R x its share: their mean is the loss of the whole batch.
-    total = loss.detach().clone()
-    dist.all_reduce(total)
-    if rank == 0:
-        save(
-            [layer.weight.detach().numpy().T, layer.bias.detach().numpy()],
-            {"loss": float(total) / world},
-        )
+
+    def step(name):
+        layer = torch.nn.Linear(6, 4)
+        with torch.no_grad():
+            layer.weight.copy_(torch.tensor(kernel.T))
+            layer.bias.copy_(torch.tensor(bias))
+        model = torch.nn.parallel.DistributedDataParallel(layer)
+        optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
+        loss = make_loss(name)(torch.tensor(labels[rows]), model(torch.tensor(x[rows])))
+        loss.backward()
+        optimizer.step()
+        # Every rank returns R x its share: their mean is the loss of the whole batch.
+        total = loss.detach().clone()
+        dist.all_reduce(total)
+        weights = [layer.weight.detach().numpy().T, layer.bias.detach().numpy()]
+        return weights, {"loss": float(total) / world}
+
+    run_each(step, save_here=rank == 0)
     dist.barrier()
     dist.destroy_process_group()
     # Skip interpreter teardown: now and then a gloo/OpenMP thread still running there
@@ -139,6 +208,9 @@ def run_torch_ddp():
 
 
 def main():
+    unknown = set(NAMES) - set(LOSSES)
+    if unknown:
+        raise SystemExit(f"unknown loss {sorted(unknown)}")
     if MODE == "single":
         run_keras_fit()
     elif MODE == "tf-mirrored":

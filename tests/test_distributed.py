@@ -39,47 +39,103 @@ def _run(args, env, timeout=240):
     assert result.returncode == 0, result.stderr[-4000:]
 
 
-def _worker(mode, loss, global_mining, out, env=None, launcher=()):
-    args = [*launcher, str(WORKER), mode, loss, "1" if global_mining else "0", str(out)]
+#: Every loss of the worker: the per-anchor ones, then SPEC's last part (batch all, tfa's
+#: semi-hard, the pair-based losses).
+LOSSES = [
+    "triplet",
+    "pn",
+    "batch-all",
+    "tfa-semihard",
+    "multi-similarity",
+    "circle",
+    "soft-nn",
+    "lifted",
+]
+#: The losses whose in-slice mining (global_mining=False) is also run, to show that global
+#: mining matters on this batch; pn is left out as before (its step is checked, not this).
+CHECK_DIFFERS = [loss for loss in LOSSES if loss != "pn"]
+
+
+def _worker(mode, losses, global_mining, out, env=None, launcher=()):
+    """One worker process for every loss of ``losses``; ``{loss: (weights, info)}``."""
+    args = [*launcher, str(WORKER), mode, ",".join(losses), "1" if global_mining else "0"]
+    args.append(str(out))
     if not launcher:
         args = [sys.executable, *args]
     _run(args, env or _env())
+    return _load(out, losses)
+
+
+def _load(out, losses):
     saved = np.load(out)
-    weights = [saved[k] for k in saved.files if k != "info"]
-    return weights, json.loads(str(saved["info"]))
+    infos = json.loads(str(saved["info"]))
+    runs = {}
+    for loss in losses:
+        keys = sorted(
+            (k for k in saved.files if k.startswith(loss + ":")), key=lambda k: int(k.split(":")[1])
+        )
+        runs[loss] = ([saved[k] for k in keys], infos[loss])
+    return runs
+
+
+def _check(run, loss):
+    weights, info = run
+    assert "error" not in info, f"{loss} failed in the worker:\n{info['error']}"
+    assert weights, f"{loss}: no weights saved"
+    return run
 
 
 def _assert_same_step(distributed, single, loss):
-    (got, got_info), (want, want_info) = distributed, single
+    (got, got_info), (want, want_info) = _check(distributed, loss), _check(single, loss)
+    assert len(got) == len(want)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, atol=1e-5, err_msg=f"{loss}: weights differ")
     np.testing.assert_allclose(got_info["loss"], want_info["loss"], rtol=1e-5)
 
 
-def _assert_differs(per_replica, single):
-    assert max(np.abs(a - b).max() for a, b in zip(per_replica[0], single[0])) > 1e-4
+def _assert_differs(per_replica, single, loss):
+    (got, _), (want, _) = _check(per_replica, loss), _check(single, loss)
+    assert max(np.abs(a - b).max() for a, b in zip(got, want)) > 1e-4, (
+        f"{loss}: in-slice mining gives the single-device step; the batch does not test "
+        "global mining for this loss"
+    )
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("single")
-    return {
-        loss: _worker("single", loss, True, folder / f"{loss}.npz") for loss in ("triplet", "pn")
-    }
+def runs(tmp_path_factory):
+    """``runs(mode, global_mining, ...)[loss]``: one worker process (or launch) per mode and
+    switch, for every loss at once, run the first time a test asks for it."""
+    folder = tmp_path_factory.mktemp("runs")
+    done = {}
+
+    def get(mode, global_mining, env=None, launcher=()):
+        key = (mode, global_mining)
+        if key not in done:
+            losses = LOSSES if global_mining else CHECK_DIFFERS
+            out = folder / f"{mode}-{int(global_mining)}.npz"
+            done[key] = _worker(mode, losses, global_mining, out, env, launcher)
+        return done[key]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def single(runs):
+    return runs("single", True)
 
 
 @pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute: TensorFlow backend")
-@pytest.mark.parametrize("loss", ["triplet", "pn"])
-def test_tf_mirrored_strategy_matches_single_device(loss, single, tmp_path):
-    got = _worker("tf-mirrored", loss, True, tmp_path / "global.npz")
-    _assert_same_step(got, single[loss], loss)
-    if loss == "triplet":
-        _assert_differs(_worker("tf-mirrored", loss, False, tmp_path / "local.npz"), single[loss])
+@pytest.mark.parametrize("loss", LOSSES)
+def test_tf_mirrored_strategy_matches_single_device(loss, single, runs):
+    _assert_same_step(runs("tf-mirrored", True)[loss], single[loss], loss)
+    if loss in CHECK_DIFFERS:
+        _assert_differs(runs("tf-mirrored", False)[loss], single[loss], loss)
 
 
-@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute: TensorFlow backend")
-def test_tf_multi_worker_mirrored_strategy_on_localhost(single, tmp_path):
-    """Two worker processes, one CPU replica each, configured through TF_CONFIG."""
+@pytest.fixture(scope="module")
+def multi_worker(tmp_path_factory):
+    """Two worker processes, one CPU replica each, configured through TF_CONFIG; every loss."""
+    folder = tmp_path_factory.mktemp("multiworker")
     workers = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
     processes = []
     for index in range(2):
@@ -88,9 +144,9 @@ def test_tf_multi_worker_mirrored_strategy_on_localhost(single, tmp_path):
             sys.executable,
             str(WORKER),
             "tf-multiworker",
-            "triplet",
+            ",".join(LOSSES),
             "1",
-            str(tmp_path / f"worker{index}.npz"),
+            str(folder / f"worker{index}.npz"),
         ]
         processes.append(
             subprocess.Popen(
@@ -104,41 +160,37 @@ def test_tf_multi_worker_mirrored_strategy_on_localhost(single, tmp_path):
     for process in processes:
         _, err = process.communicate(timeout=300)
         assert process.returncode == 0, err[-4000:]
-    saved = np.load(tmp_path / "worker0.npz")
-    got = ([saved[k] for k in saved.files if k != "info"], json.loads(str(saved["info"])))
-    _assert_same_step(got, single["triplet"], "triplet")
+    return _load(folder / "worker0.npz", LOSSES)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="tf.distribute: TensorFlow backend")
+@pytest.mark.parametrize("loss", LOSSES)
+def test_tf_multi_worker_mirrored_strategy_on_localhost(loss, single, multi_worker):
+    """MultiWorkerMirroredStrategy, custom training loop, two localhost workers."""
+    _assert_same_step(multi_worker[loss], single[loss], loss)
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="torch.distributed: torch backend")
-@pytest.mark.parametrize("loss", ["triplet", "pn"])
-def test_torch_ddp_with_torchrun_matches_single_device(loss, single, tmp_path):
+@pytest.mark.parametrize("loss", LOSSES)
+def test_torch_ddp_with_torchrun_matches_single_device(loss, single, runs):
     """Two gloo processes started the way torchrun starts them (standalone rendezvous)."""
-    launcher = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node",
-        "2",
-    ]
     env = _env(OMP_NUM_THREADS="1")
-    got = _worker("torch-ddp", loss, True, tmp_path / "global.npz", env, launcher)
-    _assert_same_step(got, single[loss], loss)
-    if loss == "triplet":
-        local = _worker("torch-ddp", loss, False, tmp_path / "local.npz", env, launcher)
-        _assert_differs(local, single[loss])
+    _assert_same_step(runs("torch-ddp", True, env, TORCHRUN)[loss], single[loss], loss)
+    if loss in CHECK_DIFFERS:
+        local = runs("torch-ddp", False, env, TORCHRUN)[loss]
+        _assert_differs(local, single[loss], loss)
 
 
 @pytest.mark.skipif(BACKEND != "jax", reason="keras.distribution: JAX backend")
-@pytest.mark.parametrize("loss", ["triplet", "pn"])
-def test_jax_data_parallel_matches_single_device(loss, single, tmp_path):
+@pytest.mark.parametrize("loss", LOSSES)
+def test_jax_data_parallel_matches_single_device(loss, single, runs):
     env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    got = _worker("jax-data-parallel", loss, True, tmp_path / "global.npz", env)
-    _assert_same_step(got, single[loss], loss)
-    if loss == "triplet":
-        _assert_differs(
-            _worker("jax-data-parallel", loss, False, tmp_path / "local.npz", env), single[loss]
-        )
+    _assert_same_step(runs("jax-data-parallel", True, env)[loss], single[loss], loss)
+    if loss in CHECK_DIFFERS:
+        _assert_differs(runs("jax-data-parallel", False, env)[loss], single[loss], loss)
 
 
 def test_world_of_one_is_plain_mining():

@@ -10,9 +10,18 @@ import numpy as np
 import pytest
 
 import reference as ref
+import reference_pairs as rp
 from backend import to_numpy
-from triplet_tools.losses import PNLoss, TripletLoss
+from triplet_tools.losses import (
+    CircleLoss,
+    LiftedStructLoss,
+    MultiSimilarityLoss,
+    PNLoss,
+    SoftNearestNeighborLoss,
+    TripletLoss,
+)
 from triplet_tools.memory import CrossBatchMemory
+from triplet_tools.tfa import TripletSemiHardLoss
 
 # Under PyTorch, each test runs with both eager miners (see conftest.py).
 pytestmark = pytest.mark.usefixtures("each_torch_miner")
@@ -57,6 +66,84 @@ def test_references_include_earlier_batches(negative):
     np.testing.assert_allclose(second, want, rtol=1e-5)
     plain = ref.per_anchor(l2, x2, **kwargs)[0]
     assert not np.allclose(want, plain), "batch 1 must change the mining of batch 2"
+
+
+#: SPEC's last part: each new loss with a memory, and its brute-force ``(L_a, c_a)`` from
+#: tests/reference_pairs.py (whose references are the rows it is given).
+NEW_LOSSES = {
+    # triplet_batch_all_loss has a fixed (margin, metric) signature: its TripletLoss equivalent.
+    "batch-all": (
+        lambda **kw: TripletLoss(
+            distance="euclidean",
+            positive_mining_strategy="all",
+            negative_mining_strategy="all",
+            margin=1.0,
+            average="active",
+            **kw,
+        ),
+        lambda y, x: rp.triplet_per_anchor(
+            y, x, distance_name="euclidean", positive="all", negative="all", average="active"
+        ),
+    ),
+    "tfa-semihard": (
+        lambda **kw: TripletSemiHardLoss(margin=1.0, **kw),
+        lambda y, x: rp.triplet_per_anchor(
+            y, x, distance_name="euclidean", positive="all", negative="semi-hard"
+        ),
+    ),
+    "multi-similarity": (
+        lambda **kw: MultiSimilarityLoss(**kw),
+        lambda y, x: rp.multi_similarity_per_anchor(y, x, distance_name="cosine"),
+    ),
+    "circle": (
+        lambda **kw: CircleLoss(gamma=10.0, **kw),
+        lambda y, x: rp.circle_per_anchor(y, x, distance_name="cosine", gamma=10.0),
+    ),
+    "soft-nn": (
+        lambda **kw: SoftNearestNeighborLoss(**kw),
+        lambda y, x: rp.soft_nearest_neighbor_per_anchor(y, x, distance_name="squared_euclidean"),
+    ),
+    "lifted": (
+        lambda **kw: LiftedStructLoss(margin=1.0, **kw),
+        lambda y, x: rp.lifted_struct_per_anchor(y, x, distance_name="euclidean"),
+    ),
+}
+
+
+def _with_references(per_anchor, labels, x, stored_labels, stored):
+    """``(L_a, c_a)`` of the batch's anchors against references [batch ; stored rows]: the
+    reference's in-batch computation on the concatenation, restricted to the first rows
+    (an anchor is never its own positive; every other row is a reference)."""
+    totals, counts = per_anchor(
+        np.concatenate([labels, stored_labels]), np.concatenate([x, stored])
+    )
+    return totals[: len(labels)], counts[: len(labels)]
+
+
+@pytest.mark.parametrize("name", NEW_LOSSES)
+def test_new_losses_mine_against_batch_and_memory(name):
+    """Batch 2 is scored against [batch 2; batch 1]: per anchor (reduction="none") and
+    averaged (the default, whose divisor counts the units found among the memory too).
+    The memory has 10 slots and holds 6 rows: the 4 unwritten zero rows (class 0, near the
+    data) must not count."""
+    make, per_anchor = NEW_LOSSES[name]
+    rng = np.random.default_rng(7)
+    (l1, l2) = (rng.integers(0, 3, size=6) for _ in range(2))
+    (x1, x2) = (rng.normal(size=(6, 3)).astype("float32") for _ in range(2))
+    for reduction in ("none", "sum_over_batch_size"):
+        memory = _memory(size=10)
+        loss = make(memory=memory, reduction=reduction)
+        first = to_numpy(loss(l1, x1))
+        np.testing.assert_allclose(
+            first, rp.reduce(*per_anchor(l1, x1), reduction=reduction), rtol=1e-4, atol=1e-5
+        )
+        assert int(to_numpy(memory.filled.value)) == 6
+        second = to_numpy(loss(l2, x2))
+        totals, counts = _with_references(per_anchor, l2, x2, l1, x1)
+        want = rp.reduce(totals, counts, reduction=reduction)
+        np.testing.assert_allclose(second, want, rtol=1e-4, atol=1e-5, err_msg=reduction)
+        plain = rp.reduce(*per_anchor(l2, x2), reduction=reduction)
+        assert not np.allclose(want, plain, rtol=1e-3), "batch 1 must change batch 2's loss"
 
 
 def test_ring_buffer_wraps_around():

@@ -10,9 +10,18 @@ import numpy as np
 import pytest
 
 import reference as ref
+import reference_pairs as rp
 from backend import to_numpy
 from triplet_tools import PNLoss, PrimingLoss, TripletLoss
+from triplet_tools.losses import (
+    CircleLoss,
+    LiftedStructLoss,
+    MultiSimilarityLoss,
+    SoftNearestNeighborLoss,
+)
+from triplet_tools.memory import CrossBatchMemory
 from triplet_tools.metrics import STATISTICS, MiningStatistics
+from triplet_tools.tfa import TripletSemiHardLoss
 
 # (loss, reference kwargs): each mining/scoring kind once.
 CASES = {
@@ -146,6 +155,90 @@ def test_fit_logs_training_and_validation_statistics(capsys):
     assert {key: history.history[key][0] for key in STATISTICS} == pytest.approx(want, rel=1e-4)
     assert {"val_" + key for key in STATISTICS} <= set(history.history)
     assert all(f"{key}: " in printed for key in STATISTICS)
+
+
+def _has_positive_and_negative(labels, references):
+    """SPEC's validity: anchor ``a`` (row ``a`` of ``references``) has a positive (another
+    row with its label) and a negative."""
+    return [
+        any(references[j] == labels[a] for j in range(len(references)) if j != a)
+        and any(label != labels[a] for label in references)
+        for a in range(len(labels))
+    ]
+
+
+def _multi_similarity_valid(labels, references, embeddings):
+    """Multi-similarity's validity (P'(a) and N'(a) non-empty), from reference_pairs."""
+    _, counts = rp.multi_similarity_per_anchor(references, embeddings, distance_name="euclidean")
+    return list(counts[: len(labels)] > 0)
+
+
+#: (loss with a memory, brute-force validity of the batch's anchors over [batch ; memory]).
+MEMORY_CASES = {
+    "hard-l2": (
+        lambda memory: TripletLoss(
+            distance="euclidean", negative_mining_strategy="hard", memory=memory
+        ),
+        None,
+    ),
+    "batch-all": (
+        lambda memory: TripletLoss(
+            distance="euclidean",
+            positive_mining_strategy="all",
+            negative_mining_strategy="all",
+            average="active",
+            memory=memory,
+        ),
+        None,
+    ),
+    "tfa-semihard": (lambda memory: TripletSemiHardLoss(memory=memory), None),
+    "multi-similarity": (
+        lambda memory: MultiSimilarityLoss(distance="euclidean", memory=memory),
+        _multi_similarity_valid,
+    ),
+    "circle": (lambda memory: CircleLoss(gamma=10.0, memory=memory), None),
+    "soft-nn": (lambda memory: SoftNearestNeighborLoss(memory=memory), None),
+    "lifted": (lambda memory: LiftedStructLoss(memory=memory), None),
+}
+
+
+@pytest.mark.parametrize("case", MEMORY_CASES)
+def test_fit_with_memory_reports_the_valid_anchors_the_loss_had(case):
+    """Batches of one class each: a batch alone has no negative, so every anchor is valid
+    only through the memory (here 6 slots, a ring buffer over batches of 4). Inside fit the
+    loss hands the metric what it mined against [batch ; memory]; the expected share is a
+    brute-force count over those references. The learning rate is 0 so that the embeddings
+    (and the stored rows) are model.predict's."""
+    make, validity = MEMORY_CASES[case]
+    classes = [0, 1, 0, 2, 1]
+    labels = np.repeat(classes, 4)
+    # Classes around their own centres, so that multi-similarity's P'/N' leave some anchors
+    # of these batches invalid (8 of 20 valid, against 16 of 20 with P and N alone).
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(3, 4))
+    x = (rng.normal(size=(len(labels), 4)) * 0.5 + centres[labels]).astype("float32")
+    memory = CrossBatchMemory(size=6)
+    model = keras.Sequential([_model(), memory])
+    loss = make(memory)
+    model.compile(keras.optimizers.SGD(0.0), loss, metrics=[MiningStatistics(loss)])
+    embeddings = to_numpy(model.predict(x, verbose=0))
+    history = model.fit(x, labels, batch_size=4, epochs=1, shuffle=False, verbose=0)
+
+    valid = 0
+    for start in range(0, len(labels), 4):
+        rows = slice(start, start + 4)
+        stored = slice(max(start - 6, 0), start)  # the memory: the last 6 rows before
+        references = np.concatenate([labels[rows], labels[stored]])
+        if validity is None:
+            flags = _has_positive_and_negative(labels[rows], references)
+        else:
+            reference_rows = np.concatenate([embeddings[rows], embeddings[stored]])
+            flags = validity(labels[rows], references, reference_rows)
+        assert start > 0 or not any(flags)  # the first batch: nothing in memory yet
+        valid += sum(flags)
+    want = valid / len(labels)
+    assert want > 0  # the batches alone: 0
+    assert history.history["valid_anchors"][0] == pytest.approx(want, rel=1e-6)
 
 
 def test_prefix_and_two_losses():
