@@ -142,6 +142,7 @@ def test_python_dash_m(capsys, tmp_path, monkeypatch):
     assert_one_line_error(exit_info.value.code, capsys.readouterr().err, "no such file: ")
 
 
+@pytest.mark.slow
 def test_installed_console_script_fails_cleanly(tmp_path):
     """The `triplet-tools` script that pip installed, in a fresh process."""
     script = os.path.join(os.path.dirname(sys.executable), "triplet-tools")
@@ -161,6 +162,7 @@ def digits_subset(path, per_class=24):
     return digits.data[rows], digits.target[rows]
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_on_a_small_subset(capsys, tmp_path):
     x, y = digits_subset(tmp_path / "digits.npz")
     out = tmp_path / "out"
@@ -199,6 +201,7 @@ def test_demo_end_to_end_on_a_small_subset(capsys, tmp_path):
         assert imread(out / name).shape[:2] == shape
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("memory", [0, 24])
 def test_demo_on_a_csv_with_string_labels(capsys, tmp_path, memory):
     rng = np.random.default_rng(0)
@@ -353,6 +356,7 @@ def run_child(tmp_path, argv, backend, hidden=(), template=CONSOLE_SCRIPT):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("template", [CONSOLE_SCRIPT, DASH_M], ids=["script", "dash-m"])
 @pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"], ["demo", "--epochs", "1"]])
 def test_unknown_backend_is_one_line_naming_those_that_work(tmp_path, template, argv):
@@ -368,6 +372,7 @@ def test_unknown_backend_is_one_line_naming_those_that_work(tmp_path, template, 
     assert done.stdout == ""
 
 
+@pytest.mark.slow
 def test_numpy_backend_cannot_train_one_line(tmp_path):
     done = run_child(tmp_path, ["demo", "--epochs", "1"], "numpy")
     assert_one_line_error(
@@ -379,6 +384,7 @@ def test_numpy_backend_cannot_train_one_line(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_backend_named_but_not_installed(tmp_path):
     done = run_child(tmp_path, ["demo", "--help"], "torch", hidden=["torch"])
     assert_one_line_error(
@@ -391,6 +397,7 @@ def test_backend_named_but_not_installed(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_without_keras_backend_and_tensorflow_the_one_installed_backend_is_used(tmp_path):
     """pip install "triplet-tools[jax]" only: Keras would default to the missing TensorFlow."""
     done = run_child(tmp_path, ["demo", "--help"], None, hidden=["tensorflow", "torch"])
@@ -405,6 +412,7 @@ def test_without_keras_backend_and_tensorflow_the_one_installed_backend_is_used(
     ], done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "hidden,expected",
     [
@@ -420,6 +428,7 @@ def test_without_keras_backend_and_tensorflow_say_how_to_choose(tmp_path, hidden
     assert_one_line_error(done.returncode, done.stderr, expected, backend_noise=True)
 
 
+@pytest.mark.slow
 def test_library_import_with_a_working_backend_is_unchanged(tmp_path):
     """import triplet_tools imports Keras and defines every public name, as before."""
     code = (
@@ -434,6 +443,7 @@ def test_library_import_with_a_working_backend_is_unchanged(tmp_path):
     assert done.stdout.strip() == str(sorted(triplet_tools.__all__))
 
 
+@pytest.mark.slow
 def test_library_import_with_an_unknown_backend_names_the_problem_on_use(tmp_path):
     code = (
         "import sys, triplet_tools\n"

@@ -18,6 +18,9 @@ import pytest
 
 from backend import BACKEND
 
+# Subprocesses: `pytest -m 'not slow'` skips them locally (CI runs them).
+pytestmark = pytest.mark.slow
+
 WORKER = Path(__file__).with_name("distributed_worker.py")
 ROOT = WORKER.parent.parent
 

@@ -25,6 +25,9 @@ from pathlib import Path
 
 import pytest
 
+# Subprocesses: `pytest -m 'not slow'` skips them locally (CI runs them).
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
 MARKER = re.compile(r"^<!--\s*docs-test:\s*(.*?)\s*-->\s*$")

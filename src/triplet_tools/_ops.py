@@ -2,12 +2,11 @@
 
 Under TensorFlow and JAX the losses are traced once, so ``keras.ops``' argument handling
 costs nothing per step and ``ops`` here *is* ``keras.ops``. Eager PyTorch pays it on every
-call: measured on 2 cores, ``keras.ops.where`` takes 9 us against 1.7 us for
-``torch.where``, ``keras.ops.maximum`` with a scalar 15 us against 1.6 us. At B=64 that
-overhead was a fifth of a training step's loss. Under torch, ``ops`` is this module: the
-functions below call torch directly, with the results ``keras.ops`` gives for the inputs
-the library passes them (backend tensors of one float dtype, Python scalars); every other
-name falls through to ``keras.ops``.
+call, several times the cost of the torch op itself (docs/performance.md, "Implementation
+choices"), which at small batches was a large share of a training step's loss. Under torch,
+``ops`` is this module: the functions below call torch directly, with the results
+``keras.ops`` gives for the inputs the library passes them (backend tensors of one float
+dtype, Python scalars); every other name falls through to ``keras.ops``.
 
 Example:
 

@@ -103,8 +103,8 @@ def gram(x, y):
 
     Not ``keras.ops.matmul``: on the torch backend (Keras 3.15) it computes float64 inputs
     in float32. An einsum everywhere, except for small products on torch, where ``matmul``
-    takes 17 us against 36 us (64 x 64 from D=128). Large ones stay on the einsum, which
-    ran 1.2x faster than ``matmul`` in the first steps of a fresh process (B=4096).
+    is faster; large ones stay on the einsum, which was faster in the first steps of a fresh
+    process (measurements: docs/performance.md, "Implementation choices").
     """
     if keras.backend.backend() == "torch" and x.shape[0] * y.shape[0] <= _TORCH_MATMUL_MAX:
         return ops.convert_to_tensor(x) @ ops.convert_to_tensor(y).mT

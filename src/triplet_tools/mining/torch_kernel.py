@@ -123,9 +123,9 @@ class _ReferenceClasses:
         return self.order[slots], present
 
 
-#: Problems of at most this many scores (B=256 in-batch) are mined by :func:`_mine_dense`.
-#: Measured on 2 cores: 2x faster than the label-sorted path at B=64, 1.2x at B=256,
-#: 1.3x slower at B=512.
+#: Problems of at most this many scores (B=256 in-batch) are mined by :func:`_mine_dense`,
+#: where it was faster than the label-sorted path (docs/performance.md, "Implementation
+#: choices").
 DENSE_MAX_SCORES = 2**16
 
 #: Rows at least this wide find their extreme in two levels (see :func:`_arg_extreme`).
