@@ -44,6 +44,14 @@ def _cases():
         ("rsqrt", (keras.ops.abs(t32),), {}),
         ("relu", (t32,), {}),
         ("relu", (F64,), {}),
+        ("abs", (t32,), {}),
+        ("max", (t64,), {"axis": -1, "keepdims": True}),
+        ("max", (t32,), {"axis": 0}),
+        ("sqrt", (keras.ops.abs(t64),), {}),
+        ("isfinite", (t32,), {}),
+        ("all", (mask,), {"axis": -1}),
+        ("all", (mask,), {"axis": 0, "keepdims": True}),
+        ("ones_like", (t64,), {}),
     ]
 
 

@@ -23,6 +23,7 @@ from keras import ops as _keras_ops
 if keras.backend.backend() != "torch":
     ops = _keras_ops
 else:
+    import builtins
     import sys
 
     import torch
@@ -73,7 +74,8 @@ else:
         """Both are tensors or Python numbers, and one of them is a tensor."""
         tensors = isinstance(x1, torch.Tensor), isinstance(x2, torch.Tensor)
         numbers = isinstance(x1, (int, float)), isinstance(x2, (int, float))
-        return any(tensors) and all(t or n for t, n in zip(tensors, numbers))
+        # builtins: this module's own all() (below) is the tensor op.
+        return builtins.any(tensors) and builtins.all(t or n for t, n in zip(tensors, numbers))
 
     def sum(x, axis=None, keepdims=False):
         if isinstance(x, torch.Tensor) and x.is_floating_point():
@@ -87,6 +89,32 @@ else:
             # keras.ops.maximum computes two float64 tensors in float32 (Keras 3.15).
             return torch.maximum(x1, x2)
         return _keras_ops.maximum(x1, x2)
+
+    def abs(x):
+        return torch.abs(x) if isinstance(x, torch.Tensor) else _keras_ops.abs(x)
+
+    def max(x, axis=None, keepdims=False):
+        if isinstance(x, torch.Tensor) and axis is not None and x.numel():
+            return torch.amax(x, dim=axis, keepdim=keepdims)
+        return _keras_ops.max(x, axis=axis, keepdims=keepdims)
+
+    def sqrt(x):
+        if isinstance(x, torch.Tensor) and x.is_floating_point():
+            return torch.sqrt(x)
+        return _keras_ops.sqrt(x)
+
+    def isfinite(x):
+        return torch.isfinite(x) if isinstance(x, torch.Tensor) else _keras_ops.isfinite(x)
+
+    def all(x, axis=None, keepdims=False):
+        if isinstance(x, torch.Tensor) and x.dtype == torch.bool and axis is not None:
+            return torch.all(x, dim=axis, keepdim=keepdims)
+        return _keras_ops.all(x, axis=axis, keepdims=keepdims)
+
+    def ones_like(x, dtype=None):
+        if isinstance(x, torch.Tensor) and dtype is None:
+            return torch.ones_like(x)
+        return _keras_ops.ones_like(x, dtype=dtype)
 
     def square(x):
         return torch.square(x) if isinstance(x, torch.Tensor) else _keras_ops.square(x)
