@@ -19,9 +19,10 @@ from typing import Any, NamedTuple
 
 import keras
 
-from triplet_tools import _inputs, references
+from triplet_tools import _inputs
 from triplet_tools import distances as distances_module
 from triplet_tools import memory as memory_module
+from triplet_tools import references as references_module
 from triplet_tools._ops import ops
 from triplet_tools._validation import check_bool, check_int
 from triplet_tools.losses import reduction as reduction_module
@@ -212,7 +213,7 @@ class TripletFamilyLoss(keras.losses.Loss):
         self,
         y_true,
         y_pred,
-        references_=None,
+        references=None,
         reference_labels=None,
         anchor_positions=None,
         reference_mask=None,
@@ -222,7 +223,7 @@ class TripletFamilyLoss(keras.losses.Loss):
         Args:
             y_true: ``(B,)`` or ``(B, 1)`` integer class ids.
             y_pred: ``(B, D)`` embeddings.
-            references_, reference_labels, anchor_positions, reference_mask: an optional
+            references, reference_labels, anchor_positions, reference_mask: an optional
                 explicit reference set, as in :func:`triplet_tools.mining.mine_triplets`;
                 gradient flows into the references that are chosen. Without them the
                 references are the batch.
@@ -231,8 +232,8 @@ class TripletFamilyLoss(keras.losses.Loss):
         return self._score(
             labels,
             embeddings,
-            references.ReferenceSet(
-                None, references_, reference_labels, anchor_positions, reference_mask
+            references_module.ReferenceSet(
+                None, references, reference_labels, anchor_positions, reference_mask
             ),
         )
 
@@ -276,7 +277,7 @@ class TripletFamilyLoss(keras.losses.Loss):
         return self._mine(labels, embeddings, as_last_seen)
 
     def _mine(self, labels, embeddings, as_last_seen=False):
-        refs = references.gather(
+        refs = references_module.gather(
             labels,
             embeddings,
             memory=self._bound_memory(),
