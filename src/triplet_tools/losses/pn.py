@@ -4,6 +4,7 @@ import keras
 
 from triplet_tools._ops import ops
 from triplet_tools.losses.triplet import TripletLoss
+from triplet_tools.mining import pairs
 
 
 @keras.saving.register_keras_serializable(package="triplet_tools")
@@ -65,7 +66,9 @@ class PNLoss(TripletLoss):
         )
 
     def reference_pair_distances(self, references):
-        return self.distance.pairwise_features(references, references)
+        # Non-finite rows zeroed: they are never chosen, and NaN must not reach the gradient.
+        clean, _ = pairs.zero_non_finite(references)
+        return self.distance.pairwise_features(clean, clean)
 
     def anchor_distances(self, anchors, positives, negatives):
         d_ap, d_an = super().anchor_distances(anchors, positives, negatives)

@@ -120,7 +120,8 @@ class TripletLoss(TripletFamilyLoss):
         return ops.relu(gap + self.margin)
 
     def reference_pair_distances(self, references):
-        """``(M, M)`` distances among the references for ``PNLoss``'s ``d(p, n)``; ``None``."""
+        """``(M, M)`` distances among the references for ``PNLoss``'s ``d(p, n)`` (non-finite
+        rows zeroed); ``None`` here, so ``TripletLoss`` builds no such matrix."""
         return None
 
     def score_set(
@@ -145,30 +146,25 @@ class TripletLoss(TripletFamilyLoss):
                 triplets = triplets._replace(count=triplets.active)
             return triplets
         pool = features if reference_features is None else reference_features
-        pair_distances = self.reference_pair_distances(pairs.zero_non_finite(pool)[0])
+        pair_distances = self.reference_pair_distances(pool)
         rules = self.rules
+        shared = dict(
+            positive=rules.positive,
+            negative=rules.negative,
+            semi_margin=rules.semi_margin,
+            soft=self.soft_margin,
+            average=self.average,
+        )
 
         def units(block):
             if pair_distances is None:  # TripletLoss: one positive slot at a time
-                return pairs.triplet_slots(
-                    block,
-                    positive=rules.positive,
-                    negative=rules.negative,
-                    semi_margin=rules.semi_margin,
-                    margin=self.margin,
-                    soft=self.soft_margin,
-                    average=self.average,
-                )
+                return pairs.triplet_slots(block, margin=self.margin, **shared)
             # PNLoss also needs d(p, n) for every unit: the n x M x M candidates.
             return pairs.triplet_units(
                 block,
-                positive=rules.positive,
-                negative=rules.negative,
-                semi_margin=rules.semi_margin,
                 unit_loss=self.anchor_loss,
-                soft=self.soft_margin,
-                average=self.average,
                 positive_negative_distances=pair_distances,
+                **shared,
             )
 
         loss, count, valid, active, d_ap, d_an = pairs.score_pairs(
