@@ -5,7 +5,7 @@ import pytest
 from keras import ops
 
 import reference as ref
-from backend import to_numpy, value_and_grad
+from backend import compiled_value_and_grad, to_numpy, value_and_grad
 from triplet_tools import TripletLoss, distances
 from triplet_tools.distances import DISTANCE_NAMES, Distance
 
@@ -63,6 +63,28 @@ def test_l2_normalize_is_safe_at_zero():
         lambda t: ops.sum(distances.l2_normalize(t)), np.zeros((2, 3), "float32")
     )
     assert value == 0.0 and np.all(np.isfinite(grad))
+
+
+@pytest.mark.parametrize(
+    "run", [value_and_grad, compiled_value_and_grad], ids=["eager", "compiled"]
+)
+def test_l2_normalize_gradient_matches_the_formula(run):
+    """d/dx of sum(g * x / max(||x||, 1e-6)), against the closed form in float64: a plain
+    row, the zero row (g / 1e-6), a row of 1e30 (no overflow) and a tiny row under the floor.
+    """
+    x = np.array(
+        [[1.0, 2.0, -1.0], [0.0, 0.0, 0.0], [3e30, -4e30, 1e30], [1e-8, 2e-8, 0.0]], "float32"
+    )
+    g = np.array([[0.3, -1.0, 2.0], [1.0, 2.0, 3.0], [-0.5, 0.25, 1.0], [2.0, -1.0, 0.5]])
+    weights = ops.convert_to_tensor(g.astype("float32"))
+    _, grad = run(lambda t: ops.sum(distances.l2_normalize(t) * weights), x)
+    x64 = x.astype("float64")
+    norm = np.linalg.norm(x64, axis=1, keepdims=True)
+    floored = norm < 1e-6
+    y = x64 / np.maximum(norm, 1e-6)
+    projection = np.where(floored, 0.0, np.sum(g * y, axis=1, keepdims=True))
+    want = (g - y * projection) / np.maximum(norm, 1e-6)
+    np.testing.assert_allclose(grad, want, rtol=1e-5, atol=1e-36)
 
 
 def test_names_aliases_and_errors():

@@ -44,10 +44,13 @@ def l2_normalize(x, axis=-1):
     x_hat = x / max(||x||, 1e-6)
     ```
 
-    The row is first divided by its largest absolute entry, so the squared norm cannot
-    overflow (embeddings of 1e30 normalise like any other) and a row with one non-zero
-    entry becomes exactly a unit vector (parallel rows get equal features, so mining and
-    the loss decide ties alike). NaN or inf in a row makes the row NaN.
+    No overflow: each row is first divided by its largest absolute entry, so embeddings of
+    1e30 normalise like any other. On TensorFlow and JAX the gradient is written out,
+    ``(g - x_hat (g . x_hat)) / max(||x||, 1e-6)``, so that extra pass adds no backward ops;
+    compiled torch fuses it; eager torch takes the plain ``x / sqrt(sum(x ** 2))`` unless a
+    squared norm overflows. Either way a row with one non-zero entry becomes exactly a unit
+    vector (``sqrt(x * x) == |x|`` in binary floating point), so parallel rows get equal
+    features and mining and the loss decide ties alike. NaN or inf in a row makes it NaN.
 
     Args:
         x: tensor of shape ``(..., D)``, float32 or float64.
@@ -67,15 +70,57 @@ def l2_normalize(x, axis=-1):
     x = ops.convert_to_tensor(x)
     if 0 in x.shape:  # an empty batch: nothing to normalise (and no max to take)
         return x
+    if keras.backend.backend() == "torch":
+        return _torch_l2_normalize(x, axis)
+    return _unit_rows(x, axis)
+
+
+def _torch_l2_normalize(x, axis):
+    import torch
+
+    if torch.compiler.is_compiling():  # one fused kernel: the scaled form costs nothing more
+        return _rescaled_l2_normalize(x, axis)
+    # Eager: the host decides from one flag, so the common case is four ops.
+    squared_norm = torch.sum(torch.square(x), dim=axis, keepdim=True)
+    if bool(torch.isinf(squared_norm).any()):
+        return _rescaled_l2_normalize(x, axis)
+    return x / torch.sqrt(torch.clamp_min(squared_norm, NORM_EPSILON_SQUARED))
+
+
+def _unit_rows(x, axis):
+    """The scaled ``l2_normalize`` with its gradient written out (XLA backends)."""
+
+    @ops.custom_gradient
+    def forward(x):
+        y, inverse_norm, floored = _rescaled_l2_normalize(x, axis, parts=True)
+
+        def backward(*args, upstream=None):
+            # TensorFlow and JAX pass the upstream gradient alone; torch passes the
+            # inputs, then upstream= (keras.ops.custom_gradient's two conventions).
+            g = args[0] if upstream is None else upstream
+            projection = ops.where(floored, 0.0, ops.sum(g * y, axis=axis, keepdims=True))
+            return (g - y * projection) * inverse_norm
+
+        return y, backward
+
+    return forward(x)
+
+
+def _rescaled_l2_normalize(x, axis, parts=False):
+    """``l2_normalize`` that divides each row by its largest entry first (no overflow)."""
     largest = ops.max(ops.abs(x), axis=axis, keepdims=True)
     scale = ops.where(largest > 0, largest, ops.ones_like(largest))
     scaled = x / scale
     # max(||x||, 1e-6) = scale * max(||scaled||, 1e-6 / scale); the floor may overflow to
     # inf for tiny rows, which then (correctly, to float precision) normalise to zero.
     floor = NORM_EPSILON_SQUARED / ops.square(scale)
-    return scaled / ops.sqrt(
-        ops.maximum(ops.sum(ops.square(scaled), axis=axis, keepdims=True), floor)
-    )
+    squared = ops.sum(ops.square(scaled), axis=axis, keepdims=True)
+    norm = ops.sqrt(ops.maximum(squared, floor))
+    y = scaled / norm
+    if not parts:
+        return y
+    floored = squared < floor
+    return y, ops.where(floored, 1 / NORM_EPSILON_SQUARED**0.5, 1 / scale / norm), floored
 
 
 def safe_sqrt(x):
