@@ -42,6 +42,12 @@ def value_and_grad(fn, x):
     return to_numpy(value.detach()), to_numpy(grad)
 
 
+#: ``compile_it`` values for a test run eager and compiled (torch: ``compiled`` is eager,
+#: so once).
+COMPILE_MODES = [False] if BACKEND == "torch" else [False, True]
+COMPILE_IDS = ["eager"] if BACKEND == "torch" else ["eager", "compiled"]
+
+
 def compiled(fn):
     """``fn`` under the backend's compiler: XLA for TensorFlow and JAX, eager for torch."""
     if BACKEND == "tensorflow":

@@ -29,3 +29,19 @@ def each_torch_miner(request, monkeypatch):
 
         limit = 2**62 if request.param == "dense" else -1
         monkeypatch.setattr(_torch_mining, "DENSE_MAX_SCORES", limit)
+
+
+@pytest.fixture
+def recomputed_blocks(monkeypatch):
+    """The pair engine takes its recomputed-blocks path (``keras.remat``, normally above
+    ``pairs.REMAT_PAIRS`` anchor-reference pairs) for every batch. Returns the list of block
+    functions wrapped, so that a test can tell the path was taken."""
+    import keras
+
+    from triplet_tools.mining import pairs
+
+    wrapped = []
+    remat = keras.remat
+    monkeypatch.setattr(pairs, "REMAT_PAIRS", 0)
+    monkeypatch.setattr(keras, "remat", lambda f: wrapped.append(f) or remat(f))
+    return wrapped

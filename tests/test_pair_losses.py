@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import reference_pairs as rp
-from backend import compiled_value_and_grad, to_numpy, value_and_grad
+from backend import COMPILE_IDS, COMPILE_MODES, compiled_value_and_grad, to_numpy, value_and_grad
 from pair_support import GRAD_TOL, VALUE_TOL, batch, save_and_reload
 from triplet_tools import PNLoss, TripletLoss
 from triplet_tools import losses as losses_module
@@ -119,6 +119,21 @@ def test_compiled_matches_reference(kind, kwargs):
     labels, x = batch("uneven")
     loss = make(kind, kwargs, block_size=4)
     value, grad = compiled_value_and_grad(lambda t: loss(labels, t), x)
+    np.testing.assert_allclose(value, expected(kind, kwargs, labels, x), **VALUE_TOL)
+    np.testing.assert_allclose(grad, expected_gradient(kind, kwargs, labels, x), **GRAD_TOL)
+
+
+@pytest.mark.parametrize("compile_it", COMPILE_MODES, ids=COMPILE_IDS)
+@pytest.mark.parametrize("kind,kwargs", DEFAULT_CASES, ids=DEFAULT_IDS)
+def test_recomputed_blocks_match_reference(kind, kwargs, compile_it, recomputed_blocks):
+    """Blocks recomputed in the backward pass (large batches) keep the value and gradient."""
+    labels, x = batch("uneven")
+    # A tensor made outside the compiled function: captured by it, not a constant.
+    label_tensor = keras.ops.convert_to_tensor(labels)
+    loss = make(kind, kwargs, block_size=4)
+    run = compiled_value_and_grad if compile_it else value_and_grad
+    value, grad = run(lambda t: loss(label_tensor, t), x)
+    assert recomputed_blocks
     np.testing.assert_allclose(value, expected(kind, kwargs, labels, x), **VALUE_TOL)
     np.testing.assert_allclose(grad, expected_gradient(kind, kwargs, labels, x), **GRAD_TOL)
 

@@ -11,8 +11,6 @@ the average.
 
 from __future__ import annotations
 
-from typing import Any
-
 import keras
 
 from triplet_tools._ops import ops
@@ -77,16 +75,18 @@ class PairLoss(TripletFamilyLoss):
         anchor_positions,
         reference_mask,
     ):
+        return self.score_pairs(
+            features, labels, reference_features, reference_labels, anchor_positions, reference_mask
+        )
+
+    def score_pairs(self, *references, context=()):
+        """The engine over ``score_set``'s arguments, with ``context`` for the row loss."""
         loss, count, valid, active, d_ap, d_an = pairs.score_pairs(
-            features,
-            labels,
-            reference_features,
-            reference_labels,
-            anchor_positions,
-            reference_mask,
+            *references,
             distance=self.distance,
             row_function=self._row,
             rows=self.block_size,
+            context=context,
         )
         return AnchorTriplets(loss, valid, d_ap, d_an, count, active)
 
@@ -338,8 +338,6 @@ class LiftedStructLoss(PairLoss):
     ):
         self.margin = check_number(margin, "margin", minimum=0)
         super().__init__(distance, name, reduction, **kwargs)
-        # A backend tensor (typed Any) while a call scores references, else None.
-        self._reference_terms: Any = None
 
     def _negative_term(self, block):
         term = masked_logsumexp(self.margin - block.distances, block.negative)
@@ -349,7 +347,8 @@ class LiftedStructLoss(PairLoss):
 
     def row_loss(self, block):
         own = self._negative_term(block)[0]
-        joint = ops.logaddexp(own[:, None], self._reference_terms[None, :]) + block.distances
+        (reference_terms,) = block.context
+        joint = ops.logaddexp(own[:, None], reference_terms[None, :]) + block.distances
         hinge = ops.where(block.positive, ops.relu(joint), 0)
         loss = ops.sum(ops.square(hinge), axis=1) / 2
         count = ops.sum(ops.cast(block.positive, loss.dtype), axis=1)
@@ -374,7 +373,7 @@ class LiftedStructLoss(PairLoss):
         # reference that is not finite is never a positive: zeroed here so that its NaN
         # cannot reach other rows' gradients.
         references, _ = pairs.zero_non_finite(references)
-        (self._reference_terms,) = pairs.score_pairs(
+        (reference_terms,) = pairs.score_pairs(
             references,
             reference_labels,
             None if in_batch else references,
@@ -385,14 +384,12 @@ class LiftedStructLoss(PairLoss):
             row_function=self._negative_term,
             rows=self.block_size,
         )
-        try:
-            return super().score_set(
-                features,
-                labels,
-                reference_features,
-                reference_labels,
-                anchor_positions,
-                reference_mask,
-            )
-        finally:
-            self._reference_terms = None
+        return self.score_pairs(
+            features,
+            labels,
+            reference_features,
+            reference_labels,
+            anchor_positions,
+            reference_mask,
+            context=(reference_terms,),
+        )

@@ -163,7 +163,7 @@ class TripletLoss(TripletFamilyLoss):
             return pairs.triplet_units(
                 block,
                 unit_loss=self.anchor_loss,
-                positive_negative_distances=pair_distances,
+                positive_negative_distances=block.context[0],
                 **shared,
             )
 
@@ -178,6 +178,7 @@ class TripletLoss(TripletFamilyLoss):
             row_function=units,
             rows=self.block_size,
             cubic=pair_distances is not None,
+            context=() if pair_distances is None else (pair_distances,),
         )
         return AnchorTriplets(loss, valid, d_ap, d_an, count, active)
 

@@ -5,20 +5,25 @@ gradient and the masks ``P(a)`` / ``N(a)`` of :mod:`triplet_tools.mining.rules`,
 them to a *row function* that returns per-anchor values. Blocks run through
 :func:`~triplet_tools.mining.blocks.map_blocks`, so shapes are static and it compiles under
 XLA; the backward pass is the framework's own (every pair distance of a block is
-differentiated, which is the dense formulation's gradient exactly).
+differentiated, which is the dense formulation's gradient exactly). Each anchor's positives
+are found through the references sorted by label (``PairBlock.reference_order``), by a
+search instead of a pass over the row.
 
 Row functions here:
 
-* :func:`triplet_units` -- ``TripletLoss`` / ``PNLoss`` with a strategy ``"all"``: the units
+* :func:`triplet_slots` -- ``TripletLoss`` with a strategy ``"all"``: the units
   ``(a, p, n)`` of SPEC (every positive pair with its own semi-hard negative, every
-  triplet, ...), summed per anchor with their count;
+  triplet, ...), summed per anchor with their count, one positive at a time;
+* :func:`triplet_units` -- the same for ``PNLoss``, whose units also need ``d(p, n)``;
 * :func:`masked_logsumexp` -- the building block of the pair-based losses
   (``losses/pair.py``).
 
 Memory: a block holds ``n x M`` distances (``n x M x M`` candidate units for
 :func:`triplet_units`), so blocks are sized from the reference count (see
-:func:`block_rows`). References whose embedding is not finite are zeroed and masked out,
-so NaN reaches only the loss of the anchor that holds it.
+:func:`block_rows`). Above :data:`REMAT_PAIRS` anchor-reference pairs the blocks are
+recomputed in the backward pass instead of kept for it, so a step holds ``O(B*D + n*M)``
+however large the batch. References whose embedding is not finite are zeroed and masked
+out, so NaN reaches only the loss of the anchor that holds it.
 """
 
 from __future__ import annotations
@@ -26,10 +31,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import keras
+
 from triplet_tools._ops import ops
 from triplet_tools.mining.blocks import BLOCK_ELEMENTS, map_blocks
 
 _INF = float("inf")
+
+#: Above this many anchor-reference pairs (``B * M``), blocks are recomputed in the backward
+#: pass instead of stored: 2**26 pairs (a B = 8,192 batch) hold 256 MB per float32 ``B x M``.
+REMAT_PAIRS = 2**26
 
 
 class PairBlock(NamedTuple):
@@ -41,6 +52,12 @@ class PairBlock(NamedTuple):
         negative: ``(n, M)`` bool, ``j in N(a)``.
         anchors: ``(n, D)`` anchor features.
         rows: ``(n,)`` int32 index of each anchor in the batch (padding rows: ``-1``).
+        context: the tensors passed to :func:`score_pairs` as ``context`` (with gradient).
+        reference_order: ``(M,)`` int32 reference indices sorted by label, so that
+            ``reference_order[same_start + k]``, ``k < same_count``, are the references of
+            the anchor's class (its positives, itself and masked rows included).
+        same_start, same_count: ``(n,)`` int32, where the anchor's class starts in that
+            order and how many references it has.
     """
 
     distances: Any
@@ -48,6 +65,10 @@ class PairBlock(NamedTuple):
     negative: Any
     anchors: Any
     rows: Any
+    context: tuple = ()
+    reference_order: Any = None
+    same_start: Any = None
+    same_count: Any = None
 
 
 def block_rows(num_anchors, num_references, cubic=False):
@@ -108,8 +129,14 @@ def score_pairs(
     row_function,
     rows=None,
     cubic=False,
+    context=(),
 ):
     """Runs ``row_function`` over row blocks of anchors; returns its per-anchor outputs.
+
+    When a batch has more than :data:`REMAT_PAIRS` anchor-reference pairs, each block is
+    recomputed in the backward pass (``keras.remat``) instead of keeping its ``n x M``
+    intermediates for it, so peak memory stays ``O(B*D + rows*M)`` at the cost of a second
+    forward pass over the blocks.
 
     Args:
         features: ``(B, D)`` anchor features (``distance.mining_features``), with gradient.
@@ -123,6 +150,8 @@ def score_pairs(
         row_function: ``PairBlock -> tuple of (n, ...) tensors``.
         rows: anchors per block (``None``: :func:`block_rows`).
         cubic: the row function builds ``n x M x M`` units (smaller blocks).
+        context: tensors the row function needs beside the block (as ``block.context``);
+            passed explicitly, so that their gradient survives recomputation.
 
     Returns:
         The tuple of the row function's outputs over all ``B`` anchors.
@@ -145,26 +174,75 @@ def score_pairs(
         if reference_mask is None
         else ops.logical_and(ops.cast(reference_mask, "bool"), finite)
     )
+    kept = ops.cast(mask, "int32")
     reference_index = ops.arange(ops.shape(reference_labels)[0], dtype="int32")
     anchor_rows = ops.arange(ops.shape(labels)[0], dtype="int32")
 
-    def block(anchors, anchor_labels, positions, batch_rows):
+    num_references = reference_labels.shape[0]
+    recompute = (
+        None not in (num_anchors, num_references) and num_anchors * num_references > REMAT_PAIRS
+    )
+
+    def scored(anchors, anchor_labels, positions, batch_rows, same_start, same_count, *tensors):
+        references, reference_labels, kept, reference_index, order, *extra = tensors
         same = ops.equal(anchor_labels[:, None], reference_labels[None, :])
-        kept = mask[None, :]
+        kept = kept[None, :] > 0
         positive = ops.logical_and(
-            ops.logical_and(same, kept), ops.not_equal(positions[:, None], reference_index[None, :])
+            ops.logical_and(same, kept),
+            ops.not_equal(positions[:, None], reference_index[None, :]),
         )
         negative = ops.logical_and(ops.logical_not(same), kept)
-        distances = distance.pairwise_features(anchors, clean)
-        return row_function(PairBlock(distances, positive, negative, anchors, batch_rows))
+        distances = distance.pairwise_features(anchors, references)
+        block = PairBlock(
+            distances,
+            positive,
+            negative,
+            anchors,
+            batch_rows,
+            tuple(extra),
+            order,
+            same_start,
+            same_count,
+        )
+        return tuple(row_function(block))
 
+    def recomputed(*tensors):
+        # Every tensor goes in as an argument (TensorFlow's recompute_grad inside a loop
+        # fails on captured ones), none of them bool, and only float tensors come out (a
+        # bool breaks its gradient either way).
+        outputs = scored(*tensors)
+        was_bool[:] = [keras.backend.standardize_dtype(t.dtype) == "bool" for t in outputs]
+        return tuple(ops.cast(t, features.dtype) if b else t for t, b in zip(outputs, was_bool))
+
+    was_bool: list[bool] = []
+
+    def block(*block_tensors):
+        tensors = (*block_tensors, clean, reference_labels, kept, reference_index, order, *context)
+        if not recompute:
+            return scored(*tensors)
+        outputs = keras.remat(recomputed)(*tensors)
+        return tuple(t > 0 if b else t for t, b in zip(outputs, was_bool))
+
+    # Each class's references, found by a search in the label-sorted order instead of a
+    # pass over every row of the block.
+    order = ops.cast(ops.argsort(reference_labels), "int32")
+    sorted_labels = ops.take(reference_labels, order)
+    same_start = ops.cast(ops.searchsorted(sorted_labels, labels, side="left"), "int32")
+    same_end = ops.cast(ops.searchsorted(sorted_labels, labels, side="right"), "int32")
     if rows is None:
         rows = block_rows(num_anchors, reference_labels.shape[0], cubic)
     return map_blocks(
         block,
-        (features, labels, ops.cast(anchor_positions, "int32"), anchor_rows),
+        (
+            features,
+            labels,
+            ops.cast(anchor_positions, "int32"),
+            anchor_rows,
+            same_start,
+            same_end - same_start,
+        ),
         rows=rows,
-        pad_values=(0, 0, -1, -1),
+        pad_values=(0, 0, -1, -1, 0, 0),
     )
 
 
@@ -277,15 +355,17 @@ def triplet_slots(
 ):
     """:func:`triplet_units` for ``TripletLoss`` without the ``n x M x M`` candidates.
 
-    The positives of each anchor are taken one *slot* at a time (slot ``k``: the anchor's
-    ``k``-th positive, in column order; one slot for a hard / easy positive), in a loop of
-    as many steps as the block's largest class has positives. Each step scores that
-    positive's units against the whole row in a few fused passes, and adds to
-    ``W_aj = dL_a / dd(a, j)`` (hinge: active units in which ``j`` is the positive minus those
-    in which it is the negative; soft: the same with ``sigmoid`` weights). The loop runs
-    without gradient; the gradient enters through ``sum_j W_aj (d(a, j) - stop_gradient(d(a, j)))``,
-    which is zero in value and exact in gradient (every unit loss is a function of the
-    distances, and mining is not differentiated).
+    The positives of each anchor are taken one *slot* at a time (slot ``k``: the ``k``-th
+    reference of the anchor's class in ``block.reference_order``, skipped unless it is a
+    positive; one slot for a hard / easy positive), in a loop of as many steps as the
+    block's largest class has references. A slot finds its positive's distance by a gather,
+    then scores that positive's units against the whole row in one pass (every negative, or
+    its one chosen negative), and adds to ``W_aj = dL_a / dd(a, j)`` (hinge: active units in
+    which ``j`` is the positive minus those in which it is the negative; soft: the same with
+    ``sigmoid`` weights). The loop runs without gradient; the gradient enters through
+    ``sum_j W_aj (d(a, j) - stop_gradient(d(a, j)))``, which is zero in value and exact in
+    gradient (every unit loss is a function of the distances, and mining is not
+    differentiated).
 
     Args and returns as for :func:`triplet_units` (``margin`` replaces ``unit_loss``).
     """
@@ -293,40 +373,36 @@ def triplet_slots(
     fixed = ops.stop_gradient(distances)
     dtype = fixed.dtype
     width = ops.shape(fixed)[1]
-    columns = ops.arange(width, dtype="int32")
     has_positive = ops.any(block.positive, axis=1)
     valid = ops.logical_and(has_positive, ops.any(block.negative, axis=1))
+    valid_f = ops.cast(valid, dtype)
     negative_f = ops.cast(block.negative, dtype)
-    farthest = ops.max(ops.where(block.negative, fixed, -_INF), axis=1)
-    nearest = ops.min(ops.where(block.negative, fixed, _INF), axis=1)
-
-    def column_of(value):
-        """One-hot ``(n, M)`` of the first negative column at distance ``value``."""
-        hit = ops.logical_and(block.negative, ops.equal(fixed, value[:, None]))
-        first = ops.min(ops.where(hit, columns[None, :], width), axis=1)
-        return ops.cast(ops.equal(columns[None, :], first[:, None]), dtype)
 
     if positive == "all":
-        # Slot k takes the first positive column not taken yet (a cumsum over the row
-        # would do, but XLA's CPU cumsum is quadratic in the row length).
-        remaining = ops.logical_and(block.positive, valid[:, None])
-        slots = ops.max(ops.sum(ops.cast(remaining, "int32"), axis=1))
+        counted = ops.logical_and(block.positive, valid[:, None])
+        slots = ops.max(ops.where(valid, block.same_count, 0))
+        last = ops.shape(block.reference_order)[0] - 1
+
+        def slot(k):
+            """``(n,)`` column of the anchor's slot-``k`` positive, and whether it is one."""
+            column = ops.take(block.reference_order, ops.minimum(block.same_start + k, last))
+            present = ops.logical_and(k < block.same_count, _at(counted, column))
+            return column, ops.cast(present, dtype)
     else:
         chosen = _arg(fixed, block.positive, largest=positive == "hard")
-        remaining = ops.logical_and(_one_hot(chosen, width), valid[:, None])
+        counted = ops.logical_and(_one_hot(chosen, width), valid[:, None])
         slots = 1
 
-    def take_first(remaining):
-        """``(one-hot of the first remaining column, the rest)``, each ``(n, M)`` bool."""
-        first = ops.min(ops.where(remaining, columns[None, :], width), axis=1)
-        chosen = ops.equal(columns[None, :], first[:, None])
-        return chosen, ops.logical_and(remaining, ops.logical_not(chosen))
+        def slot(k):
+            return ops.cast(chosen, "int32"), valid_f
 
     fixed_negative = None
     if negative == "hard":
-        fixed_negative = (nearest, column_of(nearest))
+        fixed_negative = _arg(fixed, block.negative, largest=False)
     elif negative == "easy":
-        fixed_negative = (farthest, column_of(farthest))
+        fixed_negative = _arg(fixed, block.negative, largest=True)
+    elif negative == "semi-hard":
+        farthest = _arg(fixed, block.negative, largest=True)
 
     def unit(gap):
         """``(l, dl/dgap)`` of a unit with ``gap = d_ap - d_an``."""
@@ -335,43 +411,45 @@ def triplet_slots(
         shifted = gap + margin
         return ops.relu(shifted), ops.cast(shifted > 0, dtype)
 
-    def step(remaining, total, units, active, weights):
-        chosen, remaining = take_first(remaining)
-        chosen_f = ops.cast(chosen, dtype)
-        present = ops.sum(chosen_f, axis=1)  # 1 where this slot holds a positive, else 0
-        d_ap = ops.sum(chosen_f * fixed, axis=1)
+    negatives = ops.sum(negative_f, axis=1)
+
+    def step(k, total, units, active, weights):
+        column, present = slot(k)
+        d_ap = _at(fixed, column)
         if negative == "all":
             value, slope = unit(d_ap[:, None] - fixed)
             kept = negative_f * present[:, None]
-            value, slope = value * kept, slope * kept
-            total = total + ops.sum(value, axis=1)
-            units = units + ops.sum(kept, axis=1)
-            active = active + ops.sum(ops.cast(value > 0, dtype), axis=1)
-            weights = weights + chosen_f * ops.sum(slope, axis=1)[:, None] - slope
+            slope = slope * kept
+            total = total + ops.sum(value * kept, axis=1)
+            units = units + negatives * present
+            pushed = ops.sum(slope, axis=1)
+            # hinge: a unit is active iff its slope is 1; soft: every unit is active
+            active = active + (negatives * present if soft else pushed)
+            weights = _add_at(weights - slope, column, pushed)
         else:
             if fixed_negative is None:  # semi-hard, from this positive's own distance
                 beyond = ops.logical_and(block.negative, fixed > (d_ap + semi_margin)[:, None])
-                nearest_beyond = ops.min(ops.where(beyond, fixed, _INF), axis=1)
-                d_an = ops.where(nearest_beyond < _INF, nearest_beyond, farthest)
-                negative_column = column_of(d_an)
+                nearest_beyond = _arg(fixed, beyond, largest=False)
+                negative_column = ops.where(_at(beyond, nearest_beyond), nearest_beyond, farthest)
             else:
-                d_an, negative_column = fixed_negative
-            value, slope = unit(d_ap - d_an)
+                negative_column = fixed_negative
+            negative_column = ops.cast(negative_column, "int32")
+            value, slope = unit(d_ap - _at(fixed, negative_column))
             value, slope = value * present, slope * present
             total = total + value
             units = units + present
             active = active + ops.cast(value > 0, dtype)
-            weights = weights + (chosen_f - negative_column) * slope[:, None]
-        return remaining, total, units, active, weights
+            weights = _add_at(_add_at(weights, column, slope), negative_column, -slope)
+        return total, units, active, weights
 
-    zeros = ops.zeros_like(farthest)
-    state = (remaining, zeros, zeros, zeros, ops.zeros_like(fixed))
+    zeros = ops.zeros_like(valid_f)
+    state = (zeros, zeros, zeros, ops.zeros_like(fixed))
     if positive != "all":  # one slot, known while tracing
-        _, total, units, active, weights = step(*state)
+        total, units, active, weights = step(0, *state)
     else:
-        _, _, total, units, active, weights = ops.while_loop(
+        _, total, units, active, weights = ops.while_loop(
             lambda k, *_: k < slots,
-            lambda k, *carry: (k + 1, *step(*carry)),
+            lambda k, *carry: (k + 1, *step(k, *carry)),
             (ops.convert_to_tensor(0, "int32"), *state),
             # A bound XLA needs for the gradient of a loop inside a loop (TensorFlow).
             maximum_iterations=fixed.shape[1],
@@ -383,15 +461,38 @@ def triplet_slots(
         + nan_if_not_finite(block.anchors)
     )
     count = units if (average == "valid" or soft) else active
-    chosen_positive = state[0]
     return (
         loss,
         count,
         valid,
         active,
-        masked_mean(distances, chosen_positive),
+        masked_mean(distances, counted),
         masked_mean(distances, block.negative),
     )
+
+
+def _at(values, columns):
+    """``values[i, columns[i]]`` for every row ``i``: ``(n,)``."""
+    return ops.take_along_axis(values, ops.cast(columns, "int32")[:, None], axis=1)[:, 0]
+
+
+def _add_at(weights, columns, values):
+    """``weights[i, columns[i]] += values[i]`` for every row ``i`` (a scatter, not a pass)."""
+    rows = ops.arange(ops.shape(weights)[0], dtype="int32")
+    if _in_place_torch(weights):
+        weights.index_put_((rows.long(), columns.long()), values, accumulate=True)
+        return weights
+    indices = ops.stack([rows, ops.cast(columns, "int32")], axis=1)
+    return ops.scatter_update(weights, indices, values, reduction="add")
+
+
+def _in_place_torch(x):
+    """Eager torch, a tensor without gradient: the scatter can write in place."""
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+
+    return not (x.requires_grad or torch.compiler.is_compiling())
 
 
 def masked_mean(values, mask):
