@@ -21,8 +21,9 @@ Row functions here:
 Memory: a block holds ``n x M`` distances (``n x M x M`` candidate units for
 :func:`triplet_units`), so blocks are sized from the reference count (see
 :func:`block_rows`). Above :data:`REMAT_PAIRS` anchor-reference pairs the blocks are
-recomputed in the backward pass instead of kept for it, so a step holds ``O(B*D + n*M)``
-however large the batch. References whose embedding is not finite are zeroed and masked
+recomputed in the backward pass instead of kept for it, so that a step holds
+``O(B*D + n*M)`` (measured on JAX; TensorFlow under XLA still keeps more, see
+docs/performance.md). References whose embedding is not finite are zeroed and masked
 out, so NaN reaches only the loss of the anchor that holds it.
 """
 
