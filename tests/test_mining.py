@@ -101,6 +101,50 @@ def test_compiled_mining_equals_eager():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's graph mode without XLA")
+@pytest.mark.parametrize("negative", ["hard", "semi-hard"])
+@pytest.mark.parametrize("reference_mask", [False, True])
+def test_plain_tensorflow_graph_mines_with_xla(negative, reference_mask):
+    """In ``tf.function`` without ``jit_compile`` (tf_keras' ``model.fit``), the kernel runs as
+    an XLA-compiled inner function, with the brute force's choices, also for an unknown batch
+    size; eager TensorFlow and an outer XLA function call it directly."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(14)
+    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 3, 5, 5])
+    x = rng.normal(size=(len(labels), 4)).astype("float32")
+    mask = np.ones(len(labels), bool)
+    mask[2] = not reference_mask
+    kwargs = {"distance": "euclidean", "negative_strategy": negative, "block_size": 4}
+
+    def mine(t, y):
+        options = {"reference_mask": mask} if reference_mask else {}
+        return tuple(mine_triplets(t, y, t, y, tf.range(tf.shape(t)[0]), **kwargs, **options))
+
+    spec = [tf.TensorSpec([None, 4], tf.float32), tf.TensorSpec([None], tf.int64)]
+    graph = tf.function(mine, input_signature=spec)
+    calls = graph.get_concrete_function().graph.get_operations()
+    assert any(
+        op.type.endswith("PartitionedCall")
+        and "_XlaMustCompile" in op.node_def.attr
+        and op.get_attr("_XlaMustCompile")
+        for op in calls
+    ), sorted({op.type for op in calls})
+    p, n, valid = (to_numpy(t) for t in graph(x, labels))
+    refs, ref_labels = (x, labels) if not reference_mask else (x[mask], labels[mask])
+    positions = np.arange(len(x)) if not reference_mask else np.cumsum(mask) - 1
+    positions = np.where(mask, positions, -1)
+    want = _brute_force("euclidean", x, labels, refs, ref_labels, positions, "hard", negative, 0)
+    assert valid.tolist() == [w is not None for w in want]
+    for i, w in enumerate(want):
+        if w is not None:
+            got = ref.distance("euclidean", x[i], x[p[i]]), ref.distance("euclidean", x[i], x[n[i]])
+            np.testing.assert_allclose(got, w, rtol=1e-5)
+    for other in (mine, tf.function(mine, jit_compile=True)):
+        for a, b in zip(other(x, labels), (p, n, valid)):
+            np.testing.assert_array_equal(to_numpy(a), b)
+
+
 def test_auto_block_rows():
     from triplet_tools.distances import get
 

@@ -23,7 +23,7 @@ import keras
 
 from triplet_tools._ops import ops
 from triplet_tools._validation import check_choice
-from triplet_tools.mining.blocks import auto_block_rows, map_blocks
+from triplet_tools.mining.blocks import auto_block_rows, map_blocks, xla_in_tensorflow_graph
 from triplet_tools.mining.rules import (
     NEGATIVE_STRATEGIES,
     POSITIVE_STRATEGIES,
@@ -230,12 +230,17 @@ def mine_features(
             )
         )
 
-    def mine_block(a, la, pa):
-        return _kernel.mine_block(
-            a, la, pa, reference_features, reference_labels, reference_mask, rules
-        )
+    def mine(features, anchor_labels, anchor_positions, references, reference_labels, *mask):
+        def mine_block(a, la, pa):
+            return _kernel.mine_block(
+                a, la, pa, references, reference_labels, mask[0] if mask else None, rules
+            )
 
-    mined = map_blocks(
-        mine_block, (features, anchor_labels, anchor_positions), rows=rows, pad_values=(0, 0, -1)
+        blocks = (features, anchor_labels, anchor_positions)
+        return map_blocks(mine_block, blocks, rows=rows, pad_values=(0, 0, -1))
+
+    mask = () if reference_mask is None else (reference_mask,)
+    mined = xla_in_tensorflow_graph(mine)(
+        features, anchor_labels, anchor_positions, reference_features, reference_labels, *mask
     )
     return MinedTriplets(*mined)

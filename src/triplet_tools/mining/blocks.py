@@ -2,7 +2,9 @@
 
 Peak memory of mining is that of one block of scores, ``rows x M``, not ``B x M``. Under
 XLA the loop is ``keras.ops.map`` over a padded ``(blocks, rows, ...)`` stack, so it
-compiles to one loop with static shapes.
+compiles to one loop with static shapes. In a plain TensorFlow graph (``tf.function``
+without ``jit_compile``: ``tf_keras``' ``model.fit``, most custom loops) the mining kernel
+still runs compiled, through :func:`xla_in_tensorflow_graph`.
 """
 
 import keras
@@ -13,6 +15,40 @@ from triplet_tools._ops import ops
 # a million scores (4 MB in float32). Eager torch pays a Python round trip per op and block,
 # so it takes blocks four times larger.
 BLOCK_ELEMENTS = 2**22 if keras.backend.backend() == "torch" else 2**20
+
+
+_TENSORFLOW = keras.backend.backend() == "tensorflow"
+
+
+def xla_in_tensorflow_graph(fn):
+    """``fn`` as a ``tf.function(jit_compile=True)`` when traced in a TensorFlow graph that
+    XLA does not compile; ``fn`` itself otherwise (eager, under XLA already, JAX, torch).
+
+    The mining kernel is a chain of elementwise selects and row reductions over each block
+    of scores: XLA fuses it into a few passes, while plain graph mode runs every op as its
+    own pass over ``rows x M`` values. Only kernels without gradient (integer indices,
+    under ``stop_gradient``) go through here. Eager TensorFlow is left alone, so a call
+    with new shapes never waits for a compile.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> double = xla_in_tensorflow_graph(lambda x: x * 2)
+    >>> ops.convert_to_numpy(double(ops.convert_to_tensor(np.ones(2)))).tolist()
+    [2.0, 2.0]
+    """
+    if not _TENSORFLOW:
+        return fn
+    import tensorflow as tf
+    from tensorflow.python.framework import ops as tf_ops
+    from tensorflow.python.ops import control_flow_util
+
+    if tf.executing_eagerly() or control_flow_util.GraphOrParentsInXlaContext(
+        tf_ops.get_default_graph()
+    ):
+        return fn
+    return tf.function(fn, jit_compile=True, autograph=False)
 
 
 def auto_block_rows(num_anchors, num_references, dim, distance, elements=None):
