@@ -7,7 +7,8 @@ under test inside its case. It prints one line, ``BENCH_RESULT {json}``, and exi
 
 ```
 inputs  = fixed-seed float32 embeddings (B, D) and int32 labels, `per_class` rows per class
-step    = loss + gradient with respect to the embeddings (the floor: one B x B x D product)
+step    = loss + gradient with respect to the embeddings (the floor: one blocked B x B x D
+          product, see floor())
 result  = first call (trace + compile + run), then the median of `repeats` timed calls, or of
           as many as fill one second (at most 2000) when the step is fast
 ```
@@ -138,12 +139,14 @@ def _ours(module, name):
     return getattr(found, name)
 
 
-def keras_loss(make_loss, torch_compile=False, distributions=("triplet-tools", "keras")):
+def keras_loss(make_loss, variant=None, distributions=("triplet-tools", "keras")):
     """A Keras 3 loss (``make_loss()`` builds it) on the backend named by ``KERAS_BACKEND``.
 
-    TensorFlow runs under ``tf.function(jit_compile=True)``, JAX under
-    ``jax.jit(jax.value_and_grad(...))``, PyTorch eagerly, or with ``torch_compile`` under
-    ``torch.compile`` (the loss; the gradient by autograd through the compiled graph).
+    TensorFlow runs under ``tf.function(jit_compile=True)`` (``variant="graph"``: a plain
+    ``tf.function``, TensorFlow's graph mode without XLA, as ``tf_keras``' ``model.fit``
+    runs it), JAX under ``jax.jit(jax.value_and_grad(...))``, PyTorch eagerly, or with
+    ``variant="compiled"`` under ``torch.compile`` (the loss; the gradient by autograd
+    through the compiled graph).
     """
 
     def build(embeddings, labels):
@@ -153,7 +156,8 @@ def keras_loss(make_loss, torch_compile=False, distributions=("triplet-tools", "
         backend = keras.backend.backend()
         versions = _versions(*distributions)
         if backend == "tensorflow":
-            step, to_numpy, more = _tensorflow_step(loss, embeddings, labels, jit_compile=True)
+            jit_compile = variant != "graph"
+            step, to_numpy, more = _tensorflow_step(loss, embeddings, labels, jit_compile)
         elif backend == "jax":
             import jax
 
@@ -162,7 +166,7 @@ def keras_loss(make_loss, torch_compile=False, distributions=("triplet-tools", "
             step = lambda: jax.block_until_ready(value_and_grad(x, y))  # noqa: E731
             to_numpy, more = np.asarray, _versions("jax", "jaxlib")
         else:
-            if torch_compile:
+            if variant == "compiled":
                 import torch
 
                 loss = torch.compile(loss)
@@ -172,15 +176,27 @@ def keras_loss(make_loss, torch_compile=False, distributions=("triplet-tools", "
     return build
 
 
-def ours(strategy, torch_compile=False):
+def ours(strategy, distance=DISTANCE, variant=None):
     """Our ``TripletLoss`` with ``negative_mining_strategy=strategy`` (see :func:`keras_loss`)."""
 
     def make_loss():
         from triplet_tools.losses import TripletLoss
 
-        return TripletLoss(distance=DISTANCE, margin=MARGIN, negative_mining_strategy=strategy)
+        return TripletLoss(distance=distance, margin=MARGIN, negative_mining_strategy=strategy)
 
-    return keras_loss(make_loss, torch_compile)
+    return keras_loss(make_loss, variant)
+
+
+#: ``TripletLoss`` per anchor: loss name -> (negative strategy, distance).
+TRIPLETS = {
+    "semi-hard": ("semi-hard", DISTANCE),
+    "batch-hard": ("hard", DISTANCE),
+    "semi-hard-l2n": ("semi-hard", "euclidean_norm"),
+    "batch-hard-l2n": ("hard", "euclidean_norm"),
+}
+#: How a Keras loss runs besides the backend's default (see :func:`keras_loss`): worker case
+#: suffix -> ``variant``.
+VARIANTS = {"": None, "-compiled": "compiled", "-graph": "graph"}
 
 
 #: Our losses beyond ``TripletLoss`` (the SPEC's "Every pair, every triplet, and the pair-based
@@ -207,6 +223,8 @@ OURS = {
 SETTINGS = {
     "semi-hard": f"`{DISTANCE}`, margin {MARGIN}",
     "batch-hard": f"`{DISTANCE}`, margin {MARGIN}",
+    "semi-hard-l2n": f"`euclidean_norm` (0.2.3's default), margin {MARGIN}",
+    "batch-hard-l2n": f"`euclidean_norm`, margin {MARGIN}",
     "batch-all": f"`{DISTANCE}`, margin {MARGIN}, mean over the triplets with a positive loss",
     "tfa-semihard": f"tfa's `angular` (= `{DISTANCE}`), margin {MARGIN}, every positive pair",
     "multi-similarity": "`cosine`, alpha 2, beta 40, epsilon 0.1, lambda (base) 0.5 "
@@ -217,10 +235,10 @@ SETTINGS = {
 }
 
 
-def our_loss(loss, torch_compile=False):
+def our_loss(loss, variant=None):
     """Our loss ``loss`` (a key of :data:`OURS`) built with its default or matched arguments."""
     module, name, kwargs = OURS[loss]
-    return keras_loss(lambda: _ours(module, name)(**kwargs), torch_compile)
+    return keras_loss(lambda: _ours(module, name)(**kwargs), variant)
 
 
 def keras_version():
@@ -239,29 +257,102 @@ def keras_circle():
     return keras_loss(make_loss, distributions=("keras",))
 
 
+#: Anchors per block tried for the floor; each must divide ``B`` (else one block of all).
+FLOOR_ROWS = (256, 512, 1024, 2048)
+#: Anchors the block sizes are compared on (against all ``B`` references) at large ``B``.
+FLOOR_CALIBRATION_ROWS = 4096
+
+
 def floor(backend):
-    """The floor: one forward ``B x B x D`` product ``x @ x.T``, no loss and no backward."""
+    """The floor: the forward ``B x B x D`` product at the backend's best blocked rate.
+
+    An exact miner never writes the whole ``B x B`` matrix, so neither does the floor: per
+    block of anchors, ``max(block @ x.T, axis=1)``, the product reduced while it is in
+    cache (an unblocked ``x @ x.T`` that writes 64 MB at ``B = 4096`` is slower, and a loss
+    could beat it). The block size is the fastest of :data:`FLOOR_ROWS`, compared on
+    :data:`FLOOR_CALIBRATION_ROWS` anchors; no loss that mines exactly can take less than
+    this one product, so no row of the table can read below 1x the floor.
+    """
 
     def build(embeddings, labels):
-        if backend == "tensorflow":
-            import tensorflow as tf
+        products, to_numpy, versions = _BLOCKED_PRODUCTS[backend]()
+        batch = len(embeddings)
+        sample = embeddings[: min(batch, FLOOR_CALIBRATION_ROWS)]
+        candidates = [rows for rows in FLOOR_ROWS if rows < batch and batch % rows == 0]
+        best_rows, best_s = batch, float("inf")
+        for rows in candidates or [batch]:
+            calibrate = products(sample, embeddings, rows)
+            calibrate()  # compile
+            took = min(_time_once(calibrate) for _ in range(2))
+            if took < best_s:
+                best_rows, best_s = rows, took
+        product = products(embeddings, embeddings, best_rows)
 
-            x = tf.constant(embeddings)
-            product = tf.function(lambda x: tf.matmul(x, x, transpose_b=True), jit_compile=True)
-            return (lambda: (product(x),)), (lambda t: t.numpy()), _versions("tensorflow")
-        if backend == "jax":
-            import jax
+        def step():
+            return (product(),)
 
-            x = jax.numpy.asarray(embeddings)
-            product = jax.jit(lambda x: x @ x.T)
-            step = lambda: (jax.block_until_ready(product(x)),)  # noqa: E731
-            return step, np.asarray, _versions("jax", "jaxlib")
-        import torch
-
-        x = torch.from_numpy(embeddings)
-        return (lambda: (x @ x.T,)), (lambda t: t.numpy()), _versions("torch")
+        step.notes = {"rows_per_block": best_rows}
+        return step, to_numpy, versions
 
     return build
+
+
+def _time_once(step):
+    tick = time.perf_counter()
+    step()
+    return time.perf_counter() - tick
+
+
+def _tensorflow_products():
+    import tensorflow as tf
+
+    def products(anchors, references, rows):
+        a, r = tf.constant(anchors), tf.constant(references)
+
+        @tf.function(jit_compile=True)
+        def row_maxima(a, r):
+            blocks = tf.reshape(a, (-1, rows, a.shape[1]))
+            maxima = tf.map_fn(
+                lambda b: tf.reduce_max(tf.matmul(b, r, transpose_b=True), axis=1), blocks
+            )
+            return tf.reshape(maxima, (-1,))
+
+        return lambda: row_maxima(a, r)
+
+    return products, (lambda t: t.numpy()), _versions("tensorflow")
+
+
+def _jax_products():
+    import jax
+
+    def products(anchors, references, rows):
+        a, r = jax.numpy.asarray(anchors), jax.numpy.asarray(references)
+
+        @jax.jit
+        def row_maxima(a, r):
+            blocks = a.reshape(-1, rows, a.shape[1])
+            return jax.lax.map(lambda b: (b @ r.T).max(axis=1), blocks).reshape(-1)
+
+        return lambda: jax.block_until_ready(row_maxima(a, r))
+
+    return products, np.asarray, _versions("jax", "jaxlib")
+
+
+def _torch_products():
+    import torch
+
+    def products(anchors, references, rows):
+        a, r = torch.from_numpy(anchors), torch.from_numpy(references)
+        return lambda: torch.cat([(block @ r.T).amax(dim=1) for block in a.split(rows)])
+
+    return products, (lambda t: t.numpy()), _versions("torch")
+
+
+_BLOCKED_PRODUCTS = {
+    "tensorflow": _tensorflow_products,
+    "jax": _jax_products,
+    "torch": _torch_products,
+}
 
 
 def triplet_tools_023(embeddings, labels):
@@ -431,12 +522,16 @@ def _check_installed_copy(module, distribution, version):
 
 #: Case name -> builder(embeddings, labels) -> (step, to_numpy, versions).
 CASES = {
-    "ours-semi-hard": ours("semi-hard"),
-    "ours-batch-hard": ours("hard"),
-    "ours-semi-hard-compiled": ours("semi-hard", torch_compile=True),
-    "ours-batch-hard-compiled": ours("hard", torch_compile=True),
-    **{f"ours-{loss}": our_loss(loss) for loss in OURS},
-    **{f"ours-{loss}-compiled": our_loss(loss, torch_compile=True) for loss in OURS},
+    **{
+        f"ours-{loss}{suffix}": ours(strategy, distance, variant)
+        for loss, (strategy, distance) in TRIPLETS.items()
+        for suffix, variant in VARIANTS.items()
+    },
+    **{
+        f"ours-{loss}{suffix}": our_loss(loss, variant)
+        for loss in OURS
+        for suffix, variant in VARIANTS.items()
+    },
     "keras-circle": keras_circle(),
     "floor-tensorflow": floor("tensorflow"),
     "floor-jax": floor("jax"),
@@ -493,7 +588,8 @@ def measure(case, batch, dim=128, per_class=8, seed=0, repeats=5, budget_s=float
     Returns:
         A dict with ``median_s``, ``min_s``, ``times_s``, ``first_call_s``,
         ``setup_rss_mb`` (after imports and inputs), ``peak_rss_mb`` (``VmHWM``, the
-        process's peak), ``loss``, ``grad_finite`` and ``versions``, memory in MiB.
+        process's peak), ``loss``, ``grad_finite``, ``versions`` and ``notes`` (what the
+        case chose, e.g. the floor's block size), memory in MiB.
     """
     start = time.perf_counter()
     embeddings, labels = make_inputs(batch, dim, per_class, seed)
@@ -527,6 +623,8 @@ def measure(case, batch, dim=128, per_class=8, seed=0, repeats=5, budget_s=float
         "loss": float(np.mean(values[0])),
         "grad_finite": bool(np.all(np.isfinite(values[1]))) if len(values) > 1 else None,
         "versions": versions,
+        # What the case chose while it was built (the floor: its block size).
+        "notes": getattr(step, "notes", {}),
     }
 
 

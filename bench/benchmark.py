@@ -11,11 +11,13 @@ for each case (library x backend) and each batch size B, in increasing B:
 then: results.json (raw), results.md (table), bench.png (log-log plot) in --out
 ```
 
-Cases: our losses (:data:`LOSSES`: ``TripletLoss`` semi-hard and batch-hard, batch-all,
-tfa-style semi-hard, multi-similarity, circle, soft nearest neighbour, lifted structure) on
-TensorFlow (XLA), JAX (jit), PyTorch (eager) and PyTorch under ``torch.compile`` (its compile
-caches off, so the first call is a cold compile); ``keras.losses.Circle`` beside our circle
-loss, on each Keras backend; the floor, one forward ``B x B x D`` product, per backend; and the
+Cases: our losses (:data:`LOSSES`: ``TripletLoss`` semi-hard and batch-hard with ``cosine``
+and with ``euclidean_norm``, batch-all, tfa-style semi-hard, multi-similarity, circle, soft
+nearest neighbour, lifted structure) on TensorFlow (XLA), TensorFlow's graph mode without
+XLA, JAX (jit), PyTorch (eager) and PyTorch under ``torch.compile`` (its compile caches off,
+so the first call is a cold compile); ``keras.losses.Circle`` beside our circle loss, on
+each Keras backend; the floor, one forward ``B x B x D`` product at each backend's best
+blocked rate (the fastest of the three is the machine's floor every row is divided by); and the
 peers, each in its own virtual environment under ``--peers-dir`` (``make bench`` creates them
 from ``bench/peers/``): triplet-tools 0.2.3 (it has our import name), TensorFlow Similarity
 0.17.1 under ``tf_keras``, pytorch-metric-learning 2.9.0, tensorflow-addons 0.23 (TensorFlow
@@ -52,12 +54,24 @@ PROG = "make bench"
 
 DEFAULT_SIZES = (256, 1024, 4096, 16384, 65536)
 BACKENDS = ("tensorflow", "jax", "torch")
-#: How our loss runs: each backend, plus PyTorch under ``torch.compile``.
-MODES = BACKENDS + ("torch-compile",)
-#: Our losses, by the names ``--losses`` takes (the demo's ``--loss`` names).
+#: How our loss runs: each backend, plus TensorFlow's graph mode without XLA (what
+#: ``tf_keras``' ``model.fit`` and most custom loops run) and PyTorch under ``torch.compile``.
+MODES = ("tensorflow", "tensorflow-graph", "jax", "torch", "torch-compile")
+#: Mode -> (backend, suffix of its ``bench_worker`` case).
+MODE_RUNS = {
+    "tensorflow": ("tensorflow", ""),
+    "tensorflow-graph": ("tensorflow", "-graph"),
+    "jax": ("jax", ""),
+    "torch": ("torch", ""),
+    "torch-compile": ("torch", "-compiled"),
+}
+#: Our losses, by the names ``--losses`` takes (the demo's ``--loss`` names, and the two
+#: per-anchor losses again with ``euclidean_norm``, 0.2.3's default distance).
 LOSSES = (
     "semi-hard",
     "batch-hard",
+    "semi-hard-l2n",
+    "batch-hard-l2n",
     "batch-all",
     "tfa-semihard",
     "multi-similarity",
@@ -69,6 +83,8 @@ LOSSES = (
 LOSS_LABELS = {
     "semi-hard": "TripletLoss semi-hard",
     "batch-hard": "TripletLoss batch-hard",
+    "semi-hard-l2n": "TripletLoss semi-hard euclidean_norm",
+    "batch-hard-l2n": "TripletLoss batch-hard euclidean_norm",
     "batch-all": "triplet_batch_all_loss",
     "tfa-semihard": "tfa.TripletSemiHardLoss",
     "multi-similarity": "MultiSimilarityLoss",
@@ -78,6 +94,7 @@ LOSS_LABELS = {
 }
 BACKEND_LABELS = {
     "tensorflow": "TF (XLA)",
+    "tensorflow-graph": "TF graph (no XLA)",
     "jax": "JAX (jit)",
     "torch": "torch (eager)",
     "torch-compile": "torch (torch.compile)",
@@ -123,11 +140,11 @@ def our_case(loss, mode):
     >>> our_case("batch-all", "torch-compile").worker_case
     'ours-batch-all-compiled'
     """
-    backend = "torch" if mode == "torch-compile" else mode
+    backend, suffix = MODE_RUNS[mode]
     return Case(
         name=f"ours-{loss}/{mode}",
         label=f"triplet-tools {LOSS_LABELS[loss]} · {BACKEND_LABELS[mode]}",
-        worker_case=f"ours-{loss}" + ("-compiled" if mode == "torch-compile" else ""),
+        worker_case=f"ours-{loss}{suffix}",
         backend=backend,
         env=(("KERAS_BACKEND", backend),)
         + ((("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1"),) if mode == "torch-compile" else ()),
@@ -147,10 +164,11 @@ def keras_circle_case(backend):
 
 
 def floor_case(backend):
-    """The floor on ``backend``: one forward ``B x B x D`` product, no backward."""
+    """The floor on ``backend``: one forward ``B x B x D`` product at its best blocked rate
+    (``bench_worker.floor``), no backward."""
     return Case(
         name=f"floor/{backend}",
-        label=f"floor: one B×B×D product · {BACKEND_LABELS[backend]}",
+        label=f"floor: one blocked B×B×D product · {BACKEND_LABELS[backend]}",
         worker_case=f"floor-{backend}",
         backend=backend,
     )
@@ -311,7 +329,8 @@ PEERS = {
 def select_cases(backends=MODES, losses=LOSSES, peers=tuple(PEERS)):
     """The cases to run, in table order: ours, the floors, then the peers.
 
-    A floor runs for every backend that a selected case uses, so each row has its ratio.
+    The floor runs on every backend, whichever cases are selected: the fastest of them is
+    the machine's floor that every row is divided by.
     A peer row that is the counterpart of one of our losses (``Case.loss``) runs only when
     that loss is selected; the others whenever their environment is. ``keras.losses.Circle``
     runs beside our circle loss on each selected Keras backend (``torch-compile`` excepted)
@@ -320,11 +339,11 @@ def select_cases(backends=MODES, losses=LOSSES, peers=tuple(PEERS)):
     Example:
 
     >>> cases = select_cases(["jax"], ["semi-hard"], ["pytorch-metric-learning-2.9.0"])
-    >>> [case.name for case in cases[:3]]
-    ['ours-semi-hard/jax', 'floor/jax', 'floor/torch']
+    >>> [case.name for case in cases[:4]]
+    ['ours-semi-hard/jax', 'floor/tensorflow', 'floor/jax', 'floor/torch']
     >>> [case.name for case in select_cases(["jax"], ["circle"], ["tf-similarity-0.17.1"])]
-    ['ours-circle/jax', 'keras-circle/jax', 'floor/tensorflow', 'floor/jax', 'tfsim-pn', \
-'tfsim-triplet', 'tfsim-circle']
+    ['ours-circle/jax', 'keras-circle/jax', 'floor/tensorflow', 'floor/jax', 'floor/torch', \
+'tfsim-pn', 'tfsim-triplet', 'tfsim-circle']
     """
     ours = [our_case(loss, backend) for backend in backends for loss in losses]
     if peers and "circle" in losses:
@@ -332,8 +351,7 @@ def select_cases(backends=MODES, losses=LOSSES, peers=tuple(PEERS)):
     peer_cases = [
         case for peer in peers for case in PEERS[peer] if case.loss is None or case.loss in losses
     ]
-    used = {case.backend for case in ours + peer_cases}
-    floors = [floor_case(backend) for backend in BACKENDS if backend in used]
+    floors = [floor_case(backend) for backend in BACKENDS]
     return ours + floors + peer_cases
 
 
@@ -545,6 +563,28 @@ def _ratio(record, reference):
     return f"{ratio:.0f}×" if ratio >= 10 else f"{ratio:.2g}×"
 
 
+def machine_floor(records, batch):
+    """The fastest floor record measured at ``batch`` (``None`` if none finished).
+
+    Example:
+
+    >>> records = [_example("floor/jax", 64, 0.002), _example("floor/torch", 64, 0.001),
+    ...            _example("ours-semi-hard/jax", 64, 0.0005)]
+    >>> machine_floor(records, 64)["case"]
+    'floor/torch'
+    """
+    floors = [
+        r
+        for r in records
+        if r["case"].startswith("floor/") and r["batch"] == batch and r["status"] == "ok"
+    ]
+    return min(floors, key=lambda r: r["median_s"], default=None)
+
+
+def _example(case, batch, seconds):
+    return {"case": case, "batch": batch, "status": "ok", "median_s": seconds}
+
+
 def markdown_report(cases, records, sizes, meta):
     """The Markdown report: header, the table (time · peak RSS, ratios per B), first calls.
 
@@ -583,22 +623,29 @@ def markdown_report(cases, records, sizes, meta):
         f"{settings['time_limit']:g} s "
         f"({settings['cubic_time_limit']:g} s for the peers that enumerate every triplet), "
         f"{settings['memory_limit_gb']:g} GB. "
-        "`×floor`: time ÷ the floor on the same backend; `×0.2.3`: time ÷ triplet-tools 0.2.3; "
-        "both from this run.",
+        "`×floor`: time ÷ the machine's floor, the fastest of the three blocked products "
+        "at that B (an exact miner needs this one product at least, so no row can be "
+        "below 1×); `×0.2.3`: time ÷ triplet-tools 0.2.3; both from this run.",
         "",
     ]
+    chosen = [
+        f"B={r['batch']} {r['case'].split('/')[1]}: {r['notes']['rows_per_block']}"
+        for r in records
+        if r["case"].startswith("floor/") and r["status"] == "ok" and r.get("notes")
+    ]
+    if chosen:
+        lines += ["Anchors per block of the floors (the fastest tried): " + "; ".join(chosen), ""]
     header = ["library · backend"]
     for batch in sizes:
         header += [f"B={batch}", "×floor · ×0.2.3"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for case in cases:
         row = [case.label]
-        floor = f"floor/{case.backend}"
         for batch in sizes:
             record = by_key.get((case.name, batch))
             row.append(describe(record) if record else "—")
             ratios = [
-                _ratio(record, by_key.get((floor, batch))) if case.name != floor else "1×",
+                _ratio(record, machine_floor(records, batch)),
                 _ratio(record, by_key.get((BASELINE, batch))),
             ]
             row.append(" · ".join(ratios))
@@ -789,8 +836,9 @@ def add_arguments(parser):
         "--backends",
         type=_choice_list(MODES),
         default=list(MODES),
-        help="Keras backends for our loss, and torch-compile for PyTorch "
-        "under torch.compile (default: all four)",
+        help="how our loss runs: the Keras backends (tensorflow: under XLA), "
+        "tensorflow-graph for TensorFlow's graph mode without XLA, torch-compile for "
+        f"PyTorch under torch.compile (default: all: {','.join(MODES)})",
     )
     parser.add_argument(
         "--losses",

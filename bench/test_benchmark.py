@@ -67,7 +67,7 @@ def test_a_missing_peer_environment_is_reported(tmp_path):
     assert benchmark.describe(record) == "not installed"
 
 
-def test_select_cases_adds_the_floor_of_every_backend_used():
+def test_select_cases_adds_the_floor_of_every_backend():
     names = [c.name for c in benchmark.select_cases(["jax"], ["batch-hard"], list(benchmark.PEERS))]
     assert names[:4] == ["ours-batch-hard/jax", "floor/tensorflow", "floor/jax", "floor/torch"]
     assert "triplet-tools-0.2.3" in names and "pml-triplet-margin-semihard" in names
@@ -95,6 +95,9 @@ def test_markdown_report_has_times_memory_ratios_and_failures():
         _record("ours-semi-hard/tensorflow", 1024, 0.03),
         _record("floor/tensorflow", 256, 0.001),
         _record("floor/tensorflow", 1024, 0.01),
+        # JAX's floor is the machine's at 1024 only: each B divides by the fastest floor.
+        {**_record("floor/jax", 256, 0.002), "notes": {"rows_per_block": 256}},
+        {**_record("floor/jax", 1024, 0.005), "notes": {"rows_per_block": 512}},
         _record("triplet-tools-0.2.3", 256, 0.008),
         {
             "case": "triplet-tools-0.2.3",
@@ -129,13 +132,17 @@ def test_markdown_report_has_times_memory_ratios_and_failures():
     ours_row = next(
         line for line in report.splitlines() if line.startswith("| triplet-tools TripletLoss")
     )
-    # ours / floor = 4 and 3; ours / 0.2.3 = 0.5 at 256, none at 1024 (0.2.3 ran out of memory).
+    # ours / floor = 4 (TF's) and 6 (JAX's); ours / 0.2.3 = 0.5 at 256, none at 1024 (0.2.3
+    # ran out of memory).
     assert ours_row.rstrip(" |").split(" | ")[1:] == [
         "0.004 s · 1.05 GB",
         "4× · 0.5×",
         "0.03 s · 1.05 GB",
-        "3× · —",
+        "6× · —",
     ]
+    floor_row = next(line for line in report.splitlines() if "floor: one blocked" in line)
+    assert floor_row.rstrip(" |").split(" | ")[2::2] == ["1× · 0.12×", "2× · —"]
+    assert "Anchors per block of the floors (the fastest tried): B=256 jax: 256; " in report
     peer_row = next(
         line for line in report.splitlines() if line.startswith("| triplet-tools 0.2.3")
     )
@@ -185,7 +192,8 @@ def test_end_to_end_tiny_run_writes_table_json_and_plot(tmp_path, capsys):
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())
     by_case = {r["case"]: r for r in results["results"]}
-    assert set(by_case) == {f"ours-semi-hard/{BACKEND}", f"floor/{BACKEND}"}
+    floors = {f"floor/{backend}" for backend in benchmark.BACKENDS}
+    assert set(by_case) == {f"ours-semi-hard/{BACKEND}"} | floors
     for record in by_case.values():
         assert record["status"] == "ok", record
         assert record["batch"] == 64
@@ -199,6 +207,8 @@ def test_end_to_end_tiny_run_writes_table_json_and_plot(tmp_path, capsys):
     assert math.isfinite(ours["loss"]) and ours["loss"] > 0  # random unit vectors, margin 0.2
     assert ours["grad_finite"] is True
     assert ours["versions"]["triplet-tools"] != "0.2.3"
+    # B=64 is below every block size tried: the floor is one block of all 64 anchors.
+    assert {by_case[name]["notes"]["rows_per_block"] for name in floors} == {64}
     assert results["meta"]["settings"]["sizes"] == [64]
     table = (tmp_path / "results.md").read_text()
     assert "| library · backend | B=64 | ×floor · ×0.2.3 |" in table
@@ -248,9 +258,13 @@ def test_every_peer_environment_is_held_to_the_local_torch():
 def test_new_losses_run_on_every_mode_with_their_peers():
     cases = benchmark.select_cases(benchmark.MODES, ["batch-all"], list(benchmark.PEERS))
     names = [c.name for c in cases]
-    assert names[:4] == [f"ours-batch-all/{mode}" for mode in benchmark.MODES]
-    assert [c.worker_case for c in cases[:4]] == ["ours-batch-all"] * 3 + [
-        "ours-batch-all-compiled"
+    assert names[:5] == [f"ours-batch-all/{mode}" for mode in benchmark.MODES]
+    assert [c.worker_case for c in cases[:5]] == [
+        "ours-batch-all",
+        "ours-batch-all-graph",
+        "ours-batch-all",
+        "ours-batch-all",
+        "ours-batch-all-compiled",
     ]
     assert "st-batch-all" in names and "pml-all-triplets" in names
     # The per-anchor peers run as before; the other new losses' peers do not.
@@ -282,7 +296,13 @@ def test_each_new_loss_selects_its_counterparts():
 
 def test_keras_circle_runs_on_keras_backends_only_and_not_without_peers():
     names = [c.name for c in benchmark.select_cases(["torch-compile", "jax"], ["circle"], [])]
-    assert names == ["ours-circle/torch-compile", "ours-circle/jax", "floor/jax", "floor/torch"]
+    assert names == [
+        "ours-circle/torch-compile",
+        "ours-circle/jax",
+        "floor/tensorflow",
+        "floor/jax",
+        "floor/torch",
+    ]
     names = [
         c.name
         for c in benchmark.select_cases(
@@ -422,7 +442,7 @@ def test_end_to_end_a_new_loss_runs_or_reads_not_available(tmp_path):
     assert set(by_case) == {
         f"ours-batch-all/{BACKEND}",
         f"ours-lifted/{BACKEND}",
-        f"floor/{BACKEND}",
+        *(f"floor/{backend}" for backend in benchmark.BACKENDS),
     }
     for name in (f"ours-batch-all/{BACKEND}", f"ours-lifted/{BACKEND}"):
         record = by_case[name]
