@@ -41,9 +41,12 @@ def xla_in_tensorflow_graph(fn):
     if not _TENSORFLOW:
         return fn
     import tensorflow as tf
-    from tensorflow.python.framework import ops as tf_ops
-    from tensorflow.python.ops import control_flow_util
 
+    try:  # TensorFlow's own test for an XLA context is not public API
+        from tensorflow.python.framework import ops as tf_ops
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # a TensorFlow without it: run the kernel as written
+        return fn
     if tf.executing_eagerly() or control_flow_util.GraphOrParentsInXlaContext(
         tf_ops.get_default_graph()
     ):
