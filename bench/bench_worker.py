@@ -105,6 +105,35 @@ def _torch_step(loss_fn, embeddings, labels):
     return step, (lambda t: t.detach().numpy()), _versions("torch")
 
 
+def _tf_keras_fit_step(loss, embeddings, labels):
+    """One ``tf_keras`` ``model.fit`` step of a small model trained with ``loss``.
+
+    The model maps the ``(B, D)`` inputs through ``Dense(D)`` and ``UnitNormalization`` to
+    the embeddings the loss sees; ``step()`` is ``model.train_on_batch``, the compiled train
+    function ``model.fit`` calls once per batch (forward, loss, gradient, one SGD update), as
+    ``tf_keras`` compiles it by default: a ``tf.function`` without XLA. Runs under
+    ``TF_USE_LEGACY_KERAS=1``; ``loss`` is a ``tf_keras`` loss or a plain
+    ``loss(y_true, y_pred)`` function.
+    """
+    import tf_keras
+
+    dim = embeddings.shape[1]
+    model = tf_keras.Sequential(
+        [
+            tf_keras.Input((dim,)),
+            tf_keras.layers.Dense(dim),
+            tf_keras.layers.UnitNormalization(),
+        ]
+    )
+    model.compile(tf_keras.optimizers.SGD(learning_rate=1e-4), loss)
+
+    def step():
+        return (model.train_on_batch(embeddings, labels),)
+
+    step.notes = {"step": "tf_keras train_on_batch", "jit_compile": bool(model.jit_compile)}
+    return step, np.asarray, _versions("tensorflow", "tf-keras")
+
+
 class NotAvailable(Exception):
     """A loss that this checkout of triplet-tools does not have (yet): reported as missing."""
 
@@ -144,9 +173,10 @@ def keras_loss(make_loss, variant=None, distributions=("triplet-tools", "keras")
 
     TensorFlow runs under ``tf.function(jit_compile=True)`` (``variant="graph"``: a plain
     ``tf.function``, TensorFlow's graph mode without XLA, as ``tf_keras``' ``model.fit``
-    runs it), JAX under ``jax.jit(jax.value_and_grad(...))``, PyTorch eagerly, or with
-    ``variant="compiled"`` under ``torch.compile`` (the loss; the gradient by autograd
-    through the compiled graph).
+    runs it; ``variant="fit"``: one ``tf_keras`` ``model.fit`` step of a small model, see
+    :func:`_tf_keras_fit_step`, through ``triplet_tools.legacy.to_tf_keras``), JAX under
+    ``jax.jit(jax.value_and_grad(...))``, PyTorch eagerly, or with ``variant="compiled"``
+    under ``torch.compile`` (the loss; the gradient by autograd through the compiled graph).
     """
 
     def build(embeddings, labels):
@@ -155,7 +185,11 @@ def keras_loss(make_loss, variant=None, distributions=("triplet-tools", "keras")
         loss = make_loss()
         backend = keras.backend.backend()
         versions = _versions(*distributions)
-        if backend == "tensorflow":
+        if variant == "fit":
+            from triplet_tools.legacy import to_tf_keras
+
+            step, to_numpy, more = _tf_keras_fit_step(to_tf_keras(loss), embeddings, labels)
+        elif backend == "tensorflow":
             jit_compile = variant != "graph"
             step, to_numpy, more = _tensorflow_step(loss, embeddings, labels, jit_compile)
         elif backend == "jax":
@@ -196,7 +230,7 @@ TRIPLETS = {
 }
 #: How a Keras loss runs besides the backend's default (see :func:`keras_loss`): worker case
 #: suffix -> ``variant``.
-VARIANTS = {"": None, "-compiled": "compiled", "-graph": "graph"}
+VARIANTS = {"": None, "-compiled": "compiled", "-graph": "graph", "-fit": "fit"}
 
 
 #: Our losses beyond ``TripletLoss`` (the SPEC's "Every pair, every triplet, and the pair-based
@@ -365,8 +399,19 @@ def triplet_tools_023(embeddings, labels):
     return step, to_numpy, {**versions, **_versions("triplet-tools")}
 
 
-def tf_similarity(loss_name):
-    """TF Similarity's ``PNLoss`` / ``TripletLoss`` (semi-hard) under ``tf_keras``, in a graph."""
+def triplet_tools_023_fit(embeddings, labels):
+    """triplet-tools 0.2.3 ``triplet_batch_semihard_loss`` in a ``tf_keras`` ``model.fit`` step."""
+    import triplet_tools
+
+    _check_installed_copy(triplet_tools, "triplet-tools", "0.2.3")
+    loss = triplet_tools.triplet_batch_semihard_loss(margin=MARGIN, metric=DISTANCE)
+    step, to_numpy, versions = _tf_keras_fit_step(loss, embeddings, labels)
+    return step, to_numpy, {**versions, **_versions("triplet-tools")}
+
+
+def tf_similarity(loss_name, fit=False):
+    """TF Similarity's ``PNLoss`` / ``TripletLoss`` (semi-hard) under ``tf_keras``, in a graph
+    (``fit=True``: in a ``tf_keras`` ``model.fit`` step, see :func:`_tf_keras_fit_step`)."""
 
     def build(embeddings, labels):
         from tensorflow_similarity import losses
@@ -374,7 +419,10 @@ def tf_similarity(loss_name):
         loss = getattr(losses, loss_name)(
             distance=DISTANCE, negative_mining_strategy="semi-hard", margin=MARGIN
         )
-        step, to_numpy, versions = _tensorflow_step(loss, embeddings, labels, jit_compile=False)
+        if fit:
+            step, to_numpy, versions = _tf_keras_fit_step(loss, embeddings, labels)
+        else:
+            step, to_numpy, versions = _tensorflow_step(loss, embeddings, labels, jit_compile=False)
         return step, to_numpy, {**versions, **_versions("tensorflow-similarity", "tf-keras")}
 
     return build
@@ -539,6 +587,8 @@ CASES = {
     "triplet-tools-0.2.3": triplet_tools_023,
     "tfsim-pn": tf_similarity("PNLoss"),
     "tfsim-triplet": tf_similarity("TripletLoss"),
+    "triplet-tools-0.2.3-fit": triplet_tools_023_fit,
+    "tfsim-triplet-fit": tf_similarity("TripletLoss", fit=True),
     "pml-batch-hard": metric_learning("batch-hard"),
     "pml-batch-semihard": metric_learning("batch-semihard"),
     "pml-triplet-margin-semihard": metric_learning("triplet-margin-semihard"),

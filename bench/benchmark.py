@@ -55,12 +55,14 @@ PROG = "make bench"
 DEFAULT_SIZES = (256, 1024, 4096, 16384, 65536)
 BACKENDS = ("tensorflow", "jax", "torch")
 #: How our loss runs: each backend, plus TensorFlow's graph mode without XLA (what
-#: ``tf_keras``' ``model.fit`` and most custom loops run) and PyTorch under ``torch.compile``.
-MODES = ("tensorflow", "tensorflow-graph", "jax", "torch", "torch-compile")
+#: ``tf_keras``' ``model.fit`` and most custom loops run), a whole ``tf_keras`` ``model.fit``
+#: step of a small model, and PyTorch under ``torch.compile``.
+MODES = ("tensorflow", "tensorflow-graph", "tf-keras-fit", "jax", "torch", "torch-compile")
 #: Mode -> (backend, suffix of its ``bench_worker`` case).
 MODE_RUNS = {
     "tensorflow": ("tensorflow", ""),
     "tensorflow-graph": ("tensorflow", "-graph"),
+    "tf-keras-fit": ("tensorflow", "-fit"),
     "jax": ("jax", ""),
     "torch": ("torch", ""),
     "torch-compile": ("torch", "-compiled"),
@@ -95,12 +97,15 @@ LOSS_LABELS = {
 BACKEND_LABELS = {
     "tensorflow": "TF (XLA)",
     "tensorflow-graph": "TF graph (no XLA)",
+    "tf-keras-fit": "tf_keras model.fit step",
     "jax": "JAX (jit)",
     "torch": "torch (eager)",
     "torch-compile": "torch (torch.compile)",
 }
-#: The peer every time is also divided by (the ``×0.2.3`` column).
+#: The peer every time is also divided by (the ``×0.2.3`` column)...
 BASELINE = "triplet-tools-0.2.3"
+#: ... and, for the ``tf_keras`` ``model.fit`` rows, its ``model.fit`` step.
+BASELINE_FIT = "triplet-tools-0.2.3/fit"
 #: Statuses that are results (the library ran out of time or memory), not harness faults.
 FAILED = ("oom", "timeout")
 
@@ -120,6 +125,9 @@ class Case:
             ``--cubic-time-limit``.
         loss: for a peer, which of our :data:`LOSSES` it is the counterpart of: it runs only
             when that loss is selected (``None``: whenever its environment is selected).
+        mode: for a peer, the one of our :data:`MODES` it is measured in, when it runs only
+            with that mode (``None``: with any).
+        baseline: the case the ``×0.2.3`` column divides by.
     """
 
     name: str
@@ -130,6 +138,11 @@ class Case:
     env: tuple = ()
     cubic: bool = False
     loss: str = None
+    mode: str = None
+    baseline: str = BASELINE
+
+
+_LEGACY_KERAS = (("TF_USE_LEGACY_KERAS", "1"),)
 
 
 def our_case(loss, mode):
@@ -147,7 +160,9 @@ def our_case(loss, mode):
         worker_case=f"ours-{loss}{suffix}",
         backend=backend,
         env=(("KERAS_BACKEND", backend),)
-        + ((("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1"),) if mode == "torch-compile" else ()),
+        + ((("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1"),) if mode == "torch-compile" else ())
+        + (_LEGACY_KERAS if mode == "tf-keras-fit" else ()),
+        baseline=BASELINE_FIT if mode == "tf-keras-fit" else BASELINE,
     )
 
 
@@ -174,7 +189,6 @@ def floor_case(backend):
     )
 
 
-_LEGACY_KERAS = (("TF_USE_LEGACY_KERAS", "1"),)
 _TFSIM, _PML = "tf-similarity-0.17.1", "pytorch-metric-learning-2.9.0"
 _TFA, _ST = "tensorflow-addons-0.23.0", "sentence-transformers-6.0.1"
 
@@ -187,6 +201,17 @@ PEERS = {
             "triplet-tools-0.2.3",
             "tensorflow",
             peer="triplet-tools-0.2.3",
+        ),
+        Case(
+            BASELINE_FIT,
+            "triplet-tools 0.2.3 semi-hard · tf_keras model.fit step",
+            "triplet-tools-0.2.3-fit",
+            "tensorflow",
+            peer="triplet-tools-0.2.3",
+            env=_LEGACY_KERAS,
+            loss="semi-hard",
+            mode="tf-keras-fit",
+            baseline=BASELINE_FIT,
         ),
     ),
     "tf-similarity-0.17.1": (
@@ -205,6 +230,17 @@ PEERS = {
             "tensorflow",
             peer="tf-similarity-0.17.1",
             env=_LEGACY_KERAS,
+        ),
+        Case(
+            "tfsim-triplet/fit",
+            "TF Similarity 0.17.1 TripletLoss semi-hard · tf_keras model.fit step",
+            "tfsim-triplet-fit",
+            "tensorflow",
+            peer=_TFSIM,
+            env=_LEGACY_KERAS,
+            loss="semi-hard",
+            mode="tf-keras-fit",
+            baseline=BASELINE_FIT,
         ),
         Case(
             "tfsim-multi-similarity",
@@ -332,7 +368,9 @@ def select_cases(backends=MODES, losses=LOSSES, peers=tuple(PEERS)):
     The floor runs on every backend, whichever cases are selected: the fastest of them is
     the machine's floor that every row is divided by.
     A peer row that is the counterpart of one of our losses (``Case.loss``) runs only when
-    that loss is selected; the others whenever their environment is. ``keras.losses.Circle``
+    that loss is selected, and one measured in one of our modes (``Case.mode``: the
+    ``tf_keras`` ``model.fit`` step) only when that mode is; the others whenever their
+    environment is. ``keras.losses.Circle``
     runs beside our circle loss on each selected Keras backend (``torch-compile`` excepted)
     unless no peer is selected.
 
@@ -349,7 +387,10 @@ def select_cases(backends=MODES, losses=LOSSES, peers=tuple(PEERS)):
     if peers and "circle" in losses:
         ours += [keras_circle_case(backend) for backend in backends if backend in BACKENDS]
     peer_cases = [
-        case for peer in peers for case in PEERS[peer] if case.loss is None or case.loss in losses
+        case
+        for peer in peers
+        for case in PEERS[peer]
+        if case.loss in (None, *losses) and case.mode in (None, *backends)
     ]
     floors = [floor_case(backend) for backend in BACKENDS]
     return ours + floors + peer_cases
@@ -625,7 +666,11 @@ def markdown_report(cases, records, sizes, meta):
         f"{settings['memory_limit_gb']:g} GB. "
         "`×floor`: time ÷ the machine's floor, the fastest of the three blocked products "
         "at that B (an exact miner needs this one product at least, so no row can be "
-        "below 1×); `×0.2.3`: time ÷ triplet-tools 0.2.3; both from this run.",
+        "below 1×); `×0.2.3`: time ÷ triplet-tools 0.2.3 (the `tf_keras` `model.fit` rows: "
+        "÷ its `model.fit` step); both from this run. A `model.fit` step is one "
+        "`train_on_batch` of `Dense(D)` + `UnitNormalization` trained with the loss "
+        "(forward, loss, gradient, SGD update), compiled as `tf_keras` does by default "
+        "(no XLA).",
         "",
     ]
     chosen = [
@@ -646,7 +691,7 @@ def markdown_report(cases, records, sizes, meta):
             row.append(describe(record) if record else "—")
             ratios = [
                 _ratio(record, machine_floor(records, batch)),
-                _ratio(record, by_key.get((BASELINE, batch))),
+                _ratio(record, by_key.get((case.baseline, batch))),
             ]
             row.append(" · ".join(ratios))
         lines.append("| " + " | ".join(row) + " |")
@@ -677,8 +722,9 @@ def markdown_report(cases, records, sizes, meta):
 def _losses_of(cases):
     """Our losses that ``cases`` measure (or compare with), in :data:`LOSSES` order."""
     found = {case.loss for case in cases}
+    # Our rows are named "ours-<loss>/<mode>" (see our_case).
     found |= {
-        case.worker_case.removeprefix("ours-").removesuffix("-compiled")
+        case.name.split("/")[0].removeprefix("ours-")
         for case in cases
         if case.name.startswith("ours-")
     }
@@ -837,7 +883,9 @@ def add_arguments(parser):
         type=_choice_list(MODES),
         default=list(MODES),
         help="how our loss runs: the Keras backends (tensorflow: under XLA), "
-        "tensorflow-graph for TensorFlow's graph mode without XLA, torch-compile for "
+        "tensorflow-graph for TensorFlow's graph mode without XLA, tf-keras-fit for a "
+        "tf_keras model.fit step of a small model (with triplet-tools 0.2.3 and TF "
+        "Similarity in the same step), torch-compile for "
         f"PyTorch under torch.compile (default: all: {','.join(MODES)})",
     )
     parser.add_argument(

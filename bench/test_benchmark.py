@@ -61,7 +61,7 @@ def test_sizes_after_a_failure_are_skipped_and_reported():
 
 
 def test_a_missing_peer_environment_is_reported(tmp_path):
-    (case,) = benchmark.PEERS["triplet-tools-0.2.3"]
+    case = benchmark.PEERS["triplet-tools-0.2.3"][0]
     record = benchmark.measure_case(case, 256, {"python": sys.executable, "peers_dir": tmp_path})
     assert record["status"] == "missing"
     assert benchmark.describe(record) == "not installed"
@@ -258,10 +258,11 @@ def test_every_peer_environment_is_held_to_the_local_torch():
 def test_new_losses_run_on_every_mode_with_their_peers():
     cases = benchmark.select_cases(benchmark.MODES, ["batch-all"], list(benchmark.PEERS))
     names = [c.name for c in cases]
-    assert names[:5] == [f"ours-batch-all/{mode}" for mode in benchmark.MODES]
-    assert [c.worker_case for c in cases[:5]] == [
+    assert names[:6] == [f"ours-batch-all/{mode}" for mode in benchmark.MODES]
+    assert [c.worker_case for c in cases[:6]] == [
         "ours-batch-all",
         "ours-batch-all-graph",
+        "ours-batch-all-fit",
         "ours-batch-all",
         "ours-batch-all",
         "ours-batch-all-compiled",
@@ -453,3 +454,50 @@ def test_end_to_end_a_new_loss_runs_or_reads_not_available(tmp_path):
             assert "is not in this triplet-tools" in record["detail"]
     table = (tmp_path / "results.md").read_text()
     assert f"triplet-tools triplet_batch_all_loss · {benchmark.BACKEND_LABELS[BACKEND]}" in table
+
+
+def test_tf_keras_fit_rows_run_with_their_mode_and_divide_by_the_0_2_3_fit_step():
+    fit_peers = {benchmark.BASELINE_FIT, "tfsim-triplet/fit"}
+    cases = benchmark.select_cases(["tf-keras-fit"], ["semi-hard"])
+    by_name = {c.name: c for c in cases}
+    assert fit_peers <= set(by_name)
+    ours = by_name["ours-semi-hard/tf-keras-fit"]
+    assert ours.worker_case == "ours-semi-hard-fit" and ours.baseline == benchmark.BASELINE_FIT
+    for case in (ours, *(by_name[name] for name in fit_peers)):
+        assert dict(case.env)["TF_USE_LEGACY_KERAS"] == "1"
+    # Without the mode (or without the loss) the model.fit peers stay out.
+    assert not fit_peers & {c.name for c in benchmark.select_cases(["jax"], ["semi-hard"])}
+    assert not fit_peers & {c.name for c in benchmark.select_cases(["tf-keras-fit"], ["circle"])}
+
+    records = [
+        _record("ours-semi-hard/tf-keras-fit", 256, 0.02),
+        _record(benchmark.BASELINE_FIT, 256, 0.08),
+        _record(benchmark.BASELINE, 256, 0.01),
+        _record("floor/jax", 256, 0.01),
+    ]
+    report = benchmark.markdown_report(cases, records, [256], _meta())
+    rows = {line.split(" | ")[0][2:]: line for line in report.split("First call")[0].splitlines()}
+    # ÷ the floor (0.01 s) and ÷ 0.2.3's own model.fit step (0.08 s), not its bare loss.
+    assert "| 2× · 0.25× |" in rows["triplet-tools TripletLoss semi-hard · tf_keras model.fit step"]
+    assert "| 8× · 1× |" in rows["triplet-tools 0.2.3 semi-hard · tf_keras model.fit step"]
+
+
+@pytest.mark.slow
+def test_end_to_end_a_tf_keras_fit_step_trains_with_our_loss():
+    settings = {
+        "python": sys.executable,
+        "peers_dir": ".bench",
+        "dim": 16,
+        "per_class": 4,
+        "seed": 0,
+        "repeats": 2,
+        "time_limit": 240.0,
+        "cubic_time_limit": 60.0,
+        "memory_limit_gb": 8.0,
+    }
+    case = benchmark.our_case("semi-hard", "tf-keras-fit")
+    record = benchmark.measure_case(case, 32, settings)
+    assert record["status"] == "ok", record
+    assert math.isfinite(record["loss"]) and record["loss"] > 0
+    assert record["notes"] == {"step": "tf_keras train_on_batch", "jit_compile": False}
+    assert "tf-keras" in record["versions"]
