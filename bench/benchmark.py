@@ -667,10 +667,10 @@ def markdown_report(cases, records, sizes, meta):
         "`×floor`: time ÷ the machine's floor, the fastest of the three blocked products "
         "at that B (an exact miner needs this one product at least, so no row can be "
         "below 1×); `×0.2.3`: time ÷ triplet-tools 0.2.3 (the `tf_keras` `model.fit` rows: "
-        "÷ its `model.fit` step); both from this run. A `model.fit` step is one "
-        "`train_on_batch` of `Dense(D)` + `UnitNormalization` trained with the loss "
-        "(forward, loss, gradient, SGD update), compiled as `tf_keras` does by default "
-        "(no XLA).",
+        "÷ its `model.fit` step); both from this run. A `model.fit` step is one call of "
+        "the train function `model.fit` runs per batch, for `Dense(D)` + "
+        "`UnitNormalization` trained with the loss (next batch, forward, loss, gradient, "
+        "SGD update), compiled as `tf_keras` does by default (no XLA).",
         "",
     ]
     chosen = [

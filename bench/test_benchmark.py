@@ -499,5 +499,5 @@ def test_end_to_end_a_tf_keras_fit_step_trains_with_our_loss():
     record = benchmark.measure_case(case, 32, settings)
     assert record["status"] == "ok", record
     assert math.isfinite(record["loss"]) and record["loss"] > 0
-    assert record["notes"] == {"step": "tf_keras train_on_batch", "jit_compile": False}
+    assert record["notes"] == {"step": "tf_keras train_function", "jit_compile": False}
     assert "tf-keras" in record["versions"]
