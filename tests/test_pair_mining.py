@@ -640,3 +640,43 @@ def test_save_and_load_without_custom_objects(tmp_path):
         assert got["class"] == type(loss).__name__
         assert got["config"] == loss.get_config()
         np.testing.assert_allclose(got["value"], want, rtol=1e-5)
+
+
+@pytest.mark.parametrize("compile_it", COMPILE_MODES, ids=COMPILE_IDS)
+@pytest.mark.parametrize("size", [1, 2, 7, 64])
+def test_sorted_search_finds_each_class_like_numpy(compile_it, size):
+    # Duplicates, values below, between and above the sorted ones, both sides.
+    from triplet_tools.mining.pairs import sorted_search
+
+    rng = np.random.default_rng(size)
+    sorted_values = np.sort(rng.integers(-5, 6, size)).astype("int32")
+    values = np.arange(-7, 9, dtype="int32")
+    for side in ("left", "right"):
+        search = lambda s, v, side=side: sorted_search(s, v, side=side)  # noqa: E731
+        found = (compiled(search) if compile_it else search)(
+            keras.ops.convert_to_tensor(sorted_values), keras.ops.convert_to_tensor(values)
+        )
+        np.testing.assert_array_equal(
+            to_numpy(found), np.searchsorted(sorted_values, values, side=side), err_msg=side
+        )
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's XLA lowering of searchsorted")
+def test_pair_engine_under_xla_holds_no_batch_by_references_search():
+    # XLA lowers TensorFlow's LowerBound / UpperBound to a B x M comparison matrix (2 GB of
+    # int32 at B = 16,384); under XLA the pair engine searches the sorted labels itself.
+    import tensorflow as tf
+
+    loss = triplet_batch_all_loss(margin=0.2)
+    y, x = batch("uneven")
+
+    def op_types(jit_compile):
+        step = tf.function(lambda x, y: loss(y, x), jit_compile=jit_compile)
+        graph = step.get_concrete_function(tf.constant(x), tf.constant(y)).graph
+        return {op.type for op in graph.get_operations()} | {
+            op.type for f in graph._functions.values() for op in f.graph.get_operations()
+        }
+
+    assert not {"LowerBound", "UpperBound"} & op_types(jit_compile=True)
+    # Outside XLA TensorFlow's own kernel is a binary search: it is kept there.
+    assert {"LowerBound", "UpperBound"} <= op_types(jit_compile=False)

@@ -42,16 +42,32 @@ def xla_in_tensorflow_graph(fn):
         return fn
     import tensorflow as tf
 
+    if tf.executing_eagerly() or compiled_by_xla() is not False:
+        return fn  # eager, already under XLA, or a TensorFlow that cannot tell
+    return tf.function(fn, jit_compile=True, autograph=False)
+
+
+def compiled_by_xla():
+    """On TensorFlow: whether the graph being traced is compiled by XLA (``False`` when
+    executing eagerly); ``None`` where TensorFlow cannot tell, or on another backend.
+
+    Example:
+
+    >>> compiled_by_xla() in (False, None)   # eager TensorFlow, or another backend
+    True
+    """
+    if not _TENSORFLOW:
+        return None
+    import tensorflow as tf
+
+    if tf.executing_eagerly():
+        return False
     try:  # TensorFlow's own test for an XLA context is not public API
         from tensorflow.python.framework import ops as tf_ops
         from tensorflow.python.ops import control_flow_util
-    except ImportError:  # a TensorFlow without it: run the kernel as written
-        return fn
-    if tf.executing_eagerly() or control_flow_util.GraphOrParentsInXlaContext(
-        tf_ops.get_default_graph()
-    ):
-        return fn
-    return tf.function(fn, jit_compile=True, autograph=False)
+    except ImportError:
+        return None
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()))
 
 
 def auto_block_rows(num_anchors, num_references, dim, distance, elements=None):

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 import keras
 
 from triplet_tools._ops import ops
-from triplet_tools.mining.blocks import BLOCK_ELEMENTS, map_blocks
+from triplet_tools.mining.blocks import BLOCK_ELEMENTS, compiled_by_xla, map_blocks
 
 _INF = float("inf")
 
@@ -228,8 +228,8 @@ def score_pairs(
     # pass over every row of the block.
     order = ops.cast(ops.argsort(reference_labels), "int32")
     sorted_labels = ops.take(reference_labels, order)
-    same_start = ops.cast(ops.searchsorted(sorted_labels, labels, side="left"), "int32")
-    same_end = ops.cast(ops.searchsorted(sorted_labels, labels, side="right"), "int32")
+    same_start = sorted_search(sorted_labels, labels, side="left")
+    same_end = sorted_search(sorted_labels, labels, side="right")
     if rows is None:
         rows = block_rows(num_anchors, reference_labels.shape[0], cubic)
     return map_blocks(
@@ -245,6 +245,29 @@ def score_pairs(
         rows=rows,
         pad_values=(0, 0, -1, -1, 0, 0),
     )
+
+
+def sorted_search(sorted_values, values, side):
+    """``searchsorted(sorted_values, values, side)`` as int32, ``O(B log M)`` everywhere.
+
+    Under XLA, TensorFlow lowers ``searchsorted`` to a comparison of every value with every
+    sorted value, a ``B x M`` int32 matrix per call (2 GB at B = 16,384); there it is a
+    binary search of ``ceil(log2(M + 1))`` vectorised steps instead.
+    """
+    values = ops.convert_to_tensor(values)
+    size = sorted_values.shape[0]
+    if keras.backend.backend() != "tensorflow" or size is None or not compiled_by_xla():
+        return ops.cast(ops.searchsorted(sorted_values, values, side=side), "int32")
+    low = ops.zeros(ops.shape(values), "int32")
+    high = ops.full(ops.shape(values), size, "int32")
+    for _ in range(size.bit_length()):
+        middle = (low + high) // 2
+        probe = ops.take(sorted_values, ops.minimum(middle, max(size - 1, 0)))
+        right = probe < values if side == "left" else probe <= values
+        searching = low < high
+        low = ops.where(ops.logical_and(searching, right), middle + 1, low)
+        high = ops.where(ops.logical_and(searching, ops.logical_not(right)), middle, high)
+    return low
 
 
 def zero_non_finite(rows):
