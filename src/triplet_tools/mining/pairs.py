@@ -22,8 +22,9 @@ Memory: a block holds ``n x M`` distances (``n x M x M`` candidate units for
 :func:`triplet_units`), so blocks are sized from the reference count (see
 :func:`block_rows`). Above :data:`REMAT_PAIRS` anchor-reference pairs the blocks are
 recomputed in the backward pass instead of kept for it, so that a step holds
-``O(B*D + n*M)`` (measured on JAX; TensorFlow under XLA still keeps more, see
-docs/performance.md). References whose embedding is not finite are zeroed and masked
+``O(B*D + n*M)`` (see docs/performance.md for what was measured). Each anchor's class is
+found in the label-sorted references by a binary search (:func:`sorted_search`), never by
+a ``B x M`` comparison. References whose embedding is not finite are zeroed and masked
 out, so NaN reaches only the loss of the anchor that holds it.
 """
 
@@ -250,9 +251,30 @@ def score_pairs(
 def sorted_search(sorted_values, values, side):
     """``searchsorted(sorted_values, values, side)`` as int32, ``O(B log M)`` everywhere.
 
+    ```
+    left:  i = #{j : sorted_values[j] <  v}      right:  i = #{j : sorted_values[j] <= v}
+    ```
+
     Under XLA, TensorFlow lowers ``searchsorted`` to a comparison of every value with every
     sorted value, a ``B x M`` int32 matrix per call (2 GB at B = 16,384); there it is a
     binary search of ``ceil(log2(M + 1))`` vectorised steps instead.
+
+    Args:
+        sorted_values: ``(M,)`` ascending.
+        values: ``(B,)`` of the same dtype.
+        side: ``"left"`` or ``"right"``.
+
+    Returns:
+        ``(B,)`` int32 insertion points.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> found = sorted_search(ops.convert_to_tensor(np.array([1, 3, 3, 7])),
+    ...                       ops.convert_to_tensor(np.array([0, 3, 8])), side="right")
+    >>> ops.convert_to_numpy(found).tolist()
+    [0, 3, 4]
     """
     values = ops.convert_to_tensor(values)
     size = sorted_values.shape[0]
