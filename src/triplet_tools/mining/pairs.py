@@ -278,13 +278,13 @@ def sorted_search(sorted_values, values, side):
     """
     values = ops.convert_to_tensor(values)
     size = sorted_values.shape[0]
-    if keras.backend.backend() != "tensorflow" or size is None or not compiled_by_xla():
+    if size is None or not compiled_by_xla():  # None off TensorFlow: its own search
         return ops.cast(ops.searchsorted(sorted_values, values, side=side), "int32")
     low = ops.zeros(ops.shape(values), "int32")
     high = ops.full(ops.shape(values), size, "int32")
     for _ in range(size.bit_length()):
         middle = (low + high) // 2
-        probe = ops.take(sorted_values, ops.minimum(middle, max(size - 1, 0)))
+        probe = ops.take(sorted_values, ops.minimum(middle, size - 1))
         right = probe < values if side == "left" else probe <= values
         searching = low < high
         low = ops.where(ops.logical_and(searching, right), middle + 1, low)
