@@ -219,7 +219,7 @@ def test_torch_two_level_row_search_keeps_the_first_of_ties():
     tail: the two-level search returns torch's own argmin/argmax, i.e. the first index."""
     import torch
 
-    from triplet_tools.mining.torch_kernel import _arg_extreme
+    from triplet_tools.mining.torch_kernel import arg_extreme
 
     generator = torch.Generator().manual_seed(0)
     for width in (1000, 1024, 1100, 5000, 8192, 8200):
@@ -228,7 +228,7 @@ def test_torch_two_level_row_search_keeps_the_first_of_ties():
         values[5, width - 1] = -100.0
         values[6, width - 1] = 100.0
         for largest in (False, True):
-            value, index = _arg_extreme(values, largest)
+            value, index = arg_extreme(values, largest)
             want = values.argmax(1) if largest else values.argmin(1)
             assert torch.equal(index, want), (width, largest)
             assert torch.equal(value, values.gather(1, want[:, None])[:, 0])

@@ -11,18 +11,19 @@ from triplet_tools.mining.rules import semi_hard_threshold
 _INF = float("inf")
 
 
-def _arg_extreme(values, largest):
-    """Per row: ``(max or min value, its first column)``; masked entries hold -inf or +inf.
+def arg_extreme(values, largest):
+    """Along the last axis: ``(max or min value, its first index)``; masked entries hold
+    -inf or +inf.
 
     XLA's CPU argmax is a slow variadic reduction; a value reduction followed by a float-min
     over column numbers runs vectorised and lands on the same (first) index.
     """
-    best = ops.max(values, axis=1) if largest else ops.min(values, axis=1)
-    num_columns = ops.shape(values)[1]
+    best = ops.max(values, axis=-1) if largest else ops.min(values, axis=-1)
+    num_columns = ops.shape(values)[-1]
     columns = ops.arange(num_columns, dtype=values.dtype)
     past_end = ops.cast(num_columns, values.dtype)
-    hits = ops.where(ops.equal(values, best[:, None]), columns[None, :], past_end)
-    first = ops.min(hits, axis=1)
+    hits = ops.where(ops.equal(values, best[..., None]), columns, past_end)
+    first = ops.min(hits, axis=-1)
     # No hit only when the row holds NaN; any in-range index will do, NaN reaches the loss.
     return best, ops.cast(ops.where(first < past_end, first, 0), "int32")
 
@@ -45,17 +46,17 @@ def mine_block(
 
     hard_positive = rules.positive == "hard"
     fill = -_INF if hard_positive else _INF
-    positive_score, positive = _arg_extreme(
+    positive_score, positive = arg_extreme(
         ops.where(positive_mask, scores, fill), largest=hard_positive
     )
     has_positive = ops.not_equal(positive_score, fill)
 
     if rules.negative == "hard":
-        negative_score, negative = _arg_extreme(ops.where(same, _INF, scores), largest=False)
+        negative_score, negative = arg_extreme(ops.where(same, _INF, scores), largest=False)
         return positive, negative, ops.logical_and(has_positive, negative_score < _INF)
 
     negative_scores = ops.where(same, -_INF, scores)
-    farthest_score, negative = _arg_extreme(negative_scores, largest=True)
+    farthest_score, negative = arg_extreme(negative_scores, largest=True)
     valid = ops.logical_and(has_positive, farthest_score > -_INF)
     if rules.negative == "easy":
         return positive, negative, valid
@@ -64,6 +65,6 @@ def mine_block(
     # Negatives strictly beyond the threshold keep their (positive) excess; every other
     # entry, positives included (-inf), becomes +inf. Without any, keep the farthest.
     excess = ops.threshold(negative_scores - threshold[:, None], 0.0, _INF)
-    semi_hard_excess, semi_hard = _arg_extreme(excess, largest=False)
+    semi_hard_excess, semi_hard = arg_extreme(excess, largest=False)
     negative = ops.where(semi_hard_excess < _INF, semi_hard, negative)
     return positive, negative, valid

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 import keras
 
 from triplet_tools._ops import ops
+from triplet_tools.mining import kernel
 from triplet_tools.mining.blocks import BLOCK_ELEMENTS, compiled_by_xla, map_blocks
 
 _INF = float("inf")
@@ -111,8 +112,21 @@ def masked_logsumexp(values, mask, axis=-1):
 def _arg(values, mask, largest):
     """Index of the largest (or smallest) value among ``mask`` along the last axis."""
     fill = -_INF if largest else _INF
-    masked = ops.where(mask, values, fill)
-    return ops.argmax(masked, axis=-1) if largest else ops.argmin(masked, axis=-1)
+    return _arg_extreme(ops.where(mask, values, fill), largest)[1]
+
+
+def _arg_extreme(values, largest):
+    """``(extreme, first index of it)`` along the last axis, by the fastest path: CPU
+    ``argmin`` / ``argmax`` are not vectorised (neither XLA's variadic reduction nor eager
+    torch's), so 2-D rows take the two-pass search of the per-anchor kernels."""
+    if len(values.shape) != 2:  # PNLoss's (n, M, M) candidates
+        index = ops.argmax(values, axis=-1) if largest else ops.argmin(values, axis=-1)
+        return None, index
+    if _in_place_torch(values):
+        from triplet_tools.mining import torch_kernel
+
+        return torch_kernel.arg_extreme(values, largest)
+    return kernel.arg_extreme(values, largest)
 
 
 def _one_hot(index, width):
@@ -447,8 +461,14 @@ def triplet_slots(
         fixed_negative = _arg(fixed, block.negative, largest=False)
     elif negative == "easy":
         fixed_negative = _arg(fixed, block.negative, largest=True)
-    elif negative == "semi-hard":
-        farthest = _arg(fixed, block.negative, largest=True)
+    else:
+        # Every column that is not a negative sits at +inf: never within a margin of a
+        # positive, and never the nearest beyond one.
+        far = ops.where(block.negative, fixed, _INF)
+        if negative == "semi-hard":
+            farthest = _arg(fixed, block.negative, largest=True)
+        elif not soft:
+            scratch = _scratch(far, 2)
 
     def unit(gap):
         """``(l, dl/dgap)`` of a unit with ``gap = d_ap - d_an``."""
@@ -463,20 +483,26 @@ def triplet_slots(
         column, present = slot(k)
         d_ap = _at(fixed, column)
         if negative == "all":
-            value, slope = unit(d_ap[:, None] - fixed)
-            kept = negative_f * present[:, None]
-            slope = slope * kept
-            total = total + ops.sum(value * kept, axis=1)
+            # An absent slot reaches no column: -inf - d is -inf everywhere.
+            reach = ops.where(present > 0, d_ap if soft else d_ap + margin, -_INF)
             units = units + negatives * present
-            pushed = ops.sum(slope, axis=1)
-            # hinge: a unit is active iff its slope is 1; soft: every unit is active
-            active = active + (negatives * present if soft else pushed)
-            weights = _add_at(weights - slope, column, pushed)
+            if soft:
+                gap = reach[:, None] - far
+                total = total + ops.sum(ops.softplus(gap), axis=1)
+                slope = ops.sigmoid(gap)
+                pushed = ops.sum(slope, axis=1)
+                active = active + negatives * present  # every soft unit is active
+                weights = weights - slope
+            else:  # a unit is active iff its slope is 1
+                hinge_sum, pushed, weights = _hinge_row(far, reach, weights, scratch)
+                total = total + hinge_sum
+                active = active + pushed
+            weights = _add_at(weights, column, pushed)
         else:
             if fixed_negative is None:  # semi-hard, from this positive's own distance
-                beyond = ops.logical_and(block.negative, fixed > (d_ap + semi_margin)[:, None])
-                nearest_beyond = _arg(fixed, beyond, largest=False)
-                negative_column = ops.where(_at(beyond, nearest_beyond), nearest_beyond, farthest)
+                beyond = ops.where(far > (d_ap + semi_margin)[:, None], far, _INF)
+                nearest, nearest_beyond = _arg_extreme(beyond, largest=False)
+                negative_column = ops.where(nearest < _INF, nearest_beyond, farthest)
             else:
                 negative_column = fixed_negative
             negative_column = ops.cast(negative_column, "int32")
@@ -515,6 +541,35 @@ def triplet_slots(
         masked_mean(distances, counted),
         masked_mean(distances, block.negative),
     )
+
+
+def _scratch(like, count):
+    """``count`` buffers shaped like ``like`` on eager torch without gradient, else ``None``."""
+    if not _in_place_torch(like):
+        return None
+    import torch
+
+    return tuple(torch.empty_like(like) for _ in range(count))
+
+
+def _hinge_row(far, reach, weights, scratch=None):
+    """One positive per row against every column: ``(sum_j relu(g_j), #{j : g_j > 0},
+    weights - [g > 0])`` with ``g_j = reach - far_j``.
+
+    With ``scratch`` (eager torch) the passes write into its two ``(n, M)`` buffers and
+    ``weights`` in place: a slot loop then allocates nothing of size ``n x M``.
+    """
+    if scratch is None:
+        gap = reach[:, None] - far
+        slope = ops.cast(gap > 0, gap.dtype)
+        return ops.sum(ops.relu(gap), axis=1), ops.sum(slope, axis=1), weights - slope
+    import torch
+
+    gap, slope = scratch
+    torch.sub(reach[:, None], far, out=gap)
+    torch.gt(gap, 0, out=slope)
+    weights.sub_(slope)
+    return gap.clamp_(min=0).sum(1), slope.sum(1), weights
 
 
 def _at(values, columns):

@@ -128,11 +128,11 @@ class _ReferenceClasses:
 #: choices").
 DENSE_MAX_SCORES = 2**16
 
-#: Rows at least this wide find their extreme in two levels (see :func:`_arg_extreme`).
+#: Rows at least this wide find their extreme in two levels (see :func:`arg_extreme`).
 TWO_LEVEL_MIN_WIDTH = 1024
 
 
-def _arg_extreme(values, largest):
+def arg_extreme(values, largest):
     """``(extreme value, first index of it)`` of every row of ``values``.
 
     PyTorch's CPU ``argmin``/``argmax`` are not vectorised: over a row they run about 20
@@ -154,10 +154,10 @@ def _arg_extreme(values, largest):
     else:
         best_chunk = chunks.amin(2).argmin(1)
     rows = torch.arange(values.shape[0], device=values.device)
-    value, inner = _arg_extreme(chunks[rows, best_chunk], largest)
+    value, inner = arg_extreme(chunks[rows, best_chunk], largest)
     index = best_chunk * chunk + inner
     if main < width:
-        tail_value, tail_index = _arg_extreme(values[:, main:], largest)
+        tail_value, tail_index = arg_extreme(values[:, main:], largest)
         better = tail_value > value if largest else tail_value < value
         value = torch.where(better, tail_value, value)
         index = torch.where(better, tail_index + main, index)
@@ -175,7 +175,7 @@ def _mine_dense(
     scores, anchors, anchor_labels, anchor_positions, reference_labels, reference_mask, rules
 ):
     """The rules of ``mining.rules`` with a dense ``(n, M)`` label mask; overwrites
-    ``scores``. Row reductions return the first index of ties, as ``_arg_extreme`` does."""
+    ``scores``. Row reductions return the first index of ties, as ``arg_extreme`` does."""
     same = anchor_labels[:, None] == reference_labels[None, :]
     columns = torch.arange(scores.shape[1], device=scores.device)
     positive_mask = same & (columns[None, :] != anchor_positions[:, None])
@@ -216,7 +216,7 @@ def _mine_block(scores, anchors, anchor_labels, anchor_positions, classes, work,
     hard_positive = rules.positive == "hard"
     fill = -_INF if hard_positive else _INF
     positive_scores = torch.where(candidates, scores.gather(1, columns), fill)
-    positive_score, choice = _arg_extreme(positive_scores, largest=hard_positive)
+    positive_score, choice = arg_extreme(positive_scores, largest=hard_positive)
     positive = columns[rows, choice]
     has_positive = candidates.any(1)
 
@@ -227,10 +227,10 @@ def _mine_block(scores, anchors, anchor_labels, anchor_positions, classes, work,
     if classes.excluded is not None:
         scores[:, classes.excluded] = fill
     if hard_negative:
-        negative_score, negative = _arg_extreme(scores, largest=False)
+        negative_score, negative = arg_extreme(scores, largest=False)
         return positive, negative, has_positive & (negative_score < _INF)
     if rules.negative == "easy":
-        negative_score, negative = _arg_extreme(scores, largest=True)
+        negative_score, negative = arg_extreme(scores, largest=True)
         return positive, negative, has_positive & (negative_score > -_INF)
 
     # Semi-hard: negatives strictly beyond the threshold keep their excess; the rest
@@ -238,13 +238,13 @@ def _mine_block(scores, anchors, anchor_labels, anchor_positions, classes, work,
     threshold = semi_hard_threshold(rules.distance, positive_score, anchors, rules.semi_margin)
     torch.sub(scores, threshold[:, None], out=work)
     F.threshold_(work, 0.0, _INF)
-    semi_hard_excess, negative = _arg_extreme(work, largest=False)
+    semi_hard_excess, negative = arg_extreme(work, largest=False)
     has_semi_hard = semi_hard_excess < _INF
     has_negative = has_semi_hard.clone()
     # Anchors without a positive are invalid whatever their negative: no fallback needed.
     fallback = torch.nonzero(~has_semi_hard & has_positive).flatten()
     if fallback.numel():
-        farthest_score, farthest = _arg_extreme(scores[fallback], largest=True)
+        farthest_score, farthest = arg_extreme(scores[fallback], largest=True)
         negative[fallback] = farthest
         has_negative[fallback] = farthest_score > -_INF
     return positive, negative, has_positive & has_negative
