@@ -120,8 +120,9 @@ def _arg(values, mask, largest):
 def _arg_extreme(values, largest):
     """``(extreme, first index of it)`` along the last axis, by the fastest path: CPU
     ``argmin`` / ``argmax`` are not vectorised (neither XLA's variadic reduction nor eager
-    torch's), so 2-D rows take the two-pass search of the per-anchor kernels."""
-    if len(values.shape) != 2:  # PNLoss's (n, M, M) candidates
+    torch's), so 2-D rows take the two-pass search of the per-anchor kernels. PNLoss's
+    ``(n, M, M)`` candidates keep ``argmin`` / ``argmax`` (and no extreme: ``None``)."""
+    if len(values.shape) != 2:
         index = ops.argmax(values, axis=-1) if largest else ops.argmin(values, axis=-1)
         return None, index
     if _in_place_torch(values):
@@ -298,17 +299,21 @@ class _Heap:
 
     def __init__(self):
         self.trim: Callable[[int], Any] | None
-        try:
+        try:  # Windows cannot load "no library" (TypeError); macOS and musl lack it
             self.trim = ctypes.CDLL(None).malloc_trim
-        except (AttributeError, OSError):
+        except (AttributeError, OSError, TypeError):
             self.trim = None
         self.trimmed_at = 0
 
     @staticmethod
     def resident():
-        """Resident bytes of this process (Linux ``/proc/self/statm``)."""
-        with open("/proc/self/statm", "rb") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        """Resident bytes of this process (Linux ``/proc/self/statm``; 0 without it, which
+        never triggers a trim)."""
+        try:
+            with open("/proc/self/statm", "rb") as statm:
+                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:
+            return 0
 
 
 _heap = _Heap()
