@@ -328,7 +328,7 @@ def test_recomputed_blocks_return_freed_memory_on_eager_torch(recomputed_blocks,
     from triplet_tools.mining import pairs
 
     trims = []
-    monkeypatch.setattr(pairs._heap, "trim", trims.append)
+    monkeypatch.setattr(pairs._heap(), "trim", trims.append)
     monkeypatch.setattr(pairs, "TRIM_GROWTH", 0)
     labels, x = batch("uneven")
     kind, kwargs = BATCH_ALL

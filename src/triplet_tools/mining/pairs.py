@@ -31,6 +31,7 @@ out, so NaN reaches only the loss of the anchor that holds it.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -277,15 +278,16 @@ def release_freed_memory():
     B = 65,536 (docs/performance.md). Compiled code (XLA, ``torch.compile``) plans its own
     buffers.
     """
-    if keras.backend.backend() != "torch" or _heap.trim is None:
+    if keras.backend.backend() != "torch":
         return
     import torch
 
-    if torch.compiler.is_compiling():
+    heap = _heap()
+    if heap.trim is None or torch.compiler.is_compiling():
         return
-    if _heap.resident() - _heap.trimmed_at >= TRIM_GROWTH:
-        _heap.trim(0)
-        _heap.trimmed_at = _heap.resident()
+    if heap.resident() - heap.trimmed_at >= TRIM_GROWTH:
+        heap.trim(0)
+        heap.trimmed_at = heap.resident()
 
 
 #: Growth of resident memory that triggers a trim. A trim after every block cost 1.5x the
@@ -316,7 +318,10 @@ class _Heap:
             return 0
 
 
-_heap = _Heap()
+@functools.cache
+def _heap():
+    """The process's :class:`_Heap`, loaded on first use (eager torch only)."""
+    return _Heap()
 
 
 def sorted_search(sorted_values, values, side):
