@@ -4,9 +4,11 @@
 supervised metric losses) and ``LiftedStructLoss`` (tensorflow-addons', also in
 ``triplet_tools.tfa``). One base, :class:`PairLoss`, runs the pair engine
 (``triplet_tools.mining.pairs``) over blocks of anchors; each loss overrides one hook,
-``row_loss(block) -> (l_a, c_a, valid)``. The references are those of every loss here (the
-batch, a cross-batch memory, the global batch); invalid anchors get 0 and are left out of
-the average.
+``row_loss(block) -> (l_a, c_a, valid)``, which computes ``l_a`` and ``dl_a / dd(a, j)``
+in closed form (``pairs.linearized``); lifted structure scores its positives one slot at
+a time (``pairs.positive_slots``) instead of every pair. The references are those of every
+loss here (the batch, a cross-batch memory, the global batch); invalid anchors get 0 and
+are left out of the average.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from triplet_tools._ops import ops
 from triplet_tools._validation import check_number
 from triplet_tools.losses.base import AnchorTriplets, TripletFamilyLoss
 from triplet_tools.mining import pairs
-from triplet_tools.mining.pairs import masked_logsumexp, nan_if_not_finite
+from triplet_tools.mining.pairs import linearized, masked_exponentials, nan_if_not_finite
 
 _FAR_BELOW = -1e30
 
@@ -172,12 +174,20 @@ class MultiSimilarityLoss(PairLoss):
         hard_negative = ops.logical_and(
             block.negative, fixed < (farthest_positive + self.epsilon)[:, None]
         )
-        valid = ops.logical_and(ops.any(hard_positive, axis=1), ops.any(hard_negative, axis=1))
-        similarity = d + self.lmda - self.center
-        positive_term = ops.softplus(masked_logsumexp(self.alpha * similarity, hard_positive))
-        negative_term = ops.softplus(masked_logsumexp(-self.beta * similarity, hard_negative))
-        loss = positive_term / self.alpha + negative_term / self.beta
-        return loss, ops.ones_like(loss), valid
+        similarity = fixed + self.lmda - self.center
+        values = ops.where(hard_positive, self.alpha * similarity, -self.beta * similarity)
+        (positive, negative), e, (positive_inverse, negative_inverse) = masked_exponentials(
+            values, [hard_positive, hard_negative]
+        )
+        valid = ops.logical_and(positive > -float("inf"), negative > -float("inf"))
+        loss = ops.softplus(positive) / self.alpha + ops.softplus(negative) / self.beta
+        # d softplus(lse) / d v_j = sigmoid(lse) softmax_j, and d v_j / d d = alpha (-beta).
+        weights = e * ops.where(
+            hard_positive,
+            (ops.sigmoid(positive) * positive_inverse)[:, None],
+            (-ops.sigmoid(negative) * negative_inverse)[:, None],
+        )
+        return linearized(loss, weights, d), ops.ones_like(loss), valid
 
 
 @keras.saving.register_keras_serializable(package="triplet_tools")
@@ -232,14 +242,22 @@ class CircleLoss(PairLoss):
     def row_loss(self, block):
         d = block.distances
         fixed = ops.stop_gradient(d)
-        alpha_p = ops.relu(fixed + self.margin)
-        alpha_n = ops.relu(1 + self.margin - fixed)
-        positive = masked_logsumexp(self.gamma * alpha_p * (d - self.margin), block.positive)
-        negative = masked_logsumexp(self.gamma * alpha_n * (1 - self.margin - d), block.negative)
-        valid = _valid(block)
+        # The slopes of v in d: gamma alpha_p on P(a), -gamma alpha_n on N(a).
+        slope = ops.where(
+            block.positive,
+            self.gamma * ops.relu(fixed + self.margin),
+            -self.gamma * ops.relu(1 + self.margin - fixed),
+        )
+        values = slope * (fixed - ops.where(block.positive, self.margin, 1 - self.margin))
+        (positive, negative), e, (positive_inverse, negative_inverse) = masked_exponentials(
+            values, [block.positive, block.negative]
+        )
+        valid = ops.logical_and(positive > -float("inf"), negative > -float("inf"))
         # Both terms are finite on valid anchors; elsewhere -inf + x must not become NaN.
         total = ops.where(valid, positive + negative, 0)
-        return ops.softplus(total), ops.ones_like(total), valid
+        scale = ops.where(block.positive, positive_inverse[:, None], negative_inverse[:, None])
+        weights = e * slope * scale * ops.where(valid, ops.sigmoid(total), 0)[:, None]
+        return linearized(ops.softplus(total), weights, d), ops.ones_like(total), valid
 
 
 @keras.saving.register_keras_serializable(package="triplet_tools")
@@ -287,11 +305,19 @@ class SoftNearestNeighborLoss(PairLoss):
         super().__init__(distance, name, reduction, **kwargs)
 
     def row_loss(self, block):
-        logits = -block.distances / self.temperature
-        others = ops.logical_or(block.positive, block.negative)
-        valid = _valid(block)
-        loss = masked_logsumexp(logits, others) - masked_logsumexp(logits, block.positive)
-        return ops.where(valid, loss, 0), ops.ones_like(loss), valid
+        d = block.distances
+        (positive, negative), e, (positive_inverse, negative_inverse) = masked_exponentials(
+            ops.stop_gradient(d) / -self.temperature, [block.positive, block.negative]
+        )
+        valid = ops.logical_and(positive > -float("inf"), negative > -float("inf"))
+        # logsumexp_{P u N} - logsumexp_P = softplus(lse_N - lse_P); d v / d d = -1 / T.
+        gap = ops.where(valid, negative - positive, 0)
+        share = ops.where(valid, ops.sigmoid(gap), 0)[:, None] / self.temperature
+        weights = e * ops.where(
+            block.positive, share * positive_inverse[:, None], -share * negative_inverse[:, None]
+        )
+        loss = ops.where(valid, ops.softplus(gap), 0)
+        return linearized(loss, weights, d), ops.ones_like(loss), valid
 
 
 @keras.saving.register_keras_serializable(package="triplet_tools")
@@ -339,20 +365,60 @@ class LiftedStructLoss(PairLoss):
         self.margin = check_number(margin, "margin", minimum=0)
         super().__init__(distance, name, reduction, **kwargs)
 
+    def _own_term(self, block):
+        """``(log sum_{N(a)} exp(margin - d), d term / d d, e, inverse)``: -inf kept finite
+        (far below any real term) so that logaddexp and its gradient stay finite; an anchor
+        without negatives is invalid anyway."""
+        (term,), e, (inverse,) = masked_exponentials(
+            self.margin - ops.stop_gradient(block.distances), [block.negative]
+        )
+        term = ops.where(ops.isfinite(term), term, _FAR_BELOW)
+        return term, -e * inverse[:, None]
+
     def _negative_term(self, block):
-        term = masked_logsumexp(self.margin - block.distances, block.negative)
-        # No negative: -inf, kept finite (and far below any real term) so that logaddexp
-        # and its gradient stay finite; such an anchor is invalid anyway.
-        return (ops.where(ops.isfinite(term), term, _FAR_BELOW),)
+        term, weights = self._own_term(block)
+        return (linearized(term, weights, block.distances),)
 
     def row_loss(self, block):
-        own = self._negative_term(block)[0]
-        (reference_terms,) = block.context
-        joint = ops.logaddexp(own[:, None], reference_terms[None, :]) + block.distances
-        hinge = ops.where(block.positive, ops.relu(joint), 0)
-        loss = ops.sum(ops.square(hinge), axis=1) / 2
-        count = ops.sum(ops.cast(block.positive, loss.dtype), axis=1)
-        return loss, count, _valid(block)
+        d = block.distances
+        fixed = ops.stop_gradient(d)
+        own, own_weights = self._own_term(block)
+        (references,) = block.context
+        reference_terms = ops.stop_gradient(references)
+        valid = _valid(block)
+        slots, slot = pairs.positive_slots(block, block.positive, valid)
+
+        def step(k, loss, count, through_own, weights, reference_weights):
+            # J at one positive per anchor: a gather, not a pass over the row.
+            column, present = slot(k)
+            both = ops.logaddexp(own, ops.take(reference_terms, column))
+            hinge = ops.relu(both + pairs.take_at(fixed, column)) * present
+            # d J / d own = exp(own - both), d J / d reference term = exp(term - both).
+            through_own = through_own + hinge * ops.exp(own - both)
+            weights = pairs.add_at(weights, column, hinge)
+            reference_weights = pairs.add_at(
+                reference_weights, column, hinge * ops.exp(ops.take(reference_terms, column) - both)
+            )
+            return (
+                loss + ops.square(hinge) / 2,
+                count + present,
+                through_own,
+                weights,
+                reference_weights,
+            )
+
+        zeros = ops.zeros_like(own)
+        loss, count, through_own, weights, reference_weights = pairs.over_slots(
+            step,
+            slots,
+            (zeros, zeros, zeros, ops.zeros_like(fixed), ops.zeros_like(fixed)),
+            fixed.shape[1],
+        )
+        weights = weights + through_own[:, None] * own_weights
+        loss = linearized(loss, weights, d) + ops.sum(
+            ops.stop_gradient(reference_weights) * (references - reference_terms)[None, :], axis=1
+        )
+        return loss, count, valid
 
     def score_set(
         self,

@@ -4,10 +4,12 @@ For a block of ``n`` anchors against ``M`` references it forms the ``(n, M)`` di
 gradient and the masks ``P(a)`` / ``N(a)`` of :mod:`triplet_tools.mining.rules`, and hands
 them to a *row function* that returns per-anchor values. Blocks run through
 :func:`~triplet_tools.mining.blocks.map_blocks`, so shapes are static and it compiles under
-XLA; the backward pass is the framework's own (every pair distance of a block is
-differentiated, which is the dense formulation's gradient exactly). Each anchor's positives
-are found through the references sorted by label (``PairBlock.reference_order``), by a
-search instead of a pass over the row.
+XLA. Every pair distance of a block is differentiated, which is the dense formulation's
+gradient exactly; the row functions here compute ``W_aj = dL_a / dd(a, j)`` in closed form
+without gradient and hand it back through :func:`linearized`, so that the backward pass of a
+block is the distance's own (one product per operand for the inner-product distances).
+Each anchor's positives are found through the references sorted by label
+(``PairBlock.reference_order``), by a search instead of a pass over the row.
 
 Row functions here:
 
@@ -15,8 +17,8 @@ Row functions here:
   ``(a, p, n)`` of SPEC (every positive pair with its own semi-hard negative, every
   triplet, ...), summed per anchor with their count, one positive at a time;
 * :func:`triplet_units` -- the same for ``PNLoss``, whose units also need ``d(p, n)``;
-* :func:`masked_logsumexp` -- the building block of the pair-based losses
-  (``losses/pair.py``).
+* :func:`masked_exponentials` and :func:`linearized` -- the building blocks of the
+  pair-based losses (``losses/pair.py``): closed-form row values and ``dL_a / dd(a, j)``.
 
 Memory: a block holds ``n x M`` distances (``n x M x M`` candidate units for
 :func:`triplet_units`), so blocks are sized from the reference count (see
@@ -87,9 +89,23 @@ def block_rows(num_anchors, num_references, cubic=False):
     return min(num_anchors, 1 << (rows.bit_length() - 1))
 
 
-def masked_logsumexp(values, mask, axis=-1):
-    """``log(sum_{mask} exp(values))`` along ``axis``, stabilised per row; ``-inf`` for an
-    empty row, with zero gradient there.
+def masked_exponentials(values, masks):
+    """Stabilised log-sum-exps of one row over each of several disjoint masks, in one
+    ``exp`` pass, with what their gradients need. No gradient flows through it.
+
+    ```
+    lse_k(a) = log sum_{j in mask_k(a)} exp(v_aj)        (-inf for an empty mask)
+    e_aj     = exp(v_aj - max_{mask_k(a)} v)   for j in mask_k(a), 0 outside every mask
+    softmax_k(a, j) = e_aj * inverse_k(a)      (= d lse_k / d v_aj on mask_k)
+    ```
+
+    Args:
+        values: ``(n, M)``.
+        masks: disjoint ``(n, M)`` bool masks.
+
+    Returns:
+        ``(lses, e, inverses)``: a list of ``(n,)`` ``lse_k``, the ``(n, M)`` ``e``, and a
+        list of ``(n,)`` ``1 / sum_{mask_k} e`` (0 for an empty mask).
 
     Example:
 
@@ -97,19 +113,48 @@ def masked_logsumexp(values, mask, axis=-1):
     >>> from keras import ops
     >>> v = np.array([[0.0, 1000.0, 5.0], [1.0, 2.0, 3.0]], "float32")
     >>> m = np.array([[True, True, False], [False, False, False]])
-    >>> ops.convert_to_numpy(masked_logsumexp(v, m)).tolist()
-    [1000.0, -inf]
+    >>> (lse,), e, (inverse,) = masked_exponentials(v, [m])
+    >>> ops.convert_to_numpy(lse).tolist(), ops.convert_to_numpy(e)[0].tolist()
+    ([1000.0, -inf], [0.0, 1.0, 0.0])
     """
-    values = ops.convert_to_tensor(values)
-    mask = ops.convert_to_tensor(mask)
-    any_kept = ops.any(mask, axis=axis)
-    peak = ops.max(ops.where(mask, values, -_INF), axis=axis, keepdims=True)
-    peak = ops.stop_gradient(ops.where(ops.isfinite(peak), peak, ops.zeros_like(peak)))
-    # Masked entries become exp(-inf) = 0 before the exp, never inf after it: an overflow
-    # in an unselected entry would turn the gradient NaN through the select.
-    total = ops.sum(ops.exp(ops.where(mask, values - peak, -_INF)), axis=axis)
-    safe = ops.where(any_kept, total, ops.ones_like(total))
-    return ops.where(any_kept, ops.log(safe) + ops.squeeze(peak, axis), -_INF)
+    values = ops.stop_gradient(ops.convert_to_tensor(values))
+    masks = [ops.convert_to_tensor(mask) for mask in masks]
+    peaks = []
+    for mask in masks:
+        peak = ops.max(ops.where(mask, values, -_INF), axis=1)
+        peaks.append(ops.where(ops.isfinite(peak), peak, ops.zeros_like(peak)))
+    # Masked entries become exp(-inf) = 0 before the exp, never inf after it.
+    shifted = ops.full_like(values, -_INF)
+    for mask, peak in zip(reversed(masks), reversed(peaks)):
+        shifted = ops.where(mask, values - peak[:, None], shifted)
+    e = ops.exp(shifted)
+    lses, inverses = [], []
+    for mask, peak in zip(masks, peaks):
+        # A non-empty mask holds its peak, exp(0) = 1: total >= 1 exactly when non-empty.
+        total = e if len(masks) == 1 else ops.where(mask, e, 0)
+        total = ops.sum(total, axis=1)
+        kept = total > 0
+        safe = ops.where(kept, total, ops.ones_like(total))
+        lses.append(ops.where(kept, ops.log(safe) + peak, -_INF))
+        inverses.append(ops.where(kept, 1 / safe, ops.zeros_like(safe)))
+    return lses, e, inverses
+
+
+def linearized(value, weights, distances):
+    """``value`` ``(n,)`` in value, and in gradient ``sum_j weights_aj d(a, j)``:
+
+    ```
+    stop_gradient(value) + sum_j stop_gradient(W_aj) (d(a, j) - stop_gradient(d(a, j)))
+    ```
+
+    With ``W = dvalue / dd`` computed in closed form, the backward pass of a block is one
+    product with ``W`` per operand of the distance instead of the framework's reverse of
+    every elementwise pass.
+    """
+    fixed = ops.stop_gradient(distances)
+    return ops.stop_gradient(value) + ops.sum(
+        ops.stop_gradient(weights) * (distances - fixed), axis=1
+    )
 
 
 def _arg(values, mask, largest):
@@ -502,14 +547,7 @@ def triplet_slots(
 
     if positive == "all":
         counted = ops.logical_and(block.positive, valid[:, None])
-        slots = ops.max(ops.where(valid, block.same_count, 0))
-        last = ops.shape(block.reference_order)[0] - 1
-
-        def slot(k):
-            """``(n,)`` column of the anchor's slot-``k`` positive, and whether it is one."""
-            column = ops.take(block.reference_order, ops.minimum(block.same_start + k, last))
-            present = ops.logical_and(k < block.same_count, _at(counted, column))
-            return column, ops.cast(present, dtype)
+        slots, slot = positive_slots(block, counted, valid)
     else:
         chosen = _arg(fixed, block.positive, largest=positive == "hard")
         counted = ops.logical_and(_one_hot(chosen, width), valid[:, None])
@@ -543,7 +581,7 @@ def triplet_slots(
 
     def step(k, total, units, active, weights):
         column, present = slot(k)
-        d_ap = _at(fixed, column)
+        d_ap = take_at(fixed, column)
         if negative == "all":
             # An absent slot reaches no column: -inf - d is -inf everywhere.
             reach = ops.where(present > 0, d_ap if soft else d_ap + margin, -_INF)
@@ -559,7 +597,7 @@ def triplet_slots(
                 hinge_sum, pushed, weights = _hinge_row(far, reach, weights, scratch)
                 total = total + hinge_sum
                 active = active + pushed
-            weights = _add_at(weights, column, pushed)
+            weights = add_at(weights, column, pushed)
         else:
             if fixed_negative is None:  # semi-hard, from this positive's own distance
                 beyond = ops.where(far > (d_ap + semi_margin)[:, None], far, _INF)
@@ -568,12 +606,12 @@ def triplet_slots(
             else:
                 negative_column = fixed_negative
             negative_column = ops.cast(negative_column, "int32")
-            value, slope = unit(d_ap - _at(fixed, negative_column))
+            value, slope = unit(d_ap - take_at(fixed, negative_column))
             value, slope = value * present, slope * present
             total = total + value
             units = units + present
             active = active + ops.cast(value > 0, dtype)
-            weights = _add_at(_add_at(weights, column, slope), negative_column, -slope)
+            weights = add_at(add_at(weights, column, slope), negative_column, -slope)
         return total, units, active, weights
 
     zeros = ops.zeros_like(valid_f)
@@ -581,13 +619,7 @@ def triplet_slots(
     if positive != "all":  # one slot, known while tracing
         total, units, active, weights = step(0, *state)
     else:
-        _, total, units, active, weights = ops.while_loop(
-            lambda k, *_: k < slots,
-            lambda k, *carry: (k + 1, *step(k, *carry)),
-            (ops.convert_to_tensor(0, "int32"), *state),
-            # A bound XLA needs for the gradient of a loop inside a loop (TensorFlow).
-            maximum_iterations=fixed.shape[1],
-        )
+        total, units, active, weights = over_slots(step, slots, state, fixed.shape[1])
     weights = ops.stop_gradient(weights)
     loss = (
         ops.stop_gradient(total)
@@ -603,6 +635,37 @@ def triplet_slots(
         masked_mean(distances, counted),
         masked_mean(distances, block.negative),
     )
+
+
+def positive_slots(block: PairBlock, counted, valid):
+    """The positives of each anchor, one *slot* at a time: slot ``k`` is the ``k``-th
+    reference of the anchor's class in ``block.reference_order``, present when ``counted``
+    holds it (so the anchor itself and masked references are skipped).
+
+    Returns:
+        ``(slots, slot)``: the number of slots of the block (its largest class among the
+        ``valid`` anchors), and ``slot(k) -> ((n,) int32 column, (n,) present as 0 / 1)``.
+    """
+    slots = ops.max(ops.where(valid, block.same_count, 0))
+    last = ops.shape(block.reference_order)[0] - 1
+
+    def slot(k):
+        column = ops.take(block.reference_order, ops.minimum(block.same_start + k, last))
+        present = ops.logical_and(k < block.same_count, take_at(counted, column))
+        return column, ops.cast(present, block.distances.dtype)
+
+    return slots, slot
+
+
+def over_slots(step, slots, state, bound):
+    """``state = step(k, *state)`` for ``k < slots``, in a loop of at most ``bound`` steps
+    (a bound XLA needs for the gradient of a loop inside a loop, on TensorFlow)."""
+    return ops.while_loop(
+        lambda k, *_: k < slots,
+        lambda k, *carry: (k + 1, *step(k, *carry)),
+        (ops.convert_to_tensor(0, "int32"), *state),
+        maximum_iterations=bound,
+    )[1:]
 
 
 def _scratch(like, count):
@@ -634,12 +697,12 @@ def _hinge_row(far, reach, weights, scratch=None):
     return gap.clamp_(min=0).sum(1), slope.sum(1), weights
 
 
-def _at(values, columns):
+def take_at(values, columns):
     """``values[i, columns[i]]`` for every row ``i``: ``(n,)``."""
     return ops.take_along_axis(values, ops.cast(columns, "int32")[:, None], axis=1)[:, 0]
 
 
-def _add_at(weights, columns, values):
+def add_at(weights, columns, values):
     """``weights[i, columns[i]] += values[i]`` for every row ``i`` (a scatter, not a pass)."""
     rows = ops.arange(ops.shape(weights)[0], dtype="int32")
     if _in_place_torch(weights):
