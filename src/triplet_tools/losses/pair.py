@@ -252,7 +252,7 @@ class CircleLoss(PairLoss):
         (positive, negative), e, (positive_inverse, negative_inverse) = masked_exponentials(
             values, [block.positive, block.negative]
         )
-        valid = ops.logical_and(positive > -float("inf"), negative > -float("inf"))
+        valid = _valid(block)
         # Both terms are finite on valid anchors; elsewhere -inf + x must not become NaN.
         total = ops.where(valid, positive + negative, 0)
         scale = ops.where(block.positive, positive_inverse[:, None], negative_inverse[:, None])
@@ -309,7 +309,7 @@ class SoftNearestNeighborLoss(PairLoss):
         (positive, negative), e, (positive_inverse, negative_inverse) = masked_exponentials(
             ops.stop_gradient(d) / -self.temperature, [block.positive, block.negative]
         )
-        valid = ops.logical_and(positive > -float("inf"), negative > -float("inf"))
+        valid = _valid(block)
         # logsumexp_{P u N} - logsumexp_P = softplus(lse_N - lse_P); d v / d d = -1 / T.
         gap = ops.where(valid, negative - positive, 0)
         share = ops.where(valid, ops.sigmoid(gap), 0)[:, None] / self.temperature
@@ -366,7 +366,7 @@ class LiftedStructLoss(PairLoss):
         super().__init__(distance, name, reduction, **kwargs)
 
     def _own_term(self, block):
-        """``(log sum_{N(a)} exp(margin - d), d term / d d, e, inverse)``: -inf kept finite
+        """``(log sum_{N(a)} exp(margin - d), d term / d d)``: -inf kept finite
         (far below any real term) so that logaddexp and its gradient stay finite; an anchor
         without negatives is invalid anyway."""
         (term,), e, (inverse,) = masked_exponentials(
@@ -391,13 +391,14 @@ class LiftedStructLoss(PairLoss):
         def step(k, loss, count, through_own, weights, reference_weights):
             # J at one positive per anchor: a gather, not a pass over the row.
             column, present = slot(k)
-            both = ops.logaddexp(own, ops.take(reference_terms, column))
+            term = ops.take(reference_terms, column)
+            both = ops.logaddexp(own, term)
             hinge = ops.relu(both + pairs.take_at(fixed, column)) * present
             # d J / d own = exp(own - both), d J / d reference term = exp(term - both).
             through_own = through_own + hinge * ops.exp(own - both)
             weights = pairs.add_at(weights, column, hinge)
             reference_weights = pairs.add_at(
-                reference_weights, column, hinge * ops.exp(ops.take(reference_terms, column) - both)
+                reference_weights, column, hinge * ops.exp(term - both)
             )
             return (
                 loss + ops.square(hinge) / 2,
