@@ -42,6 +42,18 @@ def recomputed_blocks(monkeypatch):
 
     wrapped = []
     remat = keras.remat
+    monkeypatch.setattr(pairs, "PRODUCTS", False)  # the recomputation is the linearized mode's
     monkeypatch.setattr(pairs, "REMAT_PAIRS", 0)
     monkeypatch.setattr(keras, "remat", lambda f: wrapped.append(f) or remat(f))
     return wrapped
+
+
+@pytest.fixture(params=["products", "linearized"])
+def engine_mode(request, monkeypatch):
+    """Runs the test with each mode of the pair engine (``triplet_tools.mining.pairs``): the
+    closed-form products the reductions take, and the linearized blocks of
+    ``reduction="none"`` and user-defined distances."""
+    from triplet_tools.mining import pairs
+
+    monkeypatch.setattr(pairs, "PRODUCTS", request.param == "products")
+    return request.param

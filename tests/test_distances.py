@@ -123,3 +123,23 @@ def test_user_defined_distance_in_a_loss():
         want.append(max(max(pos) - min(neg) + 1.0, 0.0))
     loss = TripletLoss(distance=Chebyshev(), negative_mining_strategy="hard", reduction="none")
     np.testing.assert_allclose(to_numpy(loss(labels, x)), want, rtol=1e-6)
+
+
+def test_a_subclass_that_redefines_the_distance_drops_the_product_form():
+    """The pair engine's closed-form gradient describes the built-in ``pairwise_features``;
+    a subclass that redefines the distance must not inherit it, one that only renames
+    keeps it."""
+
+    class Doubled(distances.Euclidean):
+        def pairwise(self, x, y):
+            return 2 * super().pairwise(x, y)
+
+    class Renamed(distances.Euclidean):
+        name = "renamed"
+
+    assert Doubled().product_form is None
+    assert Renamed().product_form == distances.Euclidean().product_form
+    assert distances.get("manhattan").product_form is None
+    assert Chebyshev().product_form is None
+    for name in ("euclidean_norm", "euclidean", "squared_euclidean", "cosine"):
+        assert distances.get(name).product_form is not None, name

@@ -89,8 +89,9 @@ def expected_gradient(kind, kwargs, labels, x, **reduce_kwargs):
 
 @pytest.mark.parametrize("batch_kind", ["full", "uneven"])
 @pytest.mark.parametrize("kind,kwargs", CASES, ids=CASE_IDS)
-def test_matches_reference_value_and_gradient(kind, kwargs, batch_kind):
-    """Eager; the circle loss's gradient holds alpha fixed (stop_gradient)."""
+def test_matches_reference_value_and_gradient(kind, kwargs, batch_kind, engine_mode):
+    """Eager, in both modes of the pair engine; the circle loss's gradient holds alpha
+    fixed (stop_gradient)."""
     labels, x = batch(batch_kind)
     loss = make(kind, kwargs)
     value, grad = value_and_grad(lambda t: loss(labels, t), x)
@@ -114,8 +115,8 @@ def test_the_uneven_batch_has_invalid_anchors_for_every_loss():
 
 
 @pytest.mark.parametrize("kind,kwargs", DEFAULT_CASES, ids=DEFAULT_IDS)
-def test_compiled_matches_reference(kind, kwargs):
-    """Compiled with row blocks of 4 (13 rows: a ragged last block)."""
+def test_compiled_matches_reference(kind, kwargs, engine_mode):
+    """Compiled with row blocks of 4 (13 rows: a ragged last block), in both modes."""
     labels, x = batch("uneven")
     loss = make(kind, kwargs, block_size=4)
     value, grad = compiled_value_and_grad(lambda t: loss(labels, t), x)
@@ -170,7 +171,7 @@ def test_reductions_and_sample_weight(reduction, weighted):
     assert not failures, failures
 
 
-def test_weighted_gradient():
+def test_weighted_gradient(engine_mode):
     labels, x = batch("uneven")
     weights = np.linspace(0.2, 2.0, len(labels)).astype("float32")
     for kind, kwargs in DEFAULT_CASES:

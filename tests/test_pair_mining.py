@@ -153,9 +153,9 @@ def reference_kwargs(kind, kwargs):
 
 
 @pytest.mark.parametrize("batch_kind", ["full", "uneven"])
-def test_every_combination_matches_reference_value_and_gradient(batch_kind):
+def test_every_combination_matches_reference_value_and_gradient(batch_kind, engine_mode):
     """Eager value and gradient of every new combination against the reference and its
-    central differences."""
+    central differences, in both modes of the pair engine."""
     labels, x = batch(batch_kind)
     failures = []
     for kind, kwargs, ref_kwargs in CONFIGURATIONS:
@@ -234,7 +234,7 @@ def test_default_reduction_divides_by_counted_units_not_anchors():
 
 
 @pytest.mark.parametrize("reduction", ["sum_over_batch_size", "mean_with_sample_weight", "sum"])
-def test_weighted_gradient(reduction):
+def test_weighted_gradient(reduction, engine_mode):
     labels, x = batch("uneven")
     weights = np.linspace(0.2, 2.0, len(labels)).astype("float32")
     for kind, kwargs in (BATCH_ALL, TFA_SEMI_HARD):
@@ -291,9 +291,9 @@ COMPILED_IDS = REPRESENTATIVE_IDS + ["batch-all-blocked", "tfa-semi-hard-blocked
 
 
 @pytest.mark.parametrize("kind,kwargs,block_size", COMPILED, ids=COMPILED_IDS)
-def test_compiled_matches_reference(kind, kwargs, block_size):
+def test_compiled_matches_reference(kind, kwargs, block_size, engine_mode):
     """Value and gradient inside tf.function(jit_compile=True) / jax.jit (eager on torch),
-    unblocked and with row blocks of 4."""
+    unblocked and with row blocks of 4, in both modes of the pair engine."""
     labels, x = batch("uneven")
     extra = {} if block_size is None else {"block_size": block_size}
     loss = KINDS[kind](**kwargs, **extra)
@@ -688,16 +688,72 @@ def test_pair_engine_under_xla_holds_no_batch_by_references_search():
     # int32 at B = 16,384); under XLA the pair engine searches the sorted labels itself.
     import tensorflow as tf
 
-    loss = triplet_batch_all_loss(margin=0.2)
     y, x = batch("uneven")
 
-    def op_types(jit_compile):
+    def op_types(loss, jit_compile):
         step = tf.function(lambda x, y: loss(y, x), jit_compile=jit_compile)
         graph = step.get_concrete_function(tf.constant(x), tf.constant(y)).graph
         return {op.type for op in graph.get_operations()} | {
             op.type for f in graph._functions.values() for op in f.graph.get_operations()
         }
 
-    assert not {"LowerBound", "UpperBound"} & op_types(jit_compile=True)
-    # Outside XLA TensorFlow's own kernel is a binary search: it is kept there.
-    assert {"LowerBound", "UpperBound"} <= op_types(jit_compile=False)
+    summed = triplet_batch_all_loss(margin=0.2)
+    searches = {"LowerBound", "UpperBound"}
+    assert not searches & op_types(summed, jit_compile=True)
+    # In a plain graph the products mode runs as an inner XLA function as well; the
+    # linearized mode (reduction="none") keeps TensorFlow's own kernel, a binary search.
+    assert not searches & op_types(summed, jit_compile=False)
+    per_anchor = TripletLoss(**{**BATCH_ALL[1], "reduction": "none"})
+    assert searches <= op_types(per_anchor, jit_compile=False)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's graph mode without XLA")
+def test_plain_tensorflow_graph_runs_the_pair_engine_under_xla():
+    """In ``tf.function`` without ``jit_compile`` (``tf_keras``' ``model.fit``), the products
+    mode runs as one XLA-compiled inner function, with the reference's value and gradient."""
+    import tensorflow as tf
+
+    labels, x = batch("uneven")
+    kind, kwargs = TFA_SEMI_HARD
+    loss = TripletLoss(block_size=4, **kwargs)
+
+    @tf.function
+    def step(t):
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            value = loss(labels, t)
+        return value, tape.gradient(value, t)
+
+    calls = step.get_concrete_function(tf.constant(x)).graph.get_operations()
+    assert any(
+        op.type.endswith("PartitionedCall")
+        and "_XlaMustCompile" in op.node_def.attr
+        and op.get_attr("_XlaMustCompile")
+        for op in calls
+    ), sorted({op.type for op in calls})
+    value, grad = (to_numpy(t) for t in step(tf.constant(x)))
+    ref_kwargs = reference_kwargs(kind, kwargs)
+    np.testing.assert_allclose(value, rp.triplet_loss(labels, x, **ref_kwargs), **VALUE_TOL)
+    np.testing.assert_allclose(grad, rp.triplet_gradient(labels, x, **ref_kwargs), **GRAD_TOL)
+
+
+def test_reductions_take_the_products_mode_and_none_the_linearized(monkeypatch):
+    """The reductions hand the engine the anchors' weights (products mode: no ``n x M``
+    block is differentiated); ``reduction="none"`` and a distance without a product form
+    keep each anchor's own gradient (linearized)."""
+    from triplet_tools.mining import pairs
+
+    taken = []
+    for name in ("_score_products", "_score_linearized"):
+
+        def spy(*args, _original=getattr(pairs, name), _name=name, **kwargs):
+            taken.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(pairs, name, spy)
+    labels, x = batch("full")
+    kwargs = BATCH_ALL[1]
+    TripletLoss(**kwargs)(labels, x)
+    TripletLoss(reduction="none", **kwargs)(labels, x)
+    TripletLoss(**{**kwargs, "distance": "manhattan"})(labels, x)
+    assert taken == ["_score_products", "_score_linearized", "_score_linearized"]

@@ -29,6 +29,8 @@ every distance has a finite gradient at zero distance (square roots use the subg
 there). NaN or inf in an embedding gives NaN distances, never a finite stand-in.
 """
 
+from typing import NamedTuple
+
 import keras
 
 from triplet_tools._ops import ops
@@ -166,6 +168,90 @@ def _signed_square(d):
     return ops.sign(d) * ops.square(d)
 
 
+class ProductForm(NamedTuple):
+    """A distance computed from one matrix product, and its gradient in closed form.
+
+    ```
+    z(a, r) = norms * (||a||^2 + ||r||^2) + scale * a.r (+ a constant)
+    d(a, r) = sqrt(max(z, 0))   (root)      or      z   (clamped at 0 for squared norms)
+    ```
+
+    For a loss ``L = sum_aj W_aj d(a_a, r_j)`` with ``W`` known (the pair engine's
+    ``dL/dd``), the gradients are again products: with ``C = dL/dz = W`` (or
+    ``W / (2d)`` under the root, 0 at ``d = 0`` as for :func:`safe_sqrt`),
+
+    ```
+    dL/dA = scale * C @ R + 2 * norms * rowsum(C) * A
+    dL/dR = scale * C^T @ A + 2 * norms * colsum(C) * R
+    ```
+
+    so the pair engine never differentiates an ``(n, M)`` block.
+
+    Attributes:
+        scale: the factor of the inner product (``-1`` cosine, ``-2`` the Euclidean family).
+        norms: whether the squared norms enter ``z``.
+        root: whether ``d`` is the square root of ``z``.
+    """
+
+    scale: float
+    norms: bool
+    root: bool
+
+    def slopes(self, weights, distances):
+        """``C = dL/dz`` from ``W = dL/dd`` and the distances, elementwise."""
+        if not self.root:
+            return weights
+        positive = distances > 0
+        return ops.where(positive, weights / ops.where(positive, 2 * distances, 1), 0)
+
+    def anchor_gradient(self, slopes, anchors, references):
+        """``dL/dA`` ``(n, D)`` for ``C`` ``(n, M)``, anchors ``(n, D)``, references ``(M, D)``."""
+        gradient = ops.matmul(slopes, references) * self.scale
+        if self.norms:
+            gradient = gradient + 2 * row_sum(slopes)[:, None] * anchors
+        return gradient
+
+    def reference_gradient_transposed(self, slopes, anchors):
+        """The product part of ``dL/dR``, transposed: ``scale * A^T @ C``, ``(D, M)``.
+
+        Transposed because then both operands are read along their rows: XLA's CPU product
+        of ``C^T @ A`` ran at half the rate of ``A^T @ C`` (docs/performance.md). The norm
+        part, ``2 * colsum(C) * R``, is added once after all blocks
+        (:meth:`finish_reference_gradient`)."""
+        return ops.matmul(ops.transpose(anchors), slopes) * self.scale
+
+    def finish_reference_gradient(self, transposed, column_sums, references):
+        """``dL/dR`` ``(M, D)`` from the summed :meth:`reference_gradient_transposed` and the
+        summed column sums of ``C`` ``(M,)``."""
+        gradient = ops.transpose(transposed)
+        if self.norms:
+            gradient = gradient + 2 * column_sums[:, None] * references
+        return gradient
+
+    def paired_gradients(self, slopes, anchors, references, distances):
+        """``(dL/da, dL/dr)``, each ``(n, D)``, for ``L = sum_i s_i d(a_i, r_i)``: the
+        gradient of single pairs (the units the pair engine gathers)."""
+        slopes = self.slopes(slopes, distances)[:, None]
+        to_anchor = self.scale * slopes * references
+        to_reference = self.scale * slopes * anchors
+        if self.norms:
+            to_anchor = to_anchor + 2 * slopes * anchors
+            to_reference = to_reference + 2 * slopes * references
+        return to_anchor, to_reference
+
+
+def row_sum(x):
+    """``sum(x, axis=1)`` of an ``(n, M)`` block.
+
+    On XLA's CPU backends (TensorFlow, JAX) a row sum of a fused elementwise expression
+    compiles to a loop several times slower than the expression itself; a product with a
+    vector of ones runs at the product's rate (docs/performance.md). Eager torch sums.
+    """
+    if keras.backend.backend() == "torch":
+        return ops.sum(x, axis=1)
+    return ops.matmul(x, ops.ones((ops.shape(x)[1],), x.dtype))
+
+
 class Distance:
     """Base class of every distance; subclass it to plug in your own.
 
@@ -207,6 +293,17 @@ class Distance:
     #: Memory-relevant width of ``pairwise``: ``True`` when it builds an ``(n, m, D)``
     #: intermediate (mining then uses smaller row blocks).
     materializes_differences = False
+    #: How ``pairwise_features`` comes from one matrix product (a :class:`ProductForm`), so
+    #: that the pair engine gives its gradient in closed form; ``None``: the engine
+    #: differentiates ``pairwise_features`` block by block instead (slower, same values). A
+    #: subclass that overrides ``pairwise`` or ``pairwise_features`` drops an inherited
+    #: form unless it declares its own.
+    product_form: ProductForm | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if {"pairwise", "pairwise_features"} & set(vars(cls)) and "product_form" not in vars(cls):
+            cls.product_form = None
 
     def pairwise(self, x, y):
         """Distance of every row of ``x`` ``(n, D)`` to every row of ``y`` ``(m, D)``:
@@ -281,6 +378,7 @@ class SquaredEuclidean(Distance):
     """
 
     name = "squared_euclidean"
+    product_form = ProductForm(scale=-2.0, norms=True, root=False)
 
     def pairwise(self, x, y):
         squared = _squared_norms(x)[:, None] + _squared_norms(y)[None, :] - 2 * gram(x, y)
@@ -313,6 +411,7 @@ class Euclidean(SquaredEuclidean):
     """
 
     name = "euclidean"
+    product_form = ProductForm(scale=-2.0, norms=True, root=True)
 
     def pairwise(self, x, y):
         return safe_sqrt(super().pairwise(x, y))
@@ -343,6 +442,7 @@ class EuclideanNorm(Euclidean):
     """
 
     name = "euclidean_norm"
+    product_form = ProductForm(scale=-2.0, norms=True, root=True)
 
     def pairwise(self, x, y):
         return super().pairwise(l2_normalize(x), l2_normalize(y))
@@ -375,6 +475,7 @@ class Cosine(Distance):
     """
 
     name = "cosine"
+    product_form = ProductForm(scale=-1.0, norms=False, root=False)
 
     def pairwise(self, x, y):
         return 1 - gram(l2_normalize(x), l2_normalize(y))

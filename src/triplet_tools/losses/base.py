@@ -44,6 +44,9 @@ class AnchorTriplets(NamedTuple):
             the strategy ``"all"``: the mean over the anchor's negatives).
         count: ``c_a``, the anchor's counted units (the divisor's share).
         active: the anchor's units with a non-zero loss.
+        carrier: ``None``, or a scalar 0 whose gradient is that of ``sum_a w_a L_a`` for the
+            weights the pipeline was given; ``loss`` then holds values only (the pair
+            engine's products mode, ``triplet_tools.mining.pairs``).
     """
 
     loss: Any
@@ -52,12 +55,34 @@ class AnchorTriplets(NamedTuple):
     negative_distance: Any
     count: Any = None
     active: Any = None
+    carrier: Any = None
+
+    @classmethod
+    def from_pairs(cls, scores):
+        """From the pair engine's ``PairScores`` (``triplet_tools.mining.pairs``)."""
+        return cls(
+            scores.loss,
+            scores.valid,
+            scores.positive_distance,
+            scores.negative_distance,
+            scores.count,
+            scores.active,
+            scores.carrier,
+        )
+
+
+def _ones(embeddings):
+    return ops.ones_like(ops.stop_gradient(embeddings)[:, 0])
 
 
 def _concatenate(parts):
     if len(parts) == 1:
         return parts[0]
-    return AnchorTriplets(*(ops.concatenate(field, axis=0) for field in zip(*parts)))
+    carriers = [part.carrier for part in parts if part.carrier is not None]
+    joined = AnchorTriplets(
+        *(ops.concatenate(field, axis=0) for field in zip(*(part[:-1] for part in parts)))
+    )
+    return joined._replace(carrier=sum(carriers[1:], carriers[0]) if carriers else None)
 
 
 class TripletFamilyLoss(keras.losses.Loss):
@@ -157,6 +182,12 @@ class TripletFamilyLoss(keras.losses.Loss):
         """``c_a`` of a per-anchor result: 1 for a valid anchor, else 0."""
         return ops.cast(triplets.valid, triplets.loss.dtype)
 
+    @property
+    def wants_statistics(self):
+        """Whether a :class:`~triplet_tools.metrics.MiningStatistics` reads this loss's mean
+        distances (the pair engine skips them otherwise)."""
+        return bool(self._statistics)
+
     def score_set(
         self,
         features,
@@ -165,11 +196,14 @@ class TripletFamilyLoss(keras.losses.Loss):
         reference_labels,
         anchor_positions,
         reference_mask,
+        weights=None,
     ):
         """Scores anchors against one reference set; returns an :class:`AnchorTriplets`.
 
         The default mines one positive and one negative per anchor and applies
         :meth:`anchor_loss`. ``reference_features`` is ``None`` for in-batch mining.
+        ``weights`` ``(B,)``, when given, says that only ``sum_a w_a L_a`` will be
+        differentiated: a loss may then return values and a ``carrier`` of that gradient.
         """
         mined = mine_features(
             features,
@@ -237,12 +271,13 @@ class TripletFamilyLoss(keras.losses.Loss):
             ),
         )
 
-    def _score(self, labels, embeddings, reference_set):
+    def _score(self, labels, embeddings, reference_set, weights=None):
         # Each row is transformed once (normalised, for the normalised distances), with
         # gradient: mining reads these features under stop_gradient, the loss measures them.
         rows = reference_set.rows
         if rows is not None:
             labels, embeddings = labels[rows], embeddings[rows]
+            weights = None if weights is None else weights[rows]
         features = self.distance.mining_features(embeddings)
         if features.shape[0] == 0:
             # An empty batch has no valid anchor: exactly 0, still connected to the input.
@@ -263,6 +298,7 @@ class TripletFamilyLoss(keras.losses.Loss):
             reference_labels,
             reference_set.positions,
             reference_set.mask,
+            **({} if weights is None else {"weights": weights}),
         )
 
     def mine_batch(self, y_true, y_pred, as_last_seen=False):
@@ -276,7 +312,7 @@ class TripletFamilyLoss(keras.losses.Loss):
         labels, embeddings = self._inputs(y_true, y_pred)
         return self._mine(labels, embeddings, as_last_seen)
 
-    def _mine(self, labels, embeddings, as_last_seen=False):
+    def _mine(self, labels, embeddings, as_last_seen=False, weights=None):
         refs = references_module.gather(
             labels,
             embeddings,
@@ -284,7 +320,7 @@ class TripletFamilyLoss(keras.losses.Loss):
             global_mining=self.global_mining,
             as_last_seen=as_last_seen,
         )
-        triplets = _concatenate([self._score(labels, embeddings, s) for s in refs.sets])
+        triplets = _concatenate([self._score(labels, embeddings, s, weights) for s in refs.sets])
         return triplets, refs
 
     def call(self, y_true, y_pred):
@@ -302,7 +338,14 @@ class TripletFamilyLoss(keras.losses.Loss):
         with keras.name_scope(self.name):
             labels, embeddings = self._inputs(y_true, y_pred)
             weights = _inputs.sample_weights(sample_weight, embeddings.shape[0], embeddings.dtype)
-            triplets, refs = self._mine(labels, embeddings)
+            # Unless each anchor's loss is returned, only the weighted sum is differentiated:
+            # the pair engine may then hand back its gradient directly (the products mode).
+            summed = self.reduction not in (None, "none")
+            triplets, refs = self._mine(
+                labels,
+                embeddings,
+                weights=(_ones(embeddings) if weights is None else weights) if summed else None,
+            )
             for metric in self._statistics:
                 metric.accumulate(triplets)
             if refs.record is not None:
@@ -315,6 +358,7 @@ class TripletFamilyLoss(keras.losses.Loss):
                 sum_across=refs.sum_across,
                 scale=refs.scale,
                 mean_scale=refs.mean_scale,
+                carrier=triplets.carrier,
             )
             return ops.cast(loss, self.dtype)
 

@@ -19,9 +19,10 @@ from triplet_tools._ops import ops
 from triplet_tools._validation import check_number
 from triplet_tools.losses.base import AnchorTriplets, TripletFamilyLoss
 from triplet_tools.mining import pairs
-from triplet_tools.mining.pairs import linearized, masked_exponentials, nan_if_not_finite
+from triplet_tools.mining.pairs import masked_exponentials
 
 _FAR_BELOW = -1e30
+_INF = float("inf")
 
 
 class PairLoss(TripletFamilyLoss):
@@ -50,22 +51,21 @@ class PairLoss(TripletFamilyLoss):
         )
 
     def row_loss(self, block):
-        """``(l_a, c_a, valid)`` for a :class:`~triplet_tools.mining.pairs.PairBlock`."""
+        """``(l_a, c_a, valid, W)`` for a :class:`~triplet_tools.mining.pairs.PairBlock`,
+        without gradient: ``W_aj = dl_a / dd(a, j)`` ``(n, M)``, 0 on invalid anchors."""
         raise NotImplementedError
 
     def _row(self, block):
-        loss, count, valid = self.row_loss(block)
+        loss, count, valid, slopes = self.row_loss(block)
         valid_f = ops.cast(valid, block.distances.dtype)
-        # A product, not a select: NaN in the anchor's own embedding reaches its loss.
-        loss = loss * valid_f + nan_if_not_finite(block.anchors)
-        fixed = ops.stop_gradient(block.distances)
-        return (
+        loss = loss * valid_f
+        return pairs.RowScores(
             loss,
             count * valid_f,
             valid,
             ops.cast(loss > 0, loss.dtype) * valid_f,
-            pairs.masked_mean(fixed, block.positive),
-            pairs.masked_mean(fixed, block.negative),
+            *pairs.statistics_or_zeros(block, block.positive, block.negative),
+            slopes,
         )
 
     def score_set(
@@ -76,21 +76,30 @@ class PairLoss(TripletFamilyLoss):
         reference_labels,
         anchor_positions,
         reference_mask,
+        weights=None,
     ):
         return self.score_pairs(
-            features, labels, reference_features, reference_labels, anchor_positions, reference_mask
+            features,
+            labels,
+            reference_features,
+            reference_labels,
+            anchor_positions,
+            reference_mask,
+            weights=weights,
         )
 
-    def score_pairs(self, *references, context=()):
+    def score_pairs(self, *references, weights=None, context=(), row_function=None):
         """The engine over ``score_set``'s arguments, with ``context`` for the row loss."""
-        loss, count, valid, active, d_ap, d_an = pairs.score_pairs(
+        scores = pairs.score_pairs(
             *references,
             distance=self.distance,
-            row_function=self._row,
+            row_function=row_function or self._row,
             rows=self.block_size,
             context=context,
+            weights=weights,
+            statistics=self.wants_statistics,
         )
-        return AnchorTriplets(loss, valid, d_ap, d_an, count, active)
+        return AnchorTriplets.from_pairs(scores)
 
     def get_config(self):
         config = super().get_config()
@@ -165,29 +174,35 @@ class MultiSimilarityLoss(PairLoss):
 
     def row_loss(self, block):
         d = block.distances
-        fixed = ops.stop_gradient(d)
-        nearest_negative = ops.min(ops.where(block.negative, fixed, float("inf")), axis=1)
-        farthest_positive = ops.max(ops.where(block.positive, fixed, -float("inf")), axis=1)
+        nearest_negative = ops.min(ops.where(block.negative, d, float("inf")), axis=1)
+        farthest_positive = ops.max(ops.where(block.positive, d, -float("inf")), axis=1)
         hard_positive = ops.logical_and(
-            block.positive, fixed > (nearest_negative - self.epsilon)[:, None]
+            block.positive, d > (nearest_negative - self.epsilon)[:, None]
         )
         hard_negative = ops.logical_and(
-            block.negative, fixed < (farthest_positive + self.epsilon)[:, None]
+            block.negative, d < (farthest_positive + self.epsilon)[:, None]
         )
-        similarity = fixed + self.lmda - self.center
+        similarity = d + (self.lmda - self.center)
         values = ops.where(hard_positive, self.alpha * similarity, -self.beta * similarity)
+        # Each term's largest value is at the farthest positive / nearest negative, which
+        # belong to P' / N' whenever these are non-empty: no pass for the peaks.
+        peaks = (
+            self.alpha * (farthest_positive + (self.lmda - self.center)),
+            -self.beta * (nearest_negative + (self.lmda - self.center)),
+        )
         (positive, negative), e, (positive_inverse, negative_inverse) = masked_exponentials(
-            values, [hard_positive, hard_negative]
+            values, [hard_positive, hard_negative], peaks
         )
         valid = ops.logical_and(positive > -float("inf"), negative > -float("inf"))
+        valid_f = ops.cast(valid, d.dtype)
         loss = ops.softplus(positive) / self.alpha + ops.softplus(negative) / self.beta
         # d softplus(lse) / d v_j = sigmoid(lse) softmax_j, and d v_j / d d = alpha (-beta).
-        weights = e * ops.where(
+        slopes = e * ops.where(
             hard_positive,
-            (ops.sigmoid(positive) * positive_inverse)[:, None],
-            (-ops.sigmoid(negative) * negative_inverse)[:, None],
+            (ops.sigmoid(positive) * positive_inverse * valid_f)[:, None],
+            (-ops.sigmoid(negative) * negative_inverse * valid_f)[:, None],
         )
-        return linearized(loss, weights, d), ops.ones_like(loss), valid
+        return ops.where(valid, loss, 0), ops.ones_like(loss), valid, slopes
 
 
 @keras.saving.register_keras_serializable(package="triplet_tools")
@@ -241,23 +256,26 @@ class CircleLoss(PairLoss):
 
     def row_loss(self, block):
         d = block.distances
-        fixed = ops.stop_gradient(d)
         # The slopes of v in d: gamma alpha_p on P(a), -gamma alpha_n on N(a).
         slope = ops.where(
             block.positive,
-            self.gamma * ops.relu(fixed + self.margin),
-            -self.gamma * ops.relu(1 + self.margin - fixed),
+            self.gamma * ops.relu(d + self.margin),
+            -self.gamma * ops.relu(1 + self.margin - d),
         )
-        values = slope * (fixed - ops.where(block.positive, self.margin, 1 - self.margin))
+        values = slope * (d - ops.where(block.positive, self.margin, 1 - self.margin))
         (positive, negative), e, (positive_inverse, negative_inverse) = masked_exponentials(
             values, [block.positive, block.negative]
         )
         valid = _valid(block)
         # Both terms are finite on valid anchors; elsewhere -inf + x must not become NaN.
         total = ops.where(valid, positive + negative, 0)
-        scale = ops.where(block.positive, positive_inverse[:, None], negative_inverse[:, None])
-        weights = e * slope * scale * ops.where(valid, ops.sigmoid(total), 0)[:, None]
-        return linearized(ops.softplus(total), weights, d), ops.ones_like(total), valid
+        share = ops.where(valid, ops.sigmoid(total), 0)
+        scale = ops.where(
+            block.positive,
+            (positive_inverse * share)[:, None],
+            (negative_inverse * share)[:, None],
+        )
+        return ops.softplus(total), ops.ones_like(total), valid, e * slope * scale
 
 
 @keras.saving.register_keras_serializable(package="triplet_tools")
@@ -307,17 +325,19 @@ class SoftNearestNeighborLoss(PairLoss):
     def row_loss(self, block):
         d = block.distances
         (positive, negative), e, (positive_inverse, negative_inverse) = masked_exponentials(
-            ops.stop_gradient(d) / -self.temperature, [block.positive, block.negative]
+            d / -self.temperature, [block.positive, block.negative]
         )
         valid = _valid(block)
         # logsumexp_{P u N} - logsumexp_P = softplus(lse_N - lse_P); d v / d d = -1 / T.
         gap = ops.where(valid, negative - positive, 0)
-        share = ops.where(valid, ops.sigmoid(gap), 0)[:, None] / self.temperature
-        weights = e * ops.where(
-            block.positive, share * positive_inverse[:, None], -share * negative_inverse[:, None]
+        share = ops.where(valid, ops.sigmoid(gap), 0) / self.temperature
+        slopes = e * ops.where(
+            block.positive,
+            (share * positive_inverse)[:, None],
+            (-share * negative_inverse)[:, None],
         )
         loss = ops.where(valid, ops.softplus(gap), 0)
-        return linearized(loss, weights, d), ops.ones_like(loss), valid
+        return loss, ops.ones_like(loss), valid, slopes
 
 
 @keras.saving.register_keras_serializable(package="triplet_tools")
@@ -366,60 +386,112 @@ class LiftedStructLoss(PairLoss):
         super().__init__(distance, name, reduction, **kwargs)
 
     def _own_term(self, block):
-        """``(log sum_{N(a)} exp(margin - d), d term / d d)``: -inf kept finite
+        """``(log sum_{N(a)} exp(margin - d), its softmax over N(a))``: -inf kept finite
         (far below any real term) so that logaddexp and its gradient stay finite; an anchor
         without negatives is invalid anyway."""
         (term,), e, (inverse,) = masked_exponentials(
-            self.margin - ops.stop_gradient(block.distances), [block.negative]
+            self.margin - block.distances, [block.negative]
         )
         term = ops.where(ops.isfinite(term), term, _FAR_BELOW)
-        return term, -e * inverse[:, None]
+        return term, e * inverse[:, None]
 
-    def _negative_term(self, block):
-        term, weights = self._own_term(block)
-        return (linearized(term, weights, block.distances),)
+    def _term_row(self, block):
+        """Pass 1: each row's own term, as its "loss" (with gradient when linearized)."""
+        term, softmax = self._own_term(block)
+        zeros = ops.zeros_like(term)
+        slopes = None if block.form is not None else -softmax
+        return pairs.RowScores(term, zeros, zeros > 0, zeros, zeros, zeros, slopes)
 
-    def row_loss(self, block):
+    def _pair_slots(self, block, own, others, positive_weight, add_shares, initial):
+        """The slot loop over each valid anchor's positives ``c``: ``J_ac`` at one positive
+        per anchor (a gather, not a pass over the row).
+
+        ``add_shares(column, hinge, own_share, other_share, *extra) -> extra`` adds what the
+        mode needs, with ``own_share = dJ / d own_a`` and ``other_share = dJ / d others_c``.
+        Returns ``(loss, count, valid, slopes at the positives (n, M), extra)``."""
         d = block.distances
-        fixed = ops.stop_gradient(d)
-        own, own_weights = self._own_term(block)
-        (references,) = block.context
-        reference_terms = ops.stop_gradient(references)
         valid = _valid(block)
-        slots, slot = pairs.positive_slots(block, block.positive, valid)
+        counted = ops.logical_and(block.positive, valid[:, None])
+        slots, slot = pairs.positive_slots(block, counted, valid)
 
-        def step(k, loss, count, through_own, weights, reference_weights):
-            # J at one positive per anchor: a gather, not a pass over the row.
+        def step(k, loss, count, weights, *extra):
             column, present = slot(k)
-            term = ops.take(reference_terms, column)
-            both = ops.logaddexp(own, term)
-            hinge = ops.relu(both + pairs.take_at(fixed, column)) * present
-            # d J / d own = exp(own - both), d J / d reference term = exp(term - both).
-            through_own = through_own + hinge * ops.exp(own - both)
-            weights = pairs.add_at(weights, column, hinge)
-            reference_weights = pairs.add_at(
-                reference_weights, column, hinge * ops.exp(term - both)
-            )
-            return (
-                loss + ops.square(hinge) / 2,
-                count + present,
-                through_own,
-                weights,
-                reference_weights,
-            )
+            other = ops.take(others, column)
+            both = ops.logaddexp(own, other)
+            hinge = ops.relu(both + pairs.take_at(d, column)) * present
+            extra = add_shares(column, hinge, ops.exp(own - both), ops.exp(other - both), *extra)
+            weights = pairs.add_at(weights, column, hinge * positive_weight)
+            return (loss + ops.square(hinge) / 2, count + present, weights, *extra)
 
         zeros = ops.zeros_like(own)
-        loss, count, through_own, weights, reference_weights = pairs.over_slots(
-            step,
-            slots,
-            (zeros, zeros, zeros, ops.zeros_like(fixed), ops.zeros_like(fixed)),
-            fixed.shape[1],
+        loss, count, weights, *extra = pairs.over_slots(
+            step, slots, (zeros, zeros, ops.zeros_like(d), *initial), d.shape[1]
         )
-        weights = weights + through_own[:, None] * own_weights
-        loss = linearized(loss, weights, d) + ops.sum(
+        return loss, count, valid, weights, extra
+
+    def _row(self, block):
+        if block.form is not None:
+            return self._row_products(block)
+        return self._row_linearized(block)
+
+    def _row_linearized(self, block):
+        """Each ``L_a`` with its own gradient: through its row's distances (the slopes) and
+        through the references' terms (``block.context``, with gradient, linearized here)."""
+        own, own_softmax = self._own_term(block)
+        (references,) = block.context
+        reference_terms = ops.stop_gradient(references)
+
+        def add_shares(column, hinge, own_share, other_share, through_own, reference_weights):
+            return (
+                through_own + hinge * own_share,
+                pairs.add_at(reference_weights, column, hinge * other_share),
+            )
+
+        loss, count, valid, weights, (through_own, reference_weights) = self._pair_slots(
+            block,
+            own,
+            reference_terms,
+            1.0,
+            add_shares,
+            (ops.zeros_like(own), ops.zeros_like(block.distances)),
+        )
+        loss = loss + ops.sum(
             ops.stop_gradient(reference_weights) * (references - reference_terms)[None, :], axis=1
         )
-        return loss, count, valid
+        slopes = weights - through_own[:, None] * own_softmax
+        return self._scores(block, loss, count, valid, slopes)
+
+    def _row_products(self, block):
+        """In-batch and weighted (the products mode): ``J_ac = J_ca``, so row ``a`` holds
+        every path into its own term, ``sum_c (w_a + w_c) h_ac exp(own_a - both_ac)``, and
+        its slopes come out weighted. The own terms are pass 1's (``block.context``), so
+        the softmax over ``N(a)`` is ``exp(margin - d - own_a)``: no pass for its sum."""
+        own_terms, all_weights = block.context
+        own = ops.take(own_terms, ops.maximum(block.rows, 0))
+        shifted = ops.where(block.negative, self.margin - block.distances - own[:, None], -_INF)
+        softmax = ops.exp(shifted)
+        row_weights = block.weights
+
+        def add_shares(column, hinge, own_share, other_share, through):
+            both_weights = row_weights + ops.take(all_weights, column)
+            return (through + both_weights * hinge * own_share,)
+
+        loss, count, valid, weights, (through,) = self._pair_slots(
+            block, own, own_terms, row_weights, add_shares, (ops.zeros_like(own),)
+        )
+        slopes = weights - through[:, None] * softmax
+        return self._scores(block, loss, count, valid, slopes)._replace(weighted=True)
+
+    def _scores(self, block, loss, count, valid, slopes):
+        valid_f = ops.cast(valid, loss.dtype)
+        return pairs.RowScores(
+            loss * valid_f,
+            count * valid_f,
+            valid,
+            ops.cast(loss > 0, loss.dtype) * valid_f,
+            *pairs.statistics_or_zeros(block, block.positive, block.negative),
+            slopes * valid_f[:, None],
+        )
 
     def score_set(
         self,
@@ -429,18 +501,21 @@ class LiftedStructLoss(PairLoss):
         reference_labels,
         anchor_positions,
         reference_mask,
+        weights=None,
     ):
         in_batch = reference_features is None
+        if not (in_batch and pairs.takes_products(self.distance, weights)):
+            weights = None  # the products mode needs J symmetric: anchors = references
         references = features if in_batch else reference_features
         if in_batch:
             reference_labels, positions = labels, anchor_positions
         else:
             positions = ops.arange(ops.shape(reference_labels)[0], dtype="int32")
-        # Pass 1: every reference's log-sum-exp over its own negatives, with gradient. A
-        # reference that is not finite is never a positive: zeroed here so that its NaN
-        # cannot reach other rows' gradients.
+        # Pass 1: every reference's log-sum-exp over its own negatives. A reference that is
+        # not finite is never a positive: zeroed here so that its NaN cannot reach other
+        # rows' gradients.
         references, _ = pairs.zero_non_finite(references)
-        (reference_terms,) = pairs.score_pairs(
+        terms = pairs.score_pairs(
             references,
             reference_labels,
             None if in_batch else references,
@@ -448,9 +523,15 @@ class LiftedStructLoss(PairLoss):
             positions,
             reference_mask,
             distance=self.distance,
-            row_function=self._negative_term,
+            row_function=self._term_row,
             rows=self.block_size,
-        )
+            weights=weights,
+            statistics=False,
+        ).loss
+        if weights is not None:
+            context = (ops.stop_gradient(terms), ops.stop_gradient(weights))
+        else:
+            context = (terms,)
         return self.score_pairs(
             features,
             labels,
@@ -458,5 +539,6 @@ class LiftedStructLoss(PairLoss):
             reference_labels,
             anchor_positions,
             reference_mask,
-            context=(reference_terms,),
+            weights=weights,
+            context=context,
         )

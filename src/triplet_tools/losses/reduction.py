@@ -44,6 +44,7 @@ def reduce(
     sum_across: Callable | None = None,
     scale: float = 1.0,
     mean_scale: float = 1.0,
+    carrier: Any = None,
 ) -> Any:
     """Reduces per-anchor ``L_a`` with counts ``c_a`` (see the module docstring).
 
@@ -55,6 +56,8 @@ def reduce(
         sum_across: sums the divisor over replicas (global mining), or ``None``.
         scale: factor on every result but ``"none"``.
         mean_scale: extra factor on the mean reductions.
+        carrier: ``None``, or a scalar 0 whose gradient is that of ``sum_a w_a L_a`` (then
+            ``losses`` hold values only; not for ``"none"``).
 
     Returns:
         A scalar, or ``(B,)`` for ``"none"`` / ``None``.
@@ -79,6 +82,8 @@ def reduce(
     if reduction in (None, "none"):
         return weighted
     total = ops.sum(weighted)
+    if carrier is not None:
+        total = total + carrier
     if reduction == "sum":
         return total * scale if scale != 1 else total
     by_weight = reduction == "mean_with_sample_weight" and sample_weight is not None

@@ -1,11 +1,13 @@
 """Triplet loss with online mining, and the triplet-tools 0.2.3 entry points."""
 
+import functools
+
 import keras
 
 from triplet_tools._ops import ops
 from triplet_tools._validation import check_bool, check_choice, check_number
 from triplet_tools.losses.base import AnchorTriplets, TripletFamilyLoss
-from triplet_tools.mining import pairs
+from triplet_tools.mining import pairs, triplet_rows
 
 #: Accepted values of ``average``: what the default reduction divides by.
 AVERAGES = ("valid", "active")
@@ -132,6 +134,7 @@ class TripletLoss(TripletFamilyLoss):
         reference_labels,
         anchor_positions,
         reference_mask,
+        weights=None,
     ):
         if self.rules.per_anchor:
             triplets = super().score_set(
@@ -148,26 +151,12 @@ class TripletLoss(TripletFamilyLoss):
         pool = features if reference_features is None else reference_features
         pair_distances = self.reference_pair_distances(pool)
         rules = self.rules
-        shared = dict(
-            positive=rules.positive,
-            negative=rules.negative,
-            semi_margin=rules.semi_margin,
-            soft=self.soft_margin,
-            average=self.average,
+        # TripletLoss takes one positive slot at a time; PNLoss also needs d(p, n) for every
+        # unit: the n x M x M candidates.
+        row_function = (
+            triplet_rows.triplet_slots if pair_distances is None else triplet_rows.triplet_units
         )
-
-        def units(block):
-            if pair_distances is None:  # TripletLoss: one positive slot at a time
-                return pairs.triplet_slots(block, margin=self.margin, **shared)
-            # PNLoss also needs d(p, n) for every unit: the n x M x M candidates.
-            return pairs.triplet_units(
-                block,
-                unit_loss=self.anchor_loss,
-                positive_negative_distances=block.context[0],
-                **shared,
-            )
-
-        loss, count, valid, active, d_ap, d_an = pairs.score_pairs(
+        scores = pairs.score_pairs(
             features,
             labels,
             reference_features,
@@ -175,12 +164,22 @@ class TripletLoss(TripletFamilyLoss):
             anchor_positions,
             reference_mask,
             distance=self.distance,
-            row_function=units,
+            row_function=functools.partial(
+                row_function,
+                positive=rules.positive,
+                negative=rules.negative,
+                semi_margin=rules.semi_margin,
+                margin=self.margin,
+                soft=self.soft_margin,
+                average=self.average,
+            ),
             rows=self.block_size,
             cubic=pair_distances is not None,
             context=() if pair_distances is None else (pair_distances,),
+            weights=weights,
+            statistics=self.wants_statistics,
         )
-        return AnchorTriplets(loss, valid, d_ap, d_an, count, active)
+        return AnchorTriplets.from_pairs(scores)
 
     def get_config(self):
         return {

@@ -126,6 +126,80 @@ def map_blocks(fn, arrays, rows, pad_values):
     total = arrays[0].shape[0]
     if rows is None or total is None or rows >= total:
         return tuple(fn(*arrays))
+    num_blocks, blocked = _split(arrays, rows, pad_values)
+    outputs = ops.map(lambda block: tuple(fn(*block)), tuple(blocked))
+    return tuple(ops.reshape(t, (num_blocks * rows, *t.shape[2:]))[:total] for t in outputs)
+
+
+def scan_blocks(fn, initial, arrays, rows, pad_values, outputs):
+    """:func:`map_blocks` with a carry: ``fn(carry, blocks) -> (carry, outputs)``.
+
+    Args:
+        fn: takes the carry and the tuple of one block of each array; returns the new
+            carry and a tuple of ``(rows, ...)`` outputs.
+        initial: the first carry (a tuple of tensors).
+        arrays, rows, pad_values: as for :func:`map_blocks`.
+        outputs: per output of ``fn``, ``(shape after the rows axis, dtype)``: TensorFlow's
+            loop needs them before it traces ``fn`` (``keras.ops.scan`` there requires
+            outputs shaped like the carry).
+
+    Returns:
+        ``(last carry, fn's outputs over all B rows)``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> x = ops.convert_to_tensor(np.arange(5.0, dtype="float32"))
+    >>> def running(carry, block):
+    ...     (total,) = carry
+    ...     return (total + ops.sum(block[0]),), (block[0] * 2,)
+    >>> (total,), (y,) = scan_blocks(
+    ...     running, (ops.zeros(()),), (x,), 2, (0,), outputs=[((), "float32")])
+    >>> float(total), ops.convert_to_numpy(y).tolist()
+    (10.0, [0.0, 2.0, 4.0, 6.0, 8.0])
+    """
+    total = arrays[0].shape[0]
+    if rows is None or total is None or rows >= total:
+        carry, results = fn(tuple(initial), tuple(arrays))
+        return tuple(carry), tuple(results)
+    num_blocks, blocked = _split(arrays, rows, pad_values)
+    if _TENSORFLOW:
+        carry, results = _tensorflow_scan(fn, initial, blocked, rows, outputs)
+    else:
+        carry, results = ops.scan(
+            lambda c, block: fn(c, tuple(block)), tuple(initial), tuple(blocked)
+        )
+    return tuple(carry), tuple(
+        ops.reshape(t, (num_blocks * rows, *t.shape[2:]))[:total] for t in results
+    )
+
+
+def _tensorflow_scan(fn, initial, blocked, rows, outputs):
+    """``scan`` as a ``tf.while_loop`` over blocks, their outputs in TensorArrays."""
+    import tensorflow as tf
+
+    count = blocked[0].shape[0]
+    inputs = [
+        tf.TensorArray(x.dtype, size=count, element_shape=x.shape[1:]).unstack(x) for x in blocked
+    ]
+    results = [
+        tf.TensorArray(dtype, size=count, element_shape=(rows, *shape)) for shape, dtype in outputs
+    ]
+
+    def body(i, carry, results):
+        carry, values = fn(tuple(carry), tuple(t.read(i) for t in inputs))
+        return i + 1, tuple(carry), [t.write(i, v) for t, v in zip(results, values)]
+
+    _, carry, results = tf.while_loop(
+        lambda i, *_: i < count, body, (tf.constant(0), tuple(initial), results)
+    )
+    return carry, [t.stack() for t in results]
+
+
+def _split(arrays, rows, pad_values):
+    """``(number of blocks, each array padded and reshaped to (blocks, rows, ...))``."""
+    total = arrays[0].shape[0]
     num_blocks = -(-total // rows)
     padding = num_blocks * rows - total
     blocked = []
@@ -134,5 +208,4 @@ def map_blocks(fn, arrays, rows, pad_values):
             widths = [[0, padding]] + [[0, 0]] * (len(array.shape) - 1)
             array = ops.pad(array, widths, constant_values=value)
         blocked.append(ops.reshape(array, (num_blocks, rows, *array.shape[1:])))
-    outputs = ops.map(lambda block: tuple(fn(*block)), tuple(blocked))
-    return tuple(ops.reshape(t, (num_blocks * rows, *t.shape[2:]))[:total] for t in outputs)
+    return num_blocks, blocked

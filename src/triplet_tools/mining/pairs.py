@@ -1,33 +1,30 @@
 """The pair engine: losses that score every pair, or every triplet, of an anchor's row.
 
-For a block of ``n`` anchors against ``M`` references it forms the ``(n, M)`` distances with
-gradient and the masks ``P(a)`` / ``N(a)`` of :mod:`triplet_tools.mining.rules`, and hands
-them to a *row function* that returns per-anchor values. Blocks run through
-:func:`~triplet_tools.mining.blocks.map_blocks`, so shapes are static and it compiles under
-XLA. Every pair distance of a block is differentiated, which is the dense formulation's
-gradient exactly; the row functions here compute ``W_aj = dL_a / dd(a, j)`` in closed form
-without gradient and hand it back through :func:`linearized`, so that the backward pass of a
-block is the distance's own (one product per operand for the inner-product distances).
+For a block of ``n`` anchors against ``M`` references it forms the ``(n, M)`` distances
+(without gradient) and the masks ``P(a)`` / ``N(a)`` of :mod:`triplet_tools.mining.rules`,
+and hands them to a *row function* (``PairBlock -> RowScores``), which returns each
+anchor's values and ``W_aj = dL_a / dd(a, j)`` in closed form. Mining is never
+differentiated and every unit loss is a function of the distances, so the gradient of the
+dense formulation is exactly ``sum_aj W_aj dd(a, j)``. The engine turns ``W`` into a
+gradient in one of two ways:
+
+* **products** (the losses' reductions, with a built-in distance): the weighted sum
+  ``sum_a w_a L_a`` is what gets differentiated, so every block's gradient is known in the
+  forward pass: ``W`` goes through the distance's :class:`~triplet_tools.distances.ProductForm`
+  (two products per block, ``W @ R`` and ``A^T @ W``) and the gradients of the features
+  come back in ``carrier``, a zero whose gradient is that of the weighted sum. Nothing of
+  size ``n x M`` is kept for a backward pass. Units chosen one per positive (tensorflow-addons'
+  semi-hard) are pulled back as pairs of gathered rows instead (``O(n*D)`` per slot);
+* **linearized** (``reduction="none"``, a user-defined or Manhattan distance, ``PNLoss``'s
+  ``n x M x M`` units): each block's distances are recomputed with gradient and the loss is
+  ``stop_gradient(L_a) + sum_j W_aj (d(a, j) - stop_gradient(d(a, j)))``; above
+  :data:`REMAT_PAIRS` pairs the blocks are recomputed in the backward pass (``keras.remat``).
+
 Each anchor's positives are found through the references sorted by label
-(``PairBlock.reference_order``), by a search instead of a pass over the row.
-
-Row functions here:
-
-* :func:`triplet_slots` -- ``TripletLoss`` with a strategy ``"all"``: the units
-  ``(a, p, n)`` of SPEC (every positive pair with its own semi-hard negative, every
-  triplet, ...), summed per anchor with their count, one positive at a time;
-* :func:`triplet_units` -- the same for ``PNLoss``, whose units also need ``d(p, n)``;
-* :func:`masked_exponentials` and :func:`linearized` -- the building blocks of the
-  pair-based losses (``losses/pair.py``): closed-form row values and ``dL_a / dd(a, j)``.
-
-Memory: a block holds ``n x M`` distances (``n x M x M`` candidate units for
-:func:`triplet_units`), so blocks are sized from the reference count (see
-:func:`block_rows`). Above :data:`REMAT_PAIRS` anchor-reference pairs the blocks are
-recomputed in the backward pass instead of kept for it, so that a step holds
-``O(B*D + n*M)`` (see docs/performance.md for what was measured). Each anchor's class is
-found in the label-sorted references by a binary search (:func:`sorted_search`), never by
-a ``B x M`` comparison. References whose embedding is not finite are zeroed and masked
-out, so NaN reaches only the loss of the anchor that holds it.
+(``PairBlock.reference_order``), by a search instead of a pass over the row. References
+whose embedding is not finite are zeroed and masked out, so NaN reaches only the loss of
+the anchor that holds it. The row functions live beside their losses
+(:mod:`triplet_tools.mining.triplet_rows`, ``triplet_tools.losses.pair``).
 """
 
 from __future__ import annotations
@@ -41,31 +38,50 @@ from typing import Any, NamedTuple
 import keras
 
 from triplet_tools._ops import ops
+from triplet_tools.distances import row_sum
 from triplet_tools.mining import kernel
-from triplet_tools.mining.blocks import BLOCK_ELEMENTS, compiled_by_xla, map_blocks
+from triplet_tools.mining.blocks import (
+    BLOCK_ELEMENTS,
+    compiled_by_xla,
+    map_blocks,
+    scan_blocks,
+    xla_in_tensorflow_graph,
+)
 
 _INF = float("inf")
 
-#: Above this many anchor-reference pairs (``B * M``), blocks are recomputed in the backward
-#: pass instead of stored: 2**26 pairs (a B = 8,192 batch) hold 256 MB per float32 ``B x M``.
+#: Above this many anchor-reference pairs (``B * M``), blocks of the linearized mode are
+#: recomputed in the backward pass instead of stored: 2**26 pairs (a B = 8,192 batch) hold
+#: 256 MB per float32 ``B x M``. (The products mode keeps nothing for the backward pass.)
 REMAT_PAIRS = 2**26
+
+#: Whether the products mode may be taken (tests switch it off to exercise the other).
+PRODUCTS = True
+
+#: Scores per block in the products mode (docs/performance.md, "The pair engine's blocks").
+PRODUCT_BLOCK_ELEMENTS = BLOCK_ELEMENTS
 
 
 class PairBlock(NamedTuple):
     """What a row function sees for a block of ``n`` anchors.
 
     Attributes:
-        distances: ``(n, M)`` ``d(a, j)`` with gradient.
+        distances: ``(n, M)`` ``d(a, j)``, without gradient.
         positive: ``(n, M)`` bool, ``j in P(a)``.
         negative: ``(n, M)`` bool, ``j in N(a)``.
-        anchors: ``(n, D)`` anchor features.
+        anchors: ``(n, D)`` anchor features, without gradient.
         rows: ``(n,)`` int32 index of each anchor in the batch (padding rows: ``-1``).
-        context: the tensors passed to :func:`score_pairs` as ``context`` (with gradient).
+        context: the tensors passed to :func:`score_pairs` as ``context``.
         reference_order: ``(M,)`` int32 reference indices sorted by label, so that
             ``reference_order[same_start + k]``, ``k < same_count``, are the references of
             the anchor's class (its positives, itself and masked rows included).
         same_start, same_count: ``(n,)`` int32, where the anchor's class starts in that
             order and how many references it has.
+        references: ``(M, D)`` reference features (non-finite rows zeroed), no gradient.
+        weights: ``(n,)`` the anchors' weights ``w_a`` (0 for padding rows).
+        form: the distance's ``ProductForm`` in the products mode, else ``None``: then a
+            row function may pull its units back itself (:func:`pull_back_units`).
+        statistics: whether the mean positive / negative distances are wanted.
     """
 
     distances: Any
@@ -77,109 +93,68 @@ class PairBlock(NamedTuple):
     reference_order: Any = None
     same_start: Any = None
     same_count: Any = None
+    references: Any = None
+    weights: Any = None
+    form: Any = None
+    statistics: bool = True
 
 
-def block_rows(num_anchors, num_references, cubic=False):
-    """Anchors per block: about :data:`~triplet_tools.mining.blocks.BLOCK_ELEMENTS` values
-    per block, counting ``M`` per anchor (or ``M * M`` candidate units with ``cubic``)."""
+class RowScores(NamedTuple):
+    """What a row function returns for its block of ``n`` anchors (no gradient anywhere).
+
+    Attributes:
+        loss: ``(n,)`` ``L_a`` (0 for an invalid anchor).
+        count: ``(n,)`` ``c_a``, the anchor's counted units.
+        valid: ``(n,)`` bool.
+        active: ``(n,)`` the anchor's units with a positive loss.
+        positive_distance, negative_distance: ``(n,)`` mean ``d(a, p)`` / ``d(a, n)`` of the
+            anchor's units (statistics; zeros when ``block.statistics`` is off).
+        slopes: ``(n, M)`` ``dL_a / dd(a, j)``, or ``None``.
+        anchor_gradient, reference_gradient: ``(n, D)`` and ``(M, D)`` gradients of
+            ``sum_a w_a L_a`` that the row function pulled back itself (products mode
+            only), or ``None``.
+        weighted: ``slopes`` already hold the anchors' weights (the engine multiplies
+            them by ``block.weights`` otherwise).
+    """
+
+    loss: Any
+    count: Any
+    valid: Any
+    active: Any
+    positive_distance: Any
+    negative_distance: Any
+    slopes: Any = None
+    anchor_gradient: Any = None
+    reference_gradient: Any = None
+    weighted: bool = False
+
+
+class PairScores(NamedTuple):
+    """What :func:`score_pairs` returns; per-anchor fields are ``(B,)``.
+
+    ``loss`` carries the gradient of each ``L_a`` in the linearized mode; in the products
+    mode it holds values only and ``carrier`` (a scalar 0) carries the gradient of
+    ``sum_a w_a L_a`` (``None`` in the linearized mode).
+    """
+
+    loss: Any
+    count: Any
+    valid: Any
+    active: Any
+    positive_distance: Any
+    negative_distance: Any
+    carrier: Any = None
+
+
+def block_rows(num_anchors, num_references, cubic=False, elements=None):
+    """Anchors per block: about ``elements`` values per block (default
+    :data:`~triplet_tools.mining.blocks.BLOCK_ELEMENTS`), counting ``M`` per anchor (or
+    ``M * M`` candidate units with ``cubic``); a power of two."""
     if num_anchors is None or num_references is None:
         return num_anchors
     per_row = max(num_references, 1) ** (2 if cubic else 1)
-    rows = max(1, BLOCK_ELEMENTS // per_row)
+    rows = max(1, (elements or BLOCK_ELEMENTS) // per_row)
     return min(num_anchors, 1 << (rows.bit_length() - 1))
-
-
-def masked_exponentials(values, masks):
-    """Stabilised log-sum-exps of one row over each of several disjoint masks, in one
-    ``exp`` pass, with what their gradients need. No gradient flows through it.
-
-    ```
-    lse_k(a) = log sum_{j in mask_k(a)} exp(v_aj)        (-inf for an empty mask)
-    e_aj     = exp(v_aj - max_{mask_k(a)} v)   for j in mask_k(a), 0 outside every mask
-    softmax_k(a, j) = e_aj * inverse_k(a)      (= d lse_k / d v_aj on mask_k)
-    ```
-
-    Args:
-        values: ``(n, M)``.
-        masks: disjoint ``(n, M)`` bool masks.
-
-    Returns:
-        ``(lses, e, inverses)``: a list of ``(n,)`` ``lse_k``, the ``(n, M)`` ``e``, and a
-        list of ``(n,)`` ``1 / sum_{mask_k} e`` (0 for an empty mask).
-
-    Example:
-
-    >>> import numpy as np
-    >>> from keras import ops
-    >>> v = np.array([[0.0, 1000.0, 5.0], [1.0, 2.0, 3.0]], "float32")
-    >>> m = np.array([[True, True, False], [False, False, False]])
-    >>> (lse,), e, (inverse,) = masked_exponentials(v, [m])
-    >>> ops.convert_to_numpy(lse).tolist(), ops.convert_to_numpy(e)[0].tolist()
-    ([1000.0, -inf], [0.0, 1.0, 0.0])
-    """
-    values = ops.stop_gradient(ops.convert_to_tensor(values))
-    masks = [ops.convert_to_tensor(mask) for mask in masks]
-    peaks = []
-    for mask in masks:
-        peak = ops.max(ops.where(mask, values, -_INF), axis=1)
-        peaks.append(ops.where(ops.isfinite(peak), peak, ops.zeros_like(peak)))
-    # Masked entries become exp(-inf) = 0 before the exp, never inf after it.
-    shifted = ops.full_like(values, -_INF)
-    for mask, peak in zip(reversed(masks), reversed(peaks)):
-        shifted = ops.where(mask, values - peak[:, None], shifted)
-    e = ops.exp(shifted)
-    lses, inverses = [], []
-    for mask, peak in zip(masks, peaks):
-        # A non-empty mask holds its peak, exp(0) = 1: total >= 1 exactly when non-empty.
-        total = e if len(masks) == 1 else ops.where(mask, e, 0)
-        total = ops.sum(total, axis=1)
-        kept = total > 0
-        safe = ops.where(kept, total, ops.ones_like(total))
-        lses.append(ops.where(kept, ops.log(safe) + peak, -_INF))
-        inverses.append(ops.where(kept, 1 / safe, ops.zeros_like(safe)))
-    return lses, e, inverses
-
-
-def linearized(value, weights, distances):
-    """``value`` ``(n,)`` in value, and in gradient ``sum_j weights_aj d(a, j)``:
-
-    ```
-    stop_gradient(value) + sum_j stop_gradient(W_aj) (d(a, j) - stop_gradient(d(a, j)))
-    ```
-
-    With ``W = dvalue / dd`` computed in closed form, the backward pass of a block is one
-    product with ``W`` per operand of the distance instead of the framework's reverse of
-    every elementwise pass.
-    """
-    fixed = ops.stop_gradient(distances)
-    return ops.stop_gradient(value) + ops.sum(
-        ops.stop_gradient(weights) * (distances - fixed), axis=1
-    )
-
-
-def _arg(values, mask, largest):
-    """Index of the largest (or smallest) value among ``mask`` along the last axis."""
-    fill = -_INF if largest else _INF
-    return _arg_extreme(ops.where(mask, values, fill), largest)[1]
-
-
-def _arg_extreme(values, largest):
-    """``(extreme, first index of it)`` along the last axis, by the fastest path: CPU
-    ``argmin`` / ``argmax`` are not vectorised (neither XLA's variadic reduction nor eager
-    torch's), so 2-D rows take the two-pass search of the per-anchor kernels. PNLoss's
-    ``(n, M, M)`` candidates keep ``argmin`` / ``argmax`` (and no extreme: ``None``)."""
-    if len(values.shape) != 2:
-        index = ops.argmax(values, axis=-1) if largest else ops.argmin(values, axis=-1)
-        return None, index
-    if _in_place_torch(values):
-        from triplet_tools.mining import torch_kernel
-
-        return torch_kernel.arg_extreme(values, largest)
-    return kernel.arg_extreme(values, largest)
-
-
-def _one_hot(index, width):
-    return ops.one_hot(index, width) > 0
 
 
 def score_pairs(
@@ -195,13 +170,10 @@ def score_pairs(
     rows=None,
     cubic=False,
     context=(),
+    weights=None,
+    statistics=True,
 ):
-    """Runs ``row_function`` over row blocks of anchors; returns its per-anchor outputs.
-
-    When a batch has more than :data:`REMAT_PAIRS` anchor-reference pairs, each block is
-    recomputed in the backward pass (``keras.remat``) instead of keeping its ``n x M``
-    intermediates for it, so peak memory stays ``O(B*D + rows*M)`` at the cost of a second
-    forward pass over the blocks.
+    """Runs ``row_function`` over row blocks of anchors; returns a :class:`PairScores`.
 
     Args:
         features: ``(B, D)`` anchor features (``distance.mining_features``), with gradient.
@@ -212,19 +184,23 @@ def score_pairs(
             none), or ``None`` (``arange(B)`` in-batch, all ``-1`` otherwise).
         reference_mask: ``(M,)`` bool or ``None``.
         distance: the ``Distance``.
-        row_function: ``PairBlock -> tuple of (n, ...) tensors``.
-        rows: anchors per block (``None``: :func:`block_rows`).
-        cubic: the row function builds ``n x M x M`` units (smaller blocks).
+        row_function: ``PairBlock -> RowScores``.
+        rows: anchors per block (``None``: chosen from ``B`` and ``M``).
+        cubic: the row function builds ``n x M x M`` units (smaller blocks, linearized).
         context: tensors the row function needs beside the block (as ``block.context``);
-            passed explicitly, so that their gradient survives recomputation.
+            passed explicitly, so that their gradient survives recomputation (linearized).
+        weights: ``(B,)`` anchor weights ``w_a``: the caller differentiates
+            ``sum_a w_a L_a`` only, so the products mode may be taken. ``None``: every
+            ``L_a`` keeps its own gradient (linearized).
+        statistics: whether the row functions compute the mean distances.
 
     Returns:
-        The tuple of the row function's outputs over all ``B`` anchors.
+        A :class:`PairScores` over all ``B`` anchors.
     """
     from triplet_tools.mining import common_label_dtype
 
-    num_anchors = features.shape[0]
-    if reference_features is None:
+    in_batch = reference_features is None
+    if in_batch:
         reference_features, reference_labels = features, labels
         if anchor_positions is None:
             anchor_positions = ops.arange(ops.shape(features)[0], dtype="int32")
@@ -239,77 +215,240 @@ def score_pairs(
         if reference_mask is None
         else ops.logical_and(ops.cast(reference_mask, "bool"), finite)
     )
-    kept = ops.cast(mask, "int32")
-    reference_index = ops.arange(ops.shape(reference_labels)[0], dtype="int32")
-    anchor_rows = ops.arange(ops.shape(labels)[0], dtype="int32")
-
-    num_references = reference_labels.shape[0]
-    recompute = (
-        None not in (num_anchors, num_references) and num_anchors * num_references > REMAT_PAIRS
+    setup = _Setup(
+        distance=distance,
+        row_function=row_function,
+        statistics=statistics,
+        num_anchors=features.shape[0],
+        num_references=reference_labels.shape[0],
     )
+    anchor_positions = ops.cast(anchor_positions, "int32")
+    if takes_products(distance, weights, cubic):
+        weights = ops.stop_gradient(ops.convert_to_tensor(weights, features.dtype))
+        return _score_products(
+            setup, distance.product_form, features, clean, labels, reference_labels,
+            anchor_positions, mask, weights, context, rows,
+        )  # fmt: skip
+    return _score_linearized(
+        setup, features, clean, labels, reference_labels, anchor_positions, mask, context,
+        rows, cubic,
+    )  # fmt: skip
 
-    def scored(anchors, anchor_labels, positions, batch_rows, same_start, same_count, *tensors):
-        references, reference_labels, kept, reference_index, order, *extra = tensors
-        same = ops.equal(anchor_labels[:, None], reference_labels[None, :])
-        kept = kept[None, :] > 0
-        positive = ops.logical_and(
-            ops.logical_and(same, kept),
-            ops.not_equal(positions[:, None], reference_index[None, :]),
-        )
-        negative = ops.logical_and(ops.logical_not(same), kept)
-        distances = distance.pairwise_features(anchors, references)
-        block = PairBlock(
-            distances,
-            positive,
-            negative,
-            anchors,
-            batch_rows,
-            tuple(extra),
-            order,
-            same_start,
-            same_count,
-        )
-        return tuple(row_function(block))
 
-    def recomputed(*tensors):
-        # Every tensor goes in as an argument (TensorFlow's recompute_grad inside a loop
-        # fails on captured ones), none of them bool, and only float tensors come out (a
-        # bool breaks its gradient either way).
-        release_freed_memory()
-        outputs = scored(*tensors)
-        was_bool[:] = [keras.backend.standardize_dtype(t.dtype) == "bool" for t in outputs]
-        return tuple(ops.cast(t, features.dtype) if b else t for t, b in zip(outputs, was_bool))
+def takes_products(distance, weights, cubic=False):
+    """Whether :func:`score_pairs` takes the products mode for these arguments."""
+    return weights is not None and distance.product_form is not None and not cubic and PRODUCTS
 
-    was_bool: list[bool] = []
 
-    def block(*block_tensors):
-        tensors = (*block_tensors, clean, reference_labels, kept, reference_index, order, *context)
-        if not recompute:
-            return scored(*tensors)
-        outputs = keras.remat(recomputed)(*tensors)
-        return tuple(t > 0 if b else t for t, b in zip(outputs, was_bool))
+class _Setup(NamedTuple):
+    distance: Any
+    row_function: Callable
+    statistics: bool
+    num_anchors: Any
+    num_references: Any
 
-    # Each class's references, found by a search in the label-sorted order instead of a
-    # pass over every row of the block.
+
+def _class_ranges(labels, reference_labels):
+    """``(order, same_start, same_count)``: the references sorted by label, and where each
+    anchor's class lies in that order (a search, not a pass over every row)."""
     order = ops.cast(ops.argsort(reference_labels), "int32")
     sorted_labels = ops.take(reference_labels, order)
     same_start = sorted_search(sorted_labels, labels, side="left")
     same_end = sorted_search(sorted_labels, labels, side="right")
+    return order, same_start, same_end - same_start
+
+
+def _block(setup, anchors, anchor_labels, positions, batch_rows, same_start, same_count, shared):
+    """The :class:`PairBlock` of ``n`` anchors, its distances computed without gradient
+    unless ``shared["distances"]`` says otherwise."""
+    references, reference_labels, kept, order = shared["references"]
+    same = ops.equal(anchor_labels[:, None], reference_labels[None, :])
+    kept = kept[None, :]
+    reference_index = ops.arange(ops.shape(reference_labels)[0], dtype="int32")
+    positive = ops.logical_and(
+        ops.logical_and(same, kept), ops.not_equal(positions[:, None], reference_index[None, :])
+    )
+    negative = ops.logical_and(ops.logical_not(same), kept)
+    distances = setup.distance.pairwise_features(anchors, references)
+    return distances, PairBlock(
+        ops.stop_gradient(distances),
+        positive,
+        negative,
+        ops.stop_gradient(anchors),
+        batch_rows,
+        tuple(shared["context"]),
+        order,
+        same_start,
+        same_count,
+        ops.stop_gradient(references),
+        shared.get("weights"),
+        shared.get("form"),
+        setup.statistics,
+    )
+
+
+def _score_products(
+    setup, form, features, clean, labels, reference_labels, positions, mask, weights, context, rows
+):
+    """The products mode: values and the gradient of ``sum_a w_a L_a`` in one pass."""
+    fixed_features = ops.stop_gradient(features)
+    fixed_references = ops.stop_gradient(clean)
+    fixed_context = tuple(ops.stop_gradient(t) for t in context)
     if rows is None:
-        rows = block_rows(num_anchors, reference_labels.shape[0], cubic)
-    return map_blocks(
+        rows = block_rows(setup.num_anchors, setup.num_references, elements=PRODUCT_BLOCK_ELEMENTS)
+
+    def compute(features, references, labels, reference_labels, positions, mask, weights, *ctx):
+        order, same_start, same_count = _class_ranges(labels, reference_labels)
+        dim = ops.shape(references)[1]
+        zeros_m = ops.zeros((ops.shape(references)[0],), references.dtype)
+        initial = (
+            ops.zeros((dim, ops.shape(references)[0]), references.dtype),  # sum A^T C
+            zeros_m,  # sum of C's columns (the norm part)
+            ops.zeros_like(references),  # units pulled back by the row function
+        )
+        shared = {
+            "references": (references, reference_labels, mask, order),
+            "context": ctx,
+            "form": form,
+        }
+
+        def one_block(carry, block):
+            transposed, column_sums, gathered = carry
+            anchors, anchor_labels, anchor_positions, batch_rows, start, count, row_weights = block
+            release_freed_memory()
+            distances, pair_block = _block(
+                setup, anchors, anchor_labels, anchor_positions, batch_rows, start, count,
+                {**shared, "weights": row_weights},
+            )  # fmt: skip
+            scores = setup.row_function(pair_block)
+            gradient = ops.zeros_like(anchors)
+            if scores.slopes is not None:
+                slopes = scores.slopes if scores.weighted else scores.slopes * row_weights[:, None]
+                slopes = form.slopes(slopes, distances)
+                gradient = form.anchor_gradient(slopes, anchors, references)
+                transposed = transposed + form.reference_gradient_transposed(slopes, anchors)
+                if form.norms:
+                    column_sums = column_sums + ops.sum(slopes, axis=0)
+            if scores.anchor_gradient is not None:
+                gradient = gradient + scores.anchor_gradient
+                gathered = gathered + scores.reference_gradient
+            outputs = _values(scores, anchors) + (gradient,)
+            return (transposed, column_sums, gathered), outputs
+
+        (transposed, column_sums, gathered), outputs = scan_blocks(
+            one_block,
+            initial,
+            (features, labels, positions, ops.arange(ops.shape(labels)[0], dtype="int32"),
+             same_start, same_count, weights),
+            rows=rows,
+            pad_values=(0, 0, -1, -1, 0, 0, 0),
+            outputs=[((), references.dtype)] * 6 + [((dim,), references.dtype)],
+        )  # fmt: skip
+        reference_gradient = form.finish_reference_gradient(transposed, column_sums, references)
+        return (*outputs, reference_gradient + gathered)
+
+    compute = xla_in_tensorflow_graph(compute)
+    *values, anchor_gradient, reference_gradient = compute(
+        fixed_features, fixed_references, labels, reference_labels, positions, mask, weights,
+        *fixed_context,
+    )  # fmt: skip
+    loss, count, valid, active, positive_distance, negative_distance = values
+    carrier = ops.sum(anchor_gradient * (features - fixed_features)) + ops.sum(
+        reference_gradient * (clean - fixed_references)
+    )
+    return PairScores(loss, count, valid > 0, active, positive_distance, negative_distance, carrier)
+
+
+def _values(scores, anchors):
+    """The per-anchor outputs of a block, floats (a loop's outputs), NaN reaching the loss
+    of an anchor whose features are not finite."""
+    dtype = scores.loss.dtype
+    return (
+        scores.loss + nan_if_not_finite(anchors),
+        ops.cast(scores.count, dtype),
+        ops.cast(scores.valid, dtype),
+        ops.cast(scores.active, dtype),
+        ops.cast(scores.positive_distance, dtype),
+        ops.cast(scores.negative_distance, dtype),
+    )
+
+
+def _score_linearized(
+    setup, features, clean, labels, reference_labels, positions, mask, context, rows, cubic
+):
+    """The linearized mode: every ``L_a`` with its own gradient, through each block's
+    distances recomputed with gradient."""
+    recompute = (
+        None not in (setup.num_anchors, setup.num_references)
+        and setup.num_anchors * setup.num_references > REMAT_PAIRS
+    )
+    order, same_start, same_count = _class_ranges(labels, reference_labels)
+    kept = ops.cast(mask, "int32")
+
+    def scored(anchors, anchor_labels, anchor_positions, batch_rows, start, count, *tensors):
+        references, reference_labels, kept, order, *extra = tensors
+        shared = {"references": (references, reference_labels, kept > 0, order), "context": extra}
+        distances, block = _block(
+            setup, anchors, anchor_labels, anchor_positions, batch_rows, start, count, shared
+        )
+        block = block._replace(weights=ops.ones_like(distances[:, 0]))
+        scores = setup.row_function(block)
+        loss, *values = _values(scores, block.anchors)
+        if scores.slopes is not None:
+            fixed = ops.stop_gradient(distances)
+            loss = loss + ops.sum(ops.stop_gradient(scores.slopes) * (distances - fixed), axis=1)
+        return (loss, *values)
+
+    def recomputed(*tensors):
+        # Every tensor goes in as an argument (TensorFlow's recompute_grad inside a loop
+        # fails on captured ones), none of them bool.
+        release_freed_memory()
+        return scored(*tensors)
+
+    def block(*block_tensors):
+        tensors = (*block_tensors, clean, reference_labels, kept, order, *context)
+        if not recompute:
+            return scored(*tensors)
+        return keras.remat(recomputed)(*tensors)
+
+    if rows is None:
+        rows = block_rows(setup.num_anchors, setup.num_references, cubic)
+    loss, count, valid, active, positive_distance, negative_distance = map_blocks(
         block,
         (
             features,
             labels,
-            ops.cast(anchor_positions, "int32"),
-            anchor_rows,
+            positions,
+            ops.arange(ops.shape(labels)[0], dtype="int32"),
             same_start,
-            same_end - same_start,
+            same_count,
         ),
         rows=rows,
         pad_values=(0, 0, -1, -1, 0, 0),
     )
+    return PairScores(loss, count, valid > 0, active, positive_distance, negative_distance)
+
+
+def pull_back_units(block, columns, slopes, distances, gradients):
+    """Adds the gradient of ``sum_i slopes_i d(a_i, r_{columns_i})`` (one unit per anchor
+    of the block, weighted by ``block.weights``) to ``gradients = (anchor (n, D),
+    reference (M, D))``: two gathered rows per unit instead of a pass over the row."""
+    slopes = slopes * block.weights
+    gathered = ops.take(block.references, columns, axis=0)
+    to_anchor, to_reference = block.form.paired_gradients(
+        slopes, block.anchors, gathered, distances
+    )
+    anchor_gradient, reference_gradient = gradients
+    return anchor_gradient + to_anchor, add_rows(reference_gradient, columns, to_reference)
+
+
+def add_rows(target, rows, values):
+    """``target[rows[i]] += values[i]`` for every ``i`` (a scatter; repeated rows add up)."""
+    rows = ops.cast(rows, "int32")
+    if _in_place_torch(target):
+        target.index_add_(0, rows.long(), values)
+        return target
+    return ops.scatter_update(target, rows[:, None], values, reduction="add")
 
 
 def release_freed_memory():
@@ -429,212 +568,118 @@ def nan_if_not_finite(anchors):
     return ops.sum(ops.stop_gradient(anchors), axis=-1) * 0
 
 
-def triplet_units(
-    block: PairBlock,
-    *,
-    positive: str,
-    negative: str,
-    semi_margin: float,
-    unit_loss: Callable,
-    soft: bool,
-    average: str,
-    positive_negative_distances: Any = None,
-):
-    """Per anchor: the units ``(a, p, n)`` of ``TripletLoss`` / ``PNLoss`` with ``"all"``.
+def masked_exponentials(values, masks, peaks=None):
+    """Stabilised log-sum-exps of one row over each of several disjoint masks, in one
+    ``exp`` pass, with what their gradients need. No gradient flows through it.
 
     ```
-    P_u(a) = P(a) (positive "all"), or {p*} (hard / easy)
-    N_u(a, p) = N(a) (negative "all"), {n*} (hard / easy), or semi-hard for that pair:
-               nearest of {n in N(a) : d(a, n) > d(a, p) + semi_margin}, else farthest of N(a)
-    l_u = unit_loss(d(a, p), d_an)      d_an = d(a, n), or min(d(a, n), d(p, n)) for PNLoss
-    L_a = sum_u l_u      c_a = #units (average "valid") or #{u : l_u > 0} ("active")
+    lse_k(a) = log sum_{j in mask_k(a)} exp(v_aj)        (-inf for an empty mask)
+    e_aj     = exp(v_aj - peak_k(a))   for j in mask_k(a), 0 outside every mask
+    softmax_k(a, j) = e_aj * inverse_k(a)      (= d lse_k / d v_aj on mask_k)
     ```
 
     Args:
-        block: the :class:`PairBlock`.
-        positive, negative, semi_margin: the mining rules.
-        unit_loss: ``(d_ap, d_an) -> l`` (broadcasting).
-        soft: the soft margin (every valid unit counts as active).
-        average: ``"valid"`` or ``"active"``.
-        positive_negative_distances: ``(M, M)`` reference distances with gradient, for
-            ``PNLoss``; ``None`` otherwise.
+        values: ``(n, M)``.
+        masks: disjoint ``(n, M)`` bool masks.
+        peaks: per mask, ``(n,)`` ``max_{mask_k(a)} v`` when the caller knows it (any
+            finite value for an empty mask), or ``None`` to take the maxima here.
 
     Returns:
-        ``(L_a, c_a, valid, active, mean d_ap, mean d_an)``, each ``(n,)``.
+        ``(lses, e, inverses)``: a list of ``(n,)`` ``lse_k``, the ``(n, M)`` ``e``, and a
+        list of ``(n,)`` ``1 / sum_{mask_k} e`` (0 for an empty mask).
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> v = np.array([[0.0, 1000.0, 5.0], [1.0, 2.0, 3.0]], "float32")
+    >>> m = np.array([[True, True, False], [False, False, False]])
+    >>> (lse,), e, (inverse,) = masked_exponentials(v, [m])
+    >>> ops.convert_to_numpy(lse).tolist(), ops.convert_to_numpy(e)[0].tolist()
+    ([1000.0, -inf], [0.0, 1.0, 0.0])
     """
-    distances = block.distances
-    fixed = ops.stop_gradient(distances)
-    width = ops.shape(distances)[1]
-    has_positive = ops.any(block.positive, axis=1)
-    valid = ops.logical_and(has_positive, ops.any(block.negative, axis=1))
-    if positive == "all":
-        positives = block.positive
-    else:
-        chosen = _arg(fixed, block.positive, largest=positive == "hard")
-        positives = ops.logical_and(_one_hot(chosen, width), has_positive[:, None])
-
-    negatives_of_anchor = block.negative[:, None, :]
-    if negative == "all":
-        negatives = negatives_of_anchor
-    elif negative in ("hard", "easy"):
-        chosen = _arg(fixed, block.negative, largest=negative == "easy")
-        negatives = _one_hot(chosen, width)[:, None, :]
-    else:  # semi-hard, for each unit's own positive
-        beyond = ops.logical_and(
-            negatives_of_anchor, fixed[:, None, :] > fixed[:, :, None] + semi_margin
-        )
-        nearest_beyond = _arg(
-            ops.broadcast_to(fixed[:, None, :], ops.shape(beyond)), beyond, largest=False
-        )
-        farthest = _arg(fixed, block.negative, largest=True)
-        chosen = ops.where(ops.any(beyond, axis=2), nearest_beyond, farthest[:, None])
-        negatives = _one_hot(chosen, width)
-
-    units = ops.logical_and(ops.logical_and(positives[:, :, None], negatives), valid[:, None, None])
-    d_ap = distances[:, :, None]
-    d_an = distances[:, None, :]
-    if positive_negative_distances is not None:
-        d_an = ops.minimum(d_an, positive_negative_distances[None, :, :])
-    losses = ops.where(units, unit_loss(d_ap, d_an), 0)
-    total = ops.sum(losses, axis=(1, 2)) + nan_if_not_finite(block.anchors)
-    unit_count = ops.sum(ops.cast(units, distances.dtype), axis=(1, 2))
-    active = ops.sum(ops.cast(ops.logical_and(units, losses > 0), distances.dtype), axis=(1, 2))
-    count = unit_count if (average == "valid" or soft) else active
-    return (
-        total,
-        count,
-        valid,
-        active,
-        masked_mean(distances, positives),
-        masked_mean(distances, block.negative),
-    )
+    values = ops.stop_gradient(ops.convert_to_tensor(values))
+    masks = [ops.convert_to_tensor(mask) for mask in masks]
+    if peaks is None:
+        peaks = [ops.max(ops.where(mask, values, -_INF), axis=1) for mask in masks]
+    peaks = [ops.where(ops.isfinite(peak), peak, ops.zeros_like(peak)) for peak in peaks]
+    # Masked entries become exp(-inf) = 0 before the exp, never inf after it.
+    shifted = ops.full_like(values, -_INF)
+    for mask, peak in zip(reversed(masks), reversed(peaks)):
+        shifted = ops.where(mask, values - peak[:, None], shifted)
+    e = ops.exp(shifted)
+    lses, inverses = [], []
+    totals = [row_sum(e)] if len(masks) == 1 else [row_sum(ops.where(m, e, 0)) for m in masks]
+    for total, peak in zip(totals, peaks):
+        # A non-empty mask holds its peak, exp(0) = 1: total >= 1 exactly when non-empty.
+        kept = total > 0
+        safe = ops.where(kept, total, ops.ones_like(total))
+        lses.append(ops.where(kept, ops.log(safe) + peak, -_INF))
+        inverses.append(ops.where(kept, 1 / safe, ops.zeros_like(safe)))
+    return lses, e, inverses
 
 
-def triplet_slots(
-    block: PairBlock,
-    *,
-    positive: str,
-    negative: str,
-    semi_margin: float,
-    margin: float,
-    soft: bool,
-    average: str,
-):
-    """:func:`triplet_units` for ``TripletLoss`` without the ``n x M x M`` candidates.
+def masked_mean(values, mask):
+    """Row means of ``values`` over ``mask`` ``(n, M)``; 0 for an empty row."""
+    kept = ops.cast(mask, values.dtype)
+    return row_sum(values * kept) / ops.maximum(row_sum(kept), 1)
 
-    The positives of each anchor are taken one *slot* at a time (slot ``k``: the ``k``-th
-    reference of the anchor's class in ``block.reference_order``, skipped unless it is a
-    positive; one slot for a hard / easy positive), in a loop of as many steps as the
-    block's largest class has references. A slot finds its positive's distance by a gather,
-    then scores that positive's units against the whole row in one pass (every negative, or
-    its one chosen negative), and adds to ``W_aj = dL_a / dd(a, j)`` (hinge: active units in
-    which ``j`` is the positive minus those in which it is the negative; soft: the same with
-    ``sigmoid`` weights). The loop runs without gradient; the gradient enters through
-    ``sum_j W_aj (d(a, j) - stop_gradient(d(a, j)))``, which is zero in value and exact in
-    gradient (every unit loss is a function of the distances, and mining is not
-    differentiated).
 
-    Args and returns as for :func:`triplet_units` (``margin`` replaces ``unit_loss``).
-    """
-    distances = block.distances
-    fixed = ops.stop_gradient(distances)
-    dtype = fixed.dtype
-    width = ops.shape(fixed)[1]
-    has_positive = ops.any(block.positive, axis=1)
-    valid = ops.logical_and(has_positive, ops.any(block.negative, axis=1))
-    valid_f = ops.cast(valid, dtype)
-    negative_f = ops.cast(block.negative, dtype)
+def statistics_or_zeros(block, positives, negatives):
+    """``(mean d(a, p), mean d(a, n))`` over the masks when ``block.statistics``; zeros
+    otherwise (two passes over the block saved)."""
+    if not block.statistics:
+        zeros = ops.zeros_like(block.distances[:, 0])
+        return zeros, zeros
+    return masked_mean(block.distances, positives), masked_mean(block.distances, negatives)
 
-    if positive == "all":
-        counted = ops.logical_and(block.positive, valid[:, None])
-        slots, slot = positive_slots(block, counted, valid)
-    else:
-        chosen = _arg(fixed, block.positive, largest=positive == "hard")
-        counted = ops.logical_and(_one_hot(chosen, width), valid[:, None])
-        slots = 1
 
-        def slot(k):
-            return ops.cast(chosen, "int32"), valid_f
+# --- per-row searches shared by the row functions -------------------------------------------
 
-    fixed_negative = None
-    if negative == "hard":
-        fixed_negative = _arg(fixed, block.negative, largest=False)
-    elif negative == "easy":
-        fixed_negative = _arg(fixed, block.negative, largest=True)
-    else:
-        # Every column that is not a negative sits at +inf: never within a margin of a
-        # positive, and never the nearest beyond one.
-        far = ops.where(block.negative, fixed, _INF)
-        if negative == "semi-hard":
-            farthest = _arg(fixed, block.negative, largest=True)
-        elif not soft:
-            scratch = _scratch(far, 2)
 
-    def unit(gap):
-        """``(l, dl/dgap)`` of a unit with ``gap = d_ap - d_an``."""
-        if soft:
-            return ops.softplus(gap), ops.sigmoid(gap)
-        shifted = gap + margin
-        return ops.relu(shifted), ops.cast(shifted > 0, dtype)
+def arg_where(values, mask, largest):
+    """Index of the largest (or smallest) value among ``mask`` along the last axis."""
+    fill = -_INF if largest else _INF
+    return arg_extreme(ops.where(mask, values, fill), largest)[1]
 
-    negatives = ops.sum(negative_f, axis=1)
 
-    def step(k, total, units, active, weights):
-        column, present = slot(k)
-        d_ap = take_at(fixed, column)
-        if negative == "all":
-            # An absent slot reaches no column: -inf - d is -inf everywhere.
-            reach = ops.where(present > 0, d_ap if soft else d_ap + margin, -_INF)
-            units = units + negatives * present
-            if soft:
-                gap = reach[:, None] - far
-                total = total + ops.sum(ops.softplus(gap), axis=1)
-                slope = ops.sigmoid(gap)
-                pushed = ops.sum(slope, axis=1)
-                active = active + negatives * present  # every soft unit is active
-                weights = weights - slope
-            else:  # a unit is active iff its slope is 1
-                hinge_sum, pushed, weights = _hinge_row(far, reach, weights, scratch)
-                total = total + hinge_sum
-                active = active + pushed
-            weights = add_at(weights, column, pushed)
-        else:
-            if fixed_negative is None:  # semi-hard, from this positive's own distance
-                beyond = ops.where(far > (d_ap + semi_margin)[:, None], far, _INF)
-                nearest, nearest_beyond = _arg_extreme(beyond, largest=False)
-                negative_column = ops.where(nearest < _INF, nearest_beyond, farthest)
-            else:
-                negative_column = fixed_negative
-            negative_column = ops.cast(negative_column, "int32")
-            value, slope = unit(d_ap - take_at(fixed, negative_column))
-            value, slope = value * present, slope * present
-            total = total + value
-            units = units + present
-            active = active + ops.cast(value > 0, dtype)
-            weights = add_at(add_at(weights, column, slope), negative_column, -slope)
-        return total, units, active, weights
+def arg_extreme(values, largest):
+    """``(extreme, first index of it)`` along the last axis, by the fastest path: CPU
+    ``argmin`` / ``argmax`` are not vectorised (neither XLA's variadic reduction nor eager
+    torch's), so 2-D rows take the two-pass search of the per-anchor kernels. PNLoss's
+    ``(n, M, M)`` candidates keep ``argmin`` / ``argmax`` (and no extreme: ``None``)."""
+    if len(values.shape) != 2:
+        index = ops.argmax(values, axis=-1) if largest else ops.argmin(values, axis=-1)
+        return None, index
+    if _in_place_torch(values):
+        from triplet_tools.mining import torch_kernel
 
-    zeros = ops.zeros_like(valid_f)
-    state = (zeros, zeros, zeros, ops.zeros_like(fixed))
-    if positive != "all":  # one slot, known while tracing
-        total, units, active, weights = step(0, *state)
-    else:
-        total, units, active, weights = over_slots(step, slots, state, fixed.shape[1])
-    weights = ops.stop_gradient(weights)
-    loss = (
-        ops.stop_gradient(total)
-        + ops.sum(weights * (distances - fixed), axis=1)
-        + nan_if_not_finite(block.anchors)
-    )
-    count = units if (average == "valid" or soft) else active
-    return (
-        loss,
-        count,
-        valid,
-        active,
-        masked_mean(distances, counted),
-        masked_mean(distances, block.negative),
-    )
+        return torch_kernel.arg_extreme(values, largest)
+    return kernel.arg_extreme(values, largest)
+
+
+def take_at(values, columns):
+    """``values[i, columns[i]]`` for every row ``i``: ``(n,)``."""
+    return ops.take_along_axis(values, ops.cast(columns, "int32")[:, None], axis=1)[:, 0]
+
+
+def add_at(weights, columns, values):
+    """``weights[i, columns[i]] += values[i]`` for every row ``i`` (a scatter, not a pass)."""
+    rows = ops.arange(ops.shape(weights)[0], dtype="int32")
+    if _in_place_torch(weights):
+        weights.index_put_((rows.long(), columns.long()), values, accumulate=True)
+        return weights
+    indices = ops.stack([rows, ops.cast(columns, "int32")], axis=1)
+    return ops.scatter_update(weights, indices, values, reduction="add")
+
+
+def _in_place_torch(x):
+    """Eager torch, a tensor without gradient: a scatter can write in place."""
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+
+    return not (x.requires_grad or torch.compiler.is_compiling())
 
 
 def positive_slots(block: PairBlock, counted, valid):
@@ -666,62 +711,3 @@ def over_slots(step, slots, state, bound):
         (ops.convert_to_tensor(0, "int32"), *state),
         maximum_iterations=bound,
     )[1:]
-
-
-def _scratch(like, count):
-    """``count`` buffers shaped like ``like`` on eager torch without gradient, else ``None``."""
-    if not _in_place_torch(like):
-        return None
-    import torch
-
-    return tuple(torch.empty_like(like) for _ in range(count))
-
-
-def _hinge_row(far, reach, weights, scratch=None):
-    """One positive per row against every column: ``(sum_j relu(g_j), #{j : g_j > 0},
-    weights - [g > 0])`` with ``g_j = reach - far_j``.
-
-    With ``scratch`` (eager torch) the passes write into its two ``(n, M)`` buffers and
-    ``weights`` in place: a slot loop then allocates nothing of size ``n x M``.
-    """
-    if scratch is None:
-        gap = reach[:, None] - far
-        slope = ops.cast(gap > 0, gap.dtype)
-        return ops.sum(ops.relu(gap), axis=1), ops.sum(slope, axis=1), weights - slope
-    import torch
-
-    gap, slope = scratch
-    torch.sub(reach[:, None], far, out=gap)
-    torch.gt(gap, 0, out=slope)
-    weights.sub_(slope)
-    return gap.clamp_(min=0).sum(1), slope.sum(1), weights
-
-
-def take_at(values, columns):
-    """``values[i, columns[i]]`` for every row ``i``: ``(n,)``."""
-    return ops.take_along_axis(values, ops.cast(columns, "int32")[:, None], axis=1)[:, 0]
-
-
-def add_at(weights, columns, values):
-    """``weights[i, columns[i]] += values[i]`` for every row ``i`` (a scatter, not a pass)."""
-    rows = ops.arange(ops.shape(weights)[0], dtype="int32")
-    if _in_place_torch(weights):
-        weights.index_put_((rows.long(), columns.long()), values, accumulate=True)
-        return weights
-    indices = ops.stack([rows, ops.cast(columns, "int32")], axis=1)
-    return ops.scatter_update(weights, indices, values, reduction="add")
-
-
-def _in_place_torch(x):
-    """Eager torch, a tensor without gradient: the scatter can write in place."""
-    if keras.backend.backend() != "torch":
-        return False
-    import torch
-
-    return not (x.requires_grad or torch.compiler.is_compiling())
-
-
-def masked_mean(values, mask):
-    """Row means of ``values`` over ``mask`` ``(n, M)``; 0 for an empty row."""
-    kept = ops.cast(mask, values.dtype)
-    return ops.sum(values * kept, axis=1) / ops.maximum(ops.sum(kept, axis=1), 1)
