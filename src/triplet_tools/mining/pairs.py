@@ -248,6 +248,13 @@ class _Setup(NamedTuple):
     num_references: Any
 
 
+def _large(setup):
+    """More than :data:`REMAT_PAIRS` anchor-reference pairs: the linearized mode recomputes
+    its blocks, and eager torch returns freed heap pages between blocks."""
+    pairs = (setup.num_anchors, setup.num_references)
+    return None not in pairs and pairs[0] * pairs[1] > REMAT_PAIRS
+
+
 def _class_ranges(labels, reference_labels):
     """``(order, same_start, same_count)``: the references sorted by label, and where each
     anchor's class lies in that order (a search, not a pass over every row)."""
@@ -296,6 +303,7 @@ def _score_products(
     fixed_context = tuple(ops.stop_gradient(t) for t in context)
     if rows is None:
         rows = block_rows(setup.num_anchors, setup.num_references, elements=PRODUCT_BLOCK_ELEMENTS)
+    large = _large(setup)
 
     def compute(features, references, labels, reference_labels, positions, mask, weights, *ctx):
         order, same_start, same_count = _class_ranges(labels, reference_labels)
@@ -315,7 +323,8 @@ def _score_products(
         def one_block(carry, block):
             transposed, column_sums, gathered = carry
             anchors, anchor_labels, anchor_positions, batch_rows, start, count, row_weights = block
-            release_freed_memory()
+            if large:
+                release_freed_memory()
             distances, pair_block = _block(
                 setup, anchors, anchor_labels, anchor_positions, batch_rows, start, count,
                 {**shared, "weights": row_weights},
@@ -378,10 +387,7 @@ def _score_linearized(
 ):
     """The linearized mode: every ``L_a`` with its own gradient, through each block's
     distances recomputed with gradient."""
-    recompute = (
-        None not in (setup.num_anchors, setup.num_references)
-        and setup.num_anchors * setup.num_references > REMAT_PAIRS
-    )
+    recompute = _large(setup)
     order, same_start, same_count = _class_ranges(labels, reference_labels)
     kept = ops.cast(mask, "int32")
 
