@@ -108,7 +108,7 @@ def triplet_slots(
         if negative == "semi-hard":
             farthest = arg_where(fixed, block.negative, largest=True)
         elif not soft:
-            scratch = _scratch(far, 2)
+            scratch = _scratch(far, 1)
 
     # One negative per unit, pulled back as gathered rows in the products mode; otherwise
     # every slope lands in the dense (n, M) row.
@@ -143,8 +143,10 @@ def triplet_slots(
                 active = active + negatives * present  # every soft unit is active
                 weights = weights - slope
             else:  # a unit is active iff its slope is 1
-                hinge_sum, pushed, weights = _hinge_row(far, reach, weights, scratch)
-                total = total + hinge_sum
+                pushed, weights = _hinge_row(far, reach, weights, scratch)
+                # The hinges' sum: reach * pushed here, minus sum_j count_j d_aj after
+                # the loop (see below), so a slot makes one pass instead of three.
+                total = total + ops.where(present > 0, reach, 0) * pushed
                 active = active + pushed
             return total, units, active, add_at(weights, column, pushed)
         if fixed_negative is None:  # semi-hard, from this positive's own distance
@@ -167,6 +169,10 @@ def triplet_slots(
         total, units, active, *extra = step(0, *state)
     else:
         total, units, active, *extra = over_slots(step, slots, state, fixed.shape[1])
+    if negative == "all" and not soft:
+        # sum_u relu(reach_u - d_an) = sum_k reach_k pushed_k - sum_j count_j d_aj, with
+        # count_j = -weights_j on the negatives: the slots added the first term.
+        total = total - row_sum(ops.where(block.negative, extra[0] * -fixed, 0))
     count = units if (average == "valid" or soft) else active
     statistics = statistics_or_zeros(block, counted, block.negative)
     if gathered:
@@ -254,20 +260,18 @@ def _scratch(like, count):
 
 
 def _hinge_row(far, reach, weights, scratch=None):
-    """One positive per row against every column: ``(sum_j relu(g_j), #{j : g_j > 0},
-    weights - [g > 0])`` with ``g_j = reach - far_j``.
+    """One positive per row against every column: ``(#{j : reach > far_j},
+    weights - [reach > far])``.
 
-    With ``scratch`` (eager torch) the passes write into its two ``(n, M)`` buffers and
+    With ``scratch`` (eager torch) the pass writes into its ``(n, M)`` buffer and
     ``weights`` in place: a slot loop then allocates nothing of size ``n x M``.
     """
     if scratch is None:
-        gap = reach[:, None] - far
-        slope = ops.cast(gap > 0, gap.dtype)
-        return row_sum(ops.relu(gap)), row_sum(slope), weights - slope
+        slope = ops.cast(reach[:, None] > far, far.dtype)
+        return row_sum(slope), weights - slope
     import torch
 
-    gap, slope = scratch
-    torch.sub(reach[:, None], far, out=gap)
-    torch.gt(gap, 0, out=slope)
+    (slope,) = scratch
+    torch.gt(reach[:, None], far, out=slope)
     weights.sub_(slope)
-    return gap.clamp_(min=0).sum(1), slope.sum(1), weights
+    return slope.sum(1), weights
