@@ -123,8 +123,9 @@ class Case:
         env: extra environment variables, as ``(name, value)`` pairs.
         cubic: enumerates every triplet (or tiles ``B x B x B``); runs under
             ``--cubic-time-limit``.
-        loss: for a peer, which of our :data:`LOSSES` it is the counterpart of: it runs only
-            when that loss is selected (``None``: whenever its environment is selected).
+        loss: for a peer, which of our :data:`LOSSES` it is the counterpart of (one name, or
+            a tuple of them): it runs only when one of them is selected (``None``: whenever
+            its environment is selected).
         mode: for a peer, the one of our :data:`MODES` it is measured in, when it runs only
             with that mode (``None``: with any).
         baseline: the case the ``×0.2.3`` column divides by.
@@ -137,9 +138,21 @@ class Case:
     peer: str = None
     env: tuple = ()
     cubic: bool = False
-    loss: str = None
+    loss: str | tuple = None
     mode: str = None
     baseline: str = BASELINE
+
+    @property
+    def losses(self):
+        """The :data:`LOSSES` this row compares with, as a tuple (empty: any)."""
+        if self.loss is None:
+            return ()
+        return (self.loss,) if isinstance(self.loss, str) else self.loss
+
+
+#: Our per-anchor losses: what the per-anchor peers (0.2.3, TF Similarity's TripletLoss and
+#: PNLoss, pytorch-metric-learning's miners) compare with.
+PER_ANCHOR = ("semi-hard", "batch-hard", "semi-hard-l2n", "batch-hard-l2n")
 
 
 _LEGACY_KERAS = (("TF_USE_LEGACY_KERAS", "1"),)
@@ -201,6 +214,7 @@ PEERS = {
             "triplet-tools-0.2.3",
             "tensorflow",
             peer="triplet-tools-0.2.3",
+            loss=PER_ANCHOR,
         ),
         Case(
             BASELINE_FIT,
@@ -222,6 +236,7 @@ PEERS = {
             "tensorflow",
             peer="tf-similarity-0.17.1",
             env=_LEGACY_KERAS,
+            loss=PER_ANCHOR,
         ),
         Case(
             "tfsim-triplet",
@@ -230,6 +245,7 @@ PEERS = {
             "tensorflow",
             peer="tf-similarity-0.17.1",
             env=_LEGACY_KERAS,
+            loss=PER_ANCHOR,
         ),
         Case(
             "tfsim-triplet/fit",
@@ -277,6 +293,7 @@ PEERS = {
             "pml-batch-hard",
             "torch",
             peer="pytorch-metric-learning-2.9.0",
+            loss=PER_ANCHOR,
         ),
         Case(
             "pml-batch-semihard",
@@ -284,6 +301,7 @@ PEERS = {
             "pml-batch-semihard",
             "torch",
             peer="pytorch-metric-learning-2.9.0",
+            loss=PER_ANCHOR,
         ),
         Case(
             "pml-triplet-margin-semihard",
@@ -292,6 +310,7 @@ PEERS = {
             "torch",
             peer="pytorch-metric-learning-2.9.0",
             cubic=True,
+            loss=PER_ANCHOR,
         ),
         Case(
             "pml-all-triplets",
@@ -367,8 +386,8 @@ def select_cases(backends=MODES, losses=LOSSES, peers=tuple(PEERS)):
 
     The floor runs on every backend, whichever cases are selected: the fastest of them is
     the machine's floor that every row is divided by.
-    A peer row that is the counterpart of one of our losses (``Case.loss``) runs only when
-    that loss is selected, and one measured in one of our modes (``Case.mode``: the
+    A peer row that is the counterpart of some of our losses (``Case.loss``) runs only when
+    one of them is selected, and one measured in one of our modes (``Case.mode``: the
     ``tf_keras`` ``model.fit`` step) only when that mode is; the others whenever their
     environment is. ``keras.losses.Circle``
     runs beside our circle loss on each selected Keras backend (``torch-compile`` excepted)
@@ -381,7 +400,7 @@ def select_cases(backends=MODES, losses=LOSSES, peers=tuple(PEERS)):
     ['ours-semi-hard/jax', 'floor/tensorflow', 'floor/jax', 'floor/torch']
     >>> [case.name for case in select_cases(["jax"], ["circle"], ["tf-similarity-0.17.1"])]
     ['ours-circle/jax', 'keras-circle/jax', 'floor/tensorflow', 'floor/jax', 'floor/torch', \
-'tfsim-pn', 'tfsim-triplet', 'tfsim-circle']
+'tfsim-circle']
     """
     ours = [our_case(loss, backend) for backend in backends for loss in losses]
     if peers and "circle" in losses:
@@ -390,7 +409,7 @@ def select_cases(backends=MODES, losses=LOSSES, peers=tuple(PEERS)):
         case
         for peer in peers
         for case in PEERS[peer]
-        if case.loss in (None, *losses) and case.mode in (None, *backends)
+        if (not case.losses or set(case.losses) & set(losses)) and case.mode in (None, *backends)
     ]
     floors = [floor_case(backend) for backend in BACKENDS]
     return ours + floors + peer_cases
@@ -721,7 +740,7 @@ def markdown_report(cases, records, sizes, meta):
 
 def _losses_of(cases):
     """Our losses that ``cases`` measure (or compare with), in :data:`LOSSES` order."""
-    found = {case.loss for case in cases}
+    found = {loss for case in cases for loss in case.losses}
     # Our rows are named "ours-<loss>/<mode>" (see our_case).
     found |= {
         case.name.split("/")[0].removeprefix("ours-")

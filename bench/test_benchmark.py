@@ -243,7 +243,7 @@ def test_every_case_has_a_worker_and_every_peer_a_pin_file():
     peers_dir = benchmark.Path(benchmark.__file__).parent / "peers"
     pinned = {p.stem for p in peers_dir.glob("*.txt")} - {"constraints"}
     assert pinned == set(benchmark.PEERS)
-    assert {c.loss for c in cases} - {None} <= set(benchmark.LOSSES)
+    assert {loss for c in cases for loss in c.losses} <= set(benchmark.LOSSES)
 
 
 def test_every_peer_environment_is_held_to_the_local_torch():
@@ -268,8 +268,8 @@ def test_new_losses_run_on_every_mode_with_their_peers():
         "ours-batch-all-compiled",
     ]
     assert "st-batch-all" in names and "pml-all-triplets" in names
-    # The per-anchor peers run as before; the other new losses' peers do not.
-    assert "triplet-tools-0.2.3" in names and "pml-batch-hard" in names
+    # Neither the per-anchor peers nor the other new losses' peers run.
+    assert not {"triplet-tools-0.2.3", "pml-batch-hard"} & set(names)
     assert not {"tfa-semihard", "tfa-lifted", "tfsim-circle", "pml-circle"} & set(names)
     assert not any(name.startswith("keras-circle/") for name in names)
 
@@ -501,3 +501,12 @@ def test_end_to_end_a_tf_keras_fit_step_trains_with_our_loss():
     assert math.isfinite(record["loss"]) and record["loss"] > 0
     assert record["notes"] == {"step": "tf_keras train_function", "jit_compile": False}
     assert "tf-keras" in record["versions"]
+
+
+def test_per_anchor_peers_stay_out_of_a_pair_loss_run():
+    """Asking for the pair losses runs their peers, not the per-anchor ones."""
+    names = {c.name for c in benchmark.select_cases(["jax"], list(NEW_LOSSES))}
+    assert not {"tfsim-pn", "tfsim-triplet", "pml-batch-hard", benchmark.BASELINE} & names
+    assert {"tfsim-multi-similarity", "pml-all-triplets", "tfa-semihard"} <= names
+    per_anchor = {c.name for c in benchmark.select_cases(["jax"], ["batch-hard-l2n"])}
+    assert {"tfsim-pn", "pml-batch-hard", benchmark.BASELINE} <= per_anchor

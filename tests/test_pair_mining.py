@@ -744,13 +744,18 @@ def test_reductions_take_the_products_mode_and_none_the_linearized(monkeypatch):
     from triplet_tools.mining import pairs
 
     taken = []
+
+    def spy(name):
+        original = getattr(pairs, name)
+
+        def spied(*args, **kwargs):
+            taken.append(name)
+            return original(*args, **kwargs)
+
+        return spied
+
     for name in ("_score_products", "_score_linearized"):
-
-        def spy(*args, _original=getattr(pairs, name), _name=name, **kwargs):
-            taken.append(_name)
-            return _original(*args, **kwargs)
-
-        monkeypatch.setattr(pairs, name, spy)
+        monkeypatch.setattr(pairs, name, spy(name))
     labels, x = batch("full")
     kwargs = BATCH_ALL[1]
     TripletLoss(**kwargs)(labels, x)

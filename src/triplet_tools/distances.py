@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import keras
 
-from triplet_tools._ops import ops
+from triplet_tools._ops import ops, row_sum
 
 #: Squared-norm floor used by :func:`l2_normalize` (a norm floor of 1e-6).
 NORM_EPSILON_SQUARED = 1e-12
@@ -238,18 +238,6 @@ class ProductForm(NamedTuple):
             to_anchor = to_anchor + 2 * slopes * anchors
             to_reference = to_reference + 2 * slopes * references
         return to_anchor, to_reference
-
-
-def row_sum(x):
-    """``sum(x, axis=1)`` of an ``(n, M)`` block.
-
-    On XLA's CPU backends (TensorFlow, JAX) a row sum of a fused elementwise expression
-    compiles to a loop several times slower than the expression itself; a product with a
-    vector of ones runs at the product's rate (docs/performance.md). Eager torch sums.
-    """
-    if keras.backend.backend() == "torch":
-        return ops.sum(x, axis=1)
-    return ops.matmul(x, ops.ones((ops.shape(x)[1],), x.dtype))
 
 
 class Distance:

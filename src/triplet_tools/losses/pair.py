@@ -59,13 +59,9 @@ class PairLoss(TripletFamilyLoss):
         loss, count, valid, slopes = self.row_loss(block)
         valid_f = ops.cast(valid, block.distances.dtype)
         loss = loss * valid_f
-        return pairs.RowScores(
-            loss,
-            count * valid_f,
-            valid,
-            ops.cast(loss > 0, loss.dtype) * valid_f,
-            *pairs.statistics_or_zeros(block, block.positive, block.negative),
-            slopes,
+        active = ops.cast(loss > 0, loss.dtype) * valid_f
+        return pairs.row_scores(
+            block, loss, count * valid_f, valid, active, block.positive, slopes=slopes
         )
 
     def score_set(
@@ -484,13 +480,15 @@ class LiftedStructLoss(PairLoss):
 
     def _scores(self, block, loss, count, valid, slopes):
         valid_f = ops.cast(valid, loss.dtype)
-        return pairs.RowScores(
+        active = ops.cast(loss > 0, loss.dtype) * valid_f
+        return pairs.row_scores(
+            block,
             loss * valid_f,
             count * valid_f,
             valid,
-            ops.cast(loss > 0, loss.dtype) * valid_f,
-            *pairs.statistics_or_zeros(block, block.positive, block.negative),
-            slopes * valid_f[:, None],
+            active,
+            block.positive,
+            slopes=slopes * valid_f[:, None],
         )
 
     def score_set(
@@ -528,6 +526,7 @@ class LiftedStructLoss(PairLoss):
             weights=weights,
             statistics=False,
         ).loss
+        context: tuple
         if weights is not None:
             context = (ops.stop_gradient(terms), ops.stop_gradient(weights))
         else:

@@ -37,8 +37,7 @@ from typing import Any, NamedTuple
 
 import keras
 
-from triplet_tools._ops import ops
-from triplet_tools.distances import row_sum
+from triplet_tools._ops import ops, row_sum
 from triplet_tools.mining import kernel
 from triplet_tools.mining.blocks import (
     BLOCK_ELEMENTS,
@@ -631,13 +630,18 @@ def masked_mean(values, mask):
     return row_sum(values * kept) / ops.maximum(row_sum(kept), 1)
 
 
-def statistics_or_zeros(block, positives, negatives):
-    """``(mean d(a, p), mean d(a, n))`` over the masks when ``block.statistics``; zeros
-    otherwise (two passes over the block saved)."""
-    if not block.statistics:
-        zeros = ops.zeros_like(block.distances[:, 0])
-        return zeros, zeros
-    return masked_mean(block.distances, positives), masked_mean(block.distances, negatives)
+def row_scores(block, loss, count, valid, active, positives, **gradients):
+    """A :class:`RowScores`, with the mean distances over ``positives`` ``(n, M)`` and
+    ``N(a)`` when ``block.statistics`` (zeros otherwise: two passes over the block saved);
+    ``gradients`` are the remaining fields (``slopes=``, ...)."""
+    if block.statistics:
+        means = (
+            masked_mean(block.distances, positives),
+            masked_mean(block.distances, block.negative),
+        )
+    else:
+        means = (ops.zeros_like(block.distances[:, 0]),) * 2
+    return RowScores(loss, count, valid, active, *means, **gradients)
 
 
 # --- per-row searches shared by the row functions -------------------------------------------

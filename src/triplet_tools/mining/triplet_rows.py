@@ -15,18 +15,16 @@ in closed form (see :mod:`triplet_tools.mining.pairs`).
 
 from __future__ import annotations
 
-from triplet_tools._ops import ops
-from triplet_tools.distances import row_sum
+from triplet_tools._ops import ops, row_sum
 from triplet_tools.mining.pairs import (
     PairBlock,
-    RowScores,
     add_at,
     arg_extreme,
     arg_where,
     over_slots,
     positive_slots,
     pull_back_units,
-    statistics_or_zeros,
+    row_scores,
     take_at,
 )
 
@@ -113,6 +111,7 @@ def triplet_slots(
     # One negative per unit, pulled back as gathered rows in the products mode; otherwise
     # every slope lands in the dense (n, M) row.
     gathered = block.form is not None and negative != "all"
+    extra: tuple
     if gathered:
         extra = (ops.zeros_like(block.anchors), ops.zeros_like(block.references))
 
@@ -174,10 +173,19 @@ def triplet_slots(
         # count_j = -weights_j on the negatives: the slots added the first term.
         total = total - row_sum(ops.where(block.negative, extra[0] * -fixed, 0))
     count = units if (average == "valid" or soft) else active
-    statistics = statistics_or_zeros(block, counted, block.negative)
     if gathered:
-        return RowScores(total, count, valid, active, *statistics, None, *extra)
-    return RowScores(total, count, valid, active, *statistics, extra[0])
+        anchor_gradient, reference_gradient = extra
+        return row_scores(
+            block,
+            total,
+            count,
+            valid,
+            active,
+            counted,
+            anchor_gradient=anchor_gradient,
+            reference_gradient=reference_gradient,
+        )
+    return row_scores(block, total, count, valid, active, counted, slopes=extra[0])
 
 
 def triplet_units(
@@ -244,8 +252,7 @@ def triplet_units(
     anchor_slopes = ops.sum(slopes, axis=2) - ops.sum(ops.where(from_anchor, slopes, 0), axis=1)
     pair_slopes = ops.stop_gradient(ops.where(from_anchor, 0, -slopes))
     total = total + ops.sum(pair_slopes * (pair_distances - fixed_pairs)[None], axis=(1, 2))
-    statistics = statistics_or_zeros(block, positives, block.negative)
-    return RowScores(total, count, valid, active, *statistics, anchor_slopes)
+    return row_scores(block, total, count, valid, active, positives, slopes=anchor_slopes)
 
 
 def _scratch(like, count):
