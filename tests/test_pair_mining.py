@@ -325,11 +325,11 @@ def test_recomputed_blocks_return_freed_memory_on_eager_torch(recomputed_blocks,
     grown by ``TRIM_GROWTH`` (here: always), in the forward pass and in the recomputation;
     no other backend calls it. Without it the freed ``n x M`` blocks piled up past 24 GB at
     B = 65,536."""
-    from triplet_tools.mining import pairs
+    from triplet_tools.mining import heap
 
     trims = []
-    monkeypatch.setattr(pairs._heap(), "trim", trims.append)
-    monkeypatch.setattr(pairs, "TRIM_GROWTH", 0)
+    monkeypatch.setattr(heap._heap(), "trim", trims.append)
+    monkeypatch.setattr(heap, "TRIM_GROWTH", 0)
     labels, x = batch("uneven")
     kind, kwargs = BATCH_ALL
     value, grad = value_and_grad(lambda t: TripletLoss(block_size=4, **kwargs)(labels, t), x)

@@ -29,9 +29,6 @@ the anchor that holds it. The row functions live beside their losses
 
 from __future__ import annotations
 
-import ctypes
-import functools
-import os
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -46,6 +43,7 @@ from triplet_tools.mining.blocks import (
     scan_blocks,
     xla_in_tensorflow_graph,
 )
+from triplet_tools.mining.heap import release_freed_memory
 
 _INF = float("inf")
 
@@ -56,9 +54,6 @@ REMAT_PAIRS = 2**26
 
 #: Whether the products mode may be taken (tests switch it off to exercise the other).
 PRODUCTS = True
-
-#: Scores per block in the products mode (docs/performance.md, "The pair engine's blocks").
-PRODUCT_BLOCK_ELEMENTS = BLOCK_ELEMENTS
 
 
 class PairBlock(NamedTuple):
@@ -145,14 +140,14 @@ class PairScores(NamedTuple):
     carrier: Any = None
 
 
-def block_rows(num_anchors, num_references, cubic=False, elements=None):
-    """Anchors per block: about ``elements`` values per block (default
-    :data:`~triplet_tools.mining.blocks.BLOCK_ELEMENTS`), counting ``M`` per anchor (or
-    ``M * M`` candidate units with ``cubic``); a power of two."""
+def block_rows(num_anchors, num_references, cubic=False):
+    """Anchors per block: about :data:`~triplet_tools.mining.blocks.BLOCK_ELEMENTS` values
+    per block, counting ``M`` per anchor (or ``M * M`` candidate units with ``cubic``); a
+    power of two."""
     if num_anchors is None or num_references is None:
         return num_anchors
     per_row = max(num_references, 1) ** (2 if cubic else 1)
-    rows = max(1, (elements or BLOCK_ELEMENTS) // per_row)
+    rows = max(1, BLOCK_ELEMENTS // per_row)
     return min(num_anchors, 1 << (rows.bit_length() - 1))
 
 
@@ -265,8 +260,9 @@ def _class_ranges(labels, reference_labels):
 
 
 def _block(setup, anchors, anchor_labels, positions, batch_rows, same_start, same_count, shared):
-    """The :class:`PairBlock` of ``n`` anchors, its distances computed without gradient
-    unless ``shared["distances"]`` says otherwise."""
+    """``(distances, PairBlock)`` of ``n`` anchors: the distances as computed from the
+    anchors and references given (with gradient in the linearized mode), and the block,
+    which holds them without."""
     references, reference_labels, kept, order = shared["references"]
     same = ops.equal(anchor_labels[:, None], reference_labels[None, :])
     kept = kept[None, :]
@@ -301,17 +297,17 @@ def _score_products(
     fixed_references = ops.stop_gradient(clean)
     fixed_context = tuple(ops.stop_gradient(t) for t in context)
     if rows is None:
-        rows = block_rows(setup.num_anchors, setup.num_references, elements=PRODUCT_BLOCK_ELEMENTS)
+        rows = block_rows(setup.num_anchors, setup.num_references)
     large = _large(setup)
 
     def compute(features, references, labels, reference_labels, positions, mask, weights, *ctx):
         order, same_start, same_count = _class_ranges(labels, reference_labels)
         dim = ops.shape(references)[1]
-        zeros_m = ops.zeros((ops.shape(references)[0],), references.dtype)
+        width = ops.shape(references)[0]
         initial = (
-            ops.zeros((dim, ops.shape(references)[0]), references.dtype),  # sum A^T C
-            zeros_m,  # sum of C's columns (the norm part)
-            ops.zeros_like(references),  # units pulled back by the row function
+            ops.zeros((dim, width), references.dtype),  # sum of A^T C over the blocks
+            ops.zeros((width,), references.dtype),  # sum of C's columns (the norm part)
+            ops.zeros_like(references),  # units the row function pulled back itself
         )
         shared = {
             "references": (references, reference_labels, mask, order),
@@ -454,63 +450,6 @@ def add_rows(target, rows, values):
         target.index_add_(0, rows.long(), values)
         return target
     return ops.scatter_update(target, rows[:, None], values, reduction="add")
-
-
-def release_freed_memory():
-    """On eager PyTorch with glibc: once resident memory has grown by :data:`TRIM_GROWTH`
-    since the last trim, returns the heap's free pages to the system (``malloc_trim``); a
-    no-op elsewhere.
-
-    Each block of a large batch allocates and frees its ``n x M`` tensors, while a few small
-    ones live on (its outputs, its autograd nodes). glibc does not reuse the freed blocks
-    around those: resident memory grew by about two blocks per block, past 24 GB at
-    B = 65,536 (docs/performance.md). Compiled code (XLA, ``torch.compile``) plans its own
-    buffers.
-    """
-    if keras.backend.backend() != "torch":
-        return
-    import torch
-
-    heap = _heap()
-    if heap.trim is None or torch.compiler.is_compiling():
-        return
-    if heap.resident() - heap.trimmed_at >= TRIM_GROWTH:
-        heap.trim(0)
-        heap.trimmed_at = heap.resident()
-
-
-#: Growth of resident memory that triggers a trim. A trim after every block cost 1.5x the
-#: time at B = 16,384 (the next block maps its pages afresh); growth of this much between
-#: trims costs nothing measurable.
-TRIM_GROWTH = 2**28
-
-
-class _Heap:
-    """glibc's ``malloc_trim`` (``None`` for another C library) and resident memory."""
-
-    def __init__(self):
-        self.trim: Callable[[int], Any] | None
-        try:  # Windows cannot load "no library" (TypeError); macOS and musl lack it
-            self.trim = ctypes.CDLL(None).malloc_trim
-        except (AttributeError, OSError, TypeError):
-            self.trim = None
-        self.trimmed_at = 0
-
-    @staticmethod
-    def resident():
-        """Resident bytes of this process (Linux ``/proc/self/statm``; 0 without it, which
-        never triggers a trim)."""
-        try:
-            with open("/proc/self/statm", "rb") as statm:
-                return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except OSError:
-            return 0
-
-
-@functools.cache
-def _heap():
-    """The process's :class:`_Heap`, loaded on first use (eager torch only)."""
-    return _Heap()
 
 
 def sorted_search(sorted_values, values, side):
