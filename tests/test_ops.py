@@ -52,6 +52,8 @@ def _cases():
         ("all", (mask,), {"axis": -1}),
         ("all", (mask,), {"axis": 0, "keepdims": True}),
         ("ones_like", (t64,), {}),
+        ("matmul", (keras.ops.abs(t32), keras.ops.transpose(t32)), {}),
+        ("matmul", (t32, keras.ops.convert_to_tensor(INDICES, "float32")), {}),
     ]
 
 
@@ -72,6 +74,16 @@ def test_maximum_with_a_scalar_keeps_float64():
     if keras.backend.backend() != "jax":  # JAX runs in float32 unless x64 is enabled
         assert keras.backend.standardize_dtype(got.dtype) == "float64"
     np.testing.assert_array_equal(to_numpy(got), np.maximum(F64, 1e-12).astype(to_numpy(got).dtype))
+
+
+def test_matmul_keeps_float64():
+    """Keras 3.15's torch ``matmul`` of two float64 tensors computes in float32; ours in
+    float64, so the pair engine's gradient products keep a float64 loss exact."""
+    x = np.random.default_rng(0).normal(size=(4, 3)) * (1 + 1e-9)
+    got = ops.matmul(keras.ops.convert_to_tensor(x), keras.ops.convert_to_tensor(x.T))
+    if keras.backend.backend() != "jax":  # JAX runs in float32 unless x64 is enabled
+        assert keras.backend.standardize_dtype(got.dtype) == "float64"
+        np.testing.assert_allclose(to_numpy(got), x @ x.T, rtol=1e-13)
 
 
 def test_other_names_fall_through_to_keras_ops():

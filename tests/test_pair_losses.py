@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 import reference_pairs as rp
-from backend import COMPILE_IDS, COMPILE_MODES, compiled_value_and_grad, to_numpy, value_and_grad
+from backend import (
+    BACKEND,
+    COMPILE_IDS,
+    COMPILE_MODES,
+    compiled_value_and_grad,
+    to_numpy,
+    value_and_grad,
+)
 from pair_support import GRAD_TOL, VALUE_TOL, batch, save_and_reload
 from triplet_tools import PNLoss, TripletLoss
 from triplet_tools import losses as losses_module
@@ -372,6 +379,59 @@ def test_half_precision_is_computed_in_float32(kind, kwargs, dtype):
         np.float32(value), expected(kind, kwargs, labels, rounded), rtol=1e-4, atol=1e-4
     )
     assert np.all(np.isfinite(grad.astype("float32")))
+
+
+#: Every loss on the pair engine, with a distance of each product form: (id, factory).
+ENGINE_LOSSES = [
+    ("batch-all", lambda: TripletLoss(
+        distance="euclidean", positive_mining_strategy="all", negative_mining_strategy="all")),
+    ("tfa-semihard", lambda: TripletSemiHardLoss(margin=0.5)),
+    ("ms", lambda: MultiSimilarityLoss()),
+    ("circle", lambda: CircleLoss(distance="euclidean_norm", gamma=16.0)),
+    ("snn", lambda: SoftNearestNeighborLoss()),
+    ("lifted", lambda: LiftedStructLoss()),
+]  # fmt: skip
+ENGINE_IDS = [name for name, _ in ENGINE_LOSSES]
+
+
+@pytest.mark.skipif(BACKEND == "jax", reason="JAX runs float64 only with jax_enable_x64")
+@pytest.mark.parametrize("make_loss", [m for _, m in ENGINE_LOSSES], ids=ENGINE_IDS)
+def test_float64_gradient_is_computed_in_float64(make_loss, monkeypatch):
+    """The products mode's gradient (its products included: Keras 3.15's torch ``matmul``
+    computes float64 in float32) equals the linearized mode's autodiff in float64, far
+    closer than float32 could (~1e-7)."""
+    from triplet_tools.mining import pairs
+
+    labels, x = batch("uneven")
+    x = x.astype("float64")
+    weights = np.linspace(0.2, 2.0, len(labels))
+    gradients = []
+    for products in (True, False):
+        monkeypatch.setattr(pairs, "PRODUCTS", products)
+        loss = make_loss()
+        value, grad = value_and_grad(lambda t, loss=loss: loss(labels, t, sample_weight=weights), x)
+        assert grad.dtype == np.float64
+        gradients.append(grad)
+    assert np.abs(gradients[1]).max() > 1e-3
+    np.testing.assert_allclose(gradients[0], gradients[1], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("make_loss", [m for _, m in ENGINE_LOSSES], ids=ENGINE_IDS)
+def test_anchor_triplets_give_the_mean_distances(make_loss):
+    """Called directly (no MiningStatistics), ``anchor_triplets`` reports each valid anchor's
+    mean distance to its positives and to its negatives (multi-similarity's valid anchors
+    are those with a mined pair on both sides: a subset)."""
+    labels, x = batch("uneven")
+    loss = make_loss()
+    triplets = loss.anchor_triplets(labels, x)
+    d = np.asarray(rp.distance_matrix(loss.distance.name, x))
+    same = labels[:, None] == labels[None, :]
+    positive = same & ~np.eye(len(labels), dtype=bool)
+    valid = to_numpy(triplets.valid)
+    assert valid.sum() >= 8 and not np.any(valid & ~(positive.any(1) & (~same).any(1)))
+    for got, mask in ((triplets.positive_distance, positive), (triplets.negative_distance, ~same)):
+        want = (d * mask).sum(1) / np.maximum(mask.sum(1), 1)
+        np.testing.assert_allclose(to_numpy(got)[valid], want[valid], **VALUE_TOL)
 
 
 class _Chebyshev(Distance):

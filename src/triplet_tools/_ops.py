@@ -17,6 +17,8 @@ Example:
 [1.0, 0.0]
 """
 
+import functools
+
 import keras
 from keras import ops as _keras_ops
 
@@ -90,6 +92,12 @@ else:
             return torch.maximum(x1, x2)
         return _keras_ops.maximum(x1, x2)
 
+    def matmul(x1, x2):
+        if isinstance(x1, torch.Tensor) and isinstance(x2, torch.Tensor) and x1.dtype == x2.dtype:
+            # keras.ops.matmul computes two float64 tensors in float32 (Keras 3.15).
+            return torch.matmul(x1, x2)
+        return _keras_ops.matmul(x1, x2)
+
     def abs(x):
         return torch.abs(x) if isinstance(x, torch.Tensor) else _keras_ops.abs(x)
 
@@ -133,7 +141,8 @@ def row_sum(x):
 
     On XLA's CPU backends (TensorFlow, JAX) a row sum of a fused elementwise expression
     compiles to a loop several times slower than the expression itself; a product with a
-    vector of ones runs at the product's rate (docs/performance.md). Eager torch sums.
+    vector of ones runs at the product's rate (docs/performance.md). Eager torch sums, and
+    so does an accelerator, whose float32 products may run in reduced precision (TF32).
 
     Example:
 
@@ -141,6 +150,18 @@ def row_sum(x):
     >>> ops.convert_to_numpy(row_sum(ops.convert_to_tensor(np.ones((2, 3), "float32")))).tolist()
     [3.0, 3.0]
     """
-    if keras.backend.backend() == "torch":
+    if keras.backend.backend() == "torch" or not _xla_on_cpu():
         return ops.sum(x, axis=1)
     return ops.matmul(x, ops.ones((ops.shape(x)[1],), x.dtype))
+
+
+@functools.cache
+def _xla_on_cpu():
+    """Whether TensorFlow or JAX computes on the CPU (no GPU or TPU is visible)."""
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.default_backend() == "cpu"
+    import tensorflow as tf
+
+    return not (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU"))

@@ -38,10 +38,11 @@ class AnchorTriplets(NamedTuple):
         loss: ``L_a``, the anchor's summed unit losses (0 for invalid anchors; NaN in an
             embedding stays NaN).
         valid: bool, the anchor has a positive and a negative.
-        positive_distance: ``d_ap`` with gradient (the strategy ``"all"``: the mean over
-            the anchor's positives).
+        positive_distance: ``d_ap`` with gradient (the strategy ``"all"`` and the pair-based
+            losses: the mean over the anchor's positives, a statistic without gradient).
         negative_distance: ``d_an`` with gradient (for ``PNLoss``, ``min(d(a,n*), d(p*,n*))``;
-            the strategy ``"all"``: the mean over the anchor's negatives).
+            the strategy ``"all"`` and the pair-based losses: the mean over the anchor's
+            negatives, without gradient).
         count: ``c_a``, the anchor's counted units (the divisor's share).
         active: the anchor's units with a non-zero loss.
         carrier: ``None``, or a scalar 0 whose gradient is that of ``sum_a w_a L_a`` for the
@@ -182,11 +183,12 @@ class TripletFamilyLoss(keras.losses.Loss):
         """``c_a`` of a per-anchor result: 1 for a valid anchor, else 0."""
         return ops.cast(triplets.valid, triplets.loss.dtype)
 
-    @property
-    def wants_statistics(self):
-        """Whether a :class:`~triplet_tools.metrics.MiningStatistics` reads this loss's mean
-        distances (the pair engine skips them otherwise)."""
-        return bool(self._statistics)
+    def wants_statistics(self, weights=None):
+        """Whether the pair engine computes each anchor's mean distances (``d_ap``, ``d_an``):
+        when a :class:`~triplet_tools.metrics.MiningStatistics` reads them, or when the caller
+        takes the per-anchor results (``weights`` is ``None``: :meth:`anchor_triplets`,
+        :meth:`mine_batch`, ``reduction="none"``). A reduced call skips their two passes."""
+        return bool(self._statistics) or weights is None
 
     def score_set(
         self,

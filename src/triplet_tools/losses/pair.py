@@ -93,7 +93,7 @@ class PairLoss(TripletFamilyLoss):
             rows=self.block_size,
             context=context,
             weights=weights,
-            statistics=self.wants_statistics,
+            statistics=self.wants_statistics(weights),
         )
         return AnchorTriplets.from_pairs(scores)
 
@@ -258,7 +258,8 @@ class CircleLoss(PairLoss):
             self.gamma * ops.relu(d + self.margin),
             -self.gamma * ops.relu(1 + self.margin - d),
         )
-        values = slope * (d - ops.where(block.positive, self.margin, 1 - self.margin))
+        optimum = ops.cast(ops.where(block.positive, self.margin, 1 - self.margin), d.dtype)
+        values = slope * (d - optimum)
         (positive, negative), e, (positive_inverse, negative_inverse) = masked_exponentials(
             values, [block.positive, block.negative]
         )

@@ -177,7 +177,7 @@ class TripletLoss(TripletFamilyLoss):
             cubic=pair_distances is not None,
             context=() if pair_distances is None else (pair_distances,),
             weights=weights,
-            statistics=self.wants_statistics,
+            statistics=self.wants_statistics(weights),
         )
         return AnchorTriplets.from_pairs(scores)
 

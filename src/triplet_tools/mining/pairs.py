@@ -13,7 +13,8 @@ gradient in one of two ways:
   forward pass: ``W`` goes through the distance's :class:`~triplet_tools.distances.ProductForm`
   (two products per block, ``W @ R`` and ``A^T @ W``) and the gradients of the features
   come back in ``carrier``, a zero whose gradient is that of the weighted sum. Nothing of
-  size ``n x M`` is kept for a backward pass. Units chosen one per positive (tensorflow-addons'
+  size ``n x M`` is kept for a backward pass (and nothing is differentiated twice: the
+  carrier's gradient is a constant). Units chosen one per positive (tensorflow-addons'
   semi-hard) are pulled back as pairs of gathered rows instead (``O(n*D)`` per slot);
 * **linearized** (``reduction="none"``, a user-defined or Manhattan distance, ``PNLoss``'s
   ``n x M x M`` units): each block's distances are recomputed with gradient and the loss is
