@@ -56,7 +56,11 @@ class PairLoss(TripletFamilyLoss):
         raise NotImplementedError
 
     def _row(self, block):
-        loss, count, valid, slopes = self.row_loss(block)
+        return self._scores(block, *self.row_loss(block))
+
+    def _scores(self, block, loss, count, valid, slopes):
+        """The block's ``RowScores``: loss and count zeroed on invalid anchors, the active
+        anchors those with a positive loss."""
         valid_f = ops.cast(valid, block.distances.dtype)
         loss = loss * valid_f
         active = ops.cast(loss > 0, loss.dtype) * valid_f
@@ -480,17 +484,9 @@ class LiftedStructLoss(PairLoss):
         return self._scores(block, loss, count, valid, slopes)._replace(weighted=True)
 
     def _scores(self, block, loss, count, valid, slopes):
-        valid_f = ops.cast(valid, loss.dtype)
-        active = ops.cast(loss > 0, loss.dtype) * valid_f
-        return pairs.row_scores(
-            block,
-            loss * valid_f,
-            count * valid_f,
-            valid,
-            active,
-            block.positive,
-            slopes=slopes * valid_f[:, None],
-        )
+        # As row_loss promises for the other losses: no slope on an invalid anchor.
+        valid_f = ops.cast(valid, slopes.dtype)
+        return super()._scores(block, loss, count, valid, slopes * valid_f[:, None])
 
     def score_set(
         self,
