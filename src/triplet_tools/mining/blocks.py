@@ -70,6 +70,21 @@ def compiled_by_xla():
     return bool(control_flow_util.GraphOrParentsInXlaContext(tf_ops.get_default_graph()))
 
 
+def eager_torch():
+    """Whether this is the torch backend running eagerly (not traced by ``torch.compile``).
+
+    Example:
+
+    >>> eager_torch() == (keras.backend.backend() == "torch")   # nothing compiling here
+    True
+    """
+    if keras.backend.backend() != "torch":
+        return False
+    import torch
+
+    return not torch.compiler.is_compiling()
+
+
 def auto_block_rows(num_anchors, num_references, dim, distance, elements=None):
     """Rows of anchors mined at once: all when ``B*M`` is small, else blocks of ~2**20 scores.
 

@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import keras
+from triplet_tools.mining.blocks import eager_torch
 
 #: Growth of resident memory that triggers a trim. A trim after every block cost 1.5x the
 #: time at B = 16,384 (the next block maps its pages afresh); growth of this much between
@@ -24,18 +24,10 @@ import keras
 TRIM_GROWTH = 2**28
 
 
-def _eager_torch():
-    if keras.backend.backend() != "torch":
-        return False
-    import torch
-
-    return not torch.compiler.is_compiling()
-
-
 def release_freed_memory():
     """On eager PyTorch with glibc: once resident memory has grown by :data:`TRIM_GROWTH`
     since the last trim, returns the heap's free pages to the system (``malloc_trim``)."""
-    if not _eager_torch():
+    if not eager_torch():
         return
     heap = _heap()
     if heap.trim is None:

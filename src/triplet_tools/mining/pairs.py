@@ -40,6 +40,7 @@ from triplet_tools.mining import kernel
 from triplet_tools.mining.blocks import (
     BLOCK_ELEMENTS,
     compiled_by_xla,
+    eager_torch,
     map_blocks,
     scan_blocks,
     xla_in_tensorflow_graph,
@@ -625,11 +626,7 @@ def add_at(weights, columns, values):
 
 def _in_place_torch(x):
     """Eager torch, a tensor without gradient: a scatter can write in place."""
-    if keras.backend.backend() != "torch":
-        return False
-    import torch
-
-    return not (x.requires_grad or torch.compiler.is_compiling())
+    return eager_torch() and not x.requires_grad
 
 
 def positive_slots(block: PairBlock, counted, valid):
