@@ -132,6 +132,19 @@ def test_no_subcommand(capsys):
     assert_one_line_error(with_status[0], with_status[2], "required: COMMAND")
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["demo", "--help"]], ids=["top", "demo"])
+def test_help_text_has_no_format_escapes(capsys, argv):
+    """argparse %-formats help strings but not descriptions: "30%%" in the demo's description
+    used to reach the screen as a literal "%%"."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "%%" not in out and "%(" not in out, out
+    if argv[0] == "demo":
+        assert "holding out 30% of every class" in " ".join(out.split())
+
+
 def test_python_dash_m(capsys, tmp_path, monkeypatch):
     """`python -m triplet_tools` runs the same main() (in this process, via runpy)."""
     import runpy

@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 
 import reference as ref
-from backend import BACKEND, to_numpy
+import reference_pairs as rp
+from backend import BACKEND, to_numpy, value_and_grad
 from triplet_tools import PNLoss, PrimingLoss, TripletLoss
 from triplet_tools.distances import DISTANCE_NAMES
+from triplet_tools.losses import LiftedStructLoss, MultiSimilarityLoss
 from triplet_tools.memory import CrossBatchMemory
 from triplet_tools.metrics import MiningStatistics
 
@@ -200,3 +202,68 @@ def test_float64_on_jax_with_x64_enabled():
     # max(d_ap - d_an + 0, 0) = 1 - 1e-12; in float32 1 + 1e-12 == 1 and it would be 1.
     assert dtype == "float64"
     assert float(value) == pytest.approx(1 - 1e-12, abs=1e-15)
+
+
+def _cancelling_weights(counts):
+    """Integer weights with ``sum_a w_a c_a = 0`` exactly (``c_a`` integers from the
+    reference): consecutive anchors ``(i, j)`` get ``w_i = c_j``, ``w_j = -c_i``; an anchor
+    left over gets 3 (it counts nothing here: see the batch)."""
+    counts = np.asarray(counts, np.int64)
+    weights = np.full(len(counts), 3, np.int64)
+    for i in range(0, len(counts) - 1, 2):
+        weights[i], weights[i + 1] = counts[i + 1], -counts[i]
+    assert int(np.sum(weights * counts)) == 0
+    return weights.astype("float32")
+
+
+SIGNED = {
+    "triplet": (
+        lambda: TripletLoss(distance="euclidean", reduction="mean_with_sample_weight"),
+        lambda y, x: rp.triplet_per_anchor(y, x, distance_name="euclidean"),
+    ),
+    "triplet-batch-all": (
+        lambda: TripletLoss(
+            distance="euclidean",
+            positive_mining_strategy="all",
+            negative_mining_strategy="all",
+            average="active",
+            reduction="mean_with_sample_weight",
+        ),
+        lambda y, x: rp.triplet_per_anchor(
+            y, x, distance_name="euclidean", positive="all", negative="all", average="active"
+        ),
+    ),
+    "lifted": (
+        lambda: LiftedStructLoss(reduction="mean_with_sample_weight"),
+        lambda y, x: rp.lifted_struct_per_anchor(y, x),
+    ),
+    "multi-similarity": (
+        lambda: MultiSimilarityLoss(reduction="mean_with_sample_weight"),
+        lambda y, x: rp.multi_similarity_per_anchor(y, x),
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(SIGNED))
+def test_signed_weights_that_cancel_give_zero(kind):
+    """``mean_with_sample_weight`` is ``sum w_a L_a / sum w_a c_a``, 0 when the divisor is 0
+    (SPEC): signed weights whose ``sum w_a c_a`` is 0 gave ``sum w_a L_a`` (about -2.5 for
+    TripletLoss, -12.6 for LiftedStructLoss). The last anchor is alone in its class."""
+    make, reference = SIGNED[kind]
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2, 3])
+    x = np.random.default_rng(7).normal(size=(10, 3)).astype("float32")
+    totals, counts = reference(labels, x)
+    weights = _cancelling_weights(counts)
+    assert abs(float(np.sum(weights * totals))) > 1e-2  # the old answer, far from 0
+    want = rp.reduce(totals, counts, weights, "mean_with_sample_weight")
+    assert want == 0.0
+    loss = make()
+    value, grad = value_and_grad(lambda t: loss(labels, t, sample_weight=weights), x)
+    assert float(value) == 0.0 and np.all(grad == 0.0)
+    # Weights that do not cancel still divide (the same batch, one weight changed).
+    weights[0] += 1
+    np.testing.assert_allclose(
+        to_numpy(loss(labels, x, sample_weight=weights)),
+        rp.reduce(totals, counts, weights, "mean_with_sample_weight"),
+        rtol=1e-4,
+    )

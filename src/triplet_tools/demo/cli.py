@@ -63,7 +63,7 @@ def build_parser():
         "demo",
         help="train and evaluate an embedding end to end",
         description="Trains a small embedding model with online mining on scikit-learn's "
-        "digits (or --data FILE), holding out 30%% of every class, and prints "
+        "digits (or --data FILE), holding out 30% of every class, and prints "
         "retrieval metrics for raw features and the trained embedding; writes "
         "pictures to --out. The Keras backend is KERAS_BACKEND's.",
     )

@@ -72,6 +72,9 @@ def reduce(
     >>> w = np.array([1.0, 5.0, 3.0], "float32")
     >>> float(reduce(L, c, w, "mean_with_sample_weight"))   # (3 + 3) / (2 + 3)
     1.2000000476837158
+    >>> w = np.array([1.0, 5.0, -2.0], "float32")    # sum_a w_a c_a = 2 + 0 - 2 = 0
+    >>> float(reduce(L, c, w, "mean_with_sample_weight"))
+    0.0
     """
     losses = ops.convert_to_tensor(losses)
     counts = ops.cast(ops.convert_to_tensor(counts), losses.dtype)
@@ -89,11 +92,15 @@ def reduce(
     by_weight = reduction == "mean_with_sample_weight" and sample_weight is not None
     divisor = ops.sum(counts * sample_weight if by_weight else counts)
     divisor = ops.stop_gradient(divisor if sum_across is None else sum_across(divisor))
-    # Nothing counted: total is an exact 0 (or NaN from a NaN embedding), divided by 1.
-    if by_weight:
-        divisor = ops.where(ops.equal(divisor, 0), ops.ones_like(divisor), divisor)
-    else:
-        divisor = ops.maximum(divisor, 1)  # a count: 0 or at least 1
     factor = scale * mean_scale
-    loss = total / divisor
+    if by_weight:
+        # sum_a w_a c_a = 0 gives 0: nothing counted, or signed weights that cancel while
+        # sum_a w_a L_a does not. The product keeps NaN from a NaN embedding and has zero
+        # gradient; the inner select keeps the unused quotient finite.
+        empty = ops.equal(divisor, 0)
+        inverse = 1 / ops.where(empty, ops.ones_like(divisor), divisor)
+        loss = total * ops.where(empty, ops.zeros_like(divisor), inverse)
+    else:
+        # Nothing counted: total is an exact 0 (or NaN from a NaN embedding), divided by 1.
+        loss = total / ops.maximum(divisor, 1)  # a count: 0 or at least 1
     return loss * factor if factor != 1 else loss
