@@ -515,6 +515,8 @@ class Manhattan(Distance):
 
 
 _BUILTIN = (EuclideanNorm, Euclidean, SquaredEuclidean, Cosine, Manhattan)
+for _builtin in _BUILTIN:  # so that a config may also hold one as a Keras object (tfa's)
+    keras.saving.register_keras_serializable(package="triplet_tools")(_builtin)
 _ALIASES = {"l2": "euclidean", "sql2": "squared_euclidean", "l1": "manhattan"}
 
 #: Every accepted distance name (canonical names first, then aliases).

@@ -13,6 +13,13 @@ are never cast to float, and half precision is computed in float32.
 
 ``distance_metric``: ``"L2"`` (euclidean), ``"squared-L2"`` (squared euclidean),
 ``"angular"`` (cosine distance), or a ``triplet_tools.distances.Distance``.
+
+Beside tfa's own arguments the losses take only :data:`COMMON_KEYWORDS`, which say where
+and how the loss is computed, never what it is. A ``TripletLoss`` keyword that tfa never had
+(``semi_margin``, ``average``, ``soft_margin``, a mining strategy) is refused with a
+``ValueError``: it would define another loss under tfa's name, and ``get_config`` holds
+tfa's argument names only, so a saved model would come back as tfa's loss. Write
+``TripletLoss(...)`` for those variants: it saves every one of them.
 """
 
 from __future__ import annotations
@@ -26,7 +33,14 @@ from triplet_tools.losses.triplet import TripletLoss
 #: tfa's ``distance_metric`` names and ours.
 DISTANCE_METRICS = {"L2": "euclidean", "squared-L2": "squared_euclidean", "angular": "cosine"}
 
+#: Keywords the drop-ins take beside tfa's own (``**kwargs``); anything else is refused.
+COMMON_KEYWORDS = ("reduction", "dtype", "block_size", "global_mining", "memory")
+
+#: Our built-in distance names that have a tfa name, for the config of a ``Distance``.
+_TFA_NAMES = {ours: theirs for theirs, ours in DISTANCE_METRICS.items()}
+
 __all__ = [
+    "COMMON_KEYWORDS",
     "DISTANCE_METRICS",
     "LiftedStructLoss",
     "TripletHardLoss",
@@ -51,9 +65,27 @@ def _distance(distance_metric):
 
 
 def _metric_config(distance_metric):
-    if isinstance(distance_metric, distances_module.Distance):
-        return distances_module.serialize(distance_metric)
-    return distance_metric
+    """``distance_metric`` as the constructor takes it back: a built-in ``Distance`` by its tfa
+    name where it has one (``"angular"`` for ``cosine``), else by its Keras serialization
+    (never our own name, which tfa's argument refuses)."""
+    if not isinstance(distance_metric, distances_module.Distance):
+        return distance_metric
+    name = distances_module.serialize(distance_metric)
+    if isinstance(name, str):
+        if name in _TFA_NAMES:
+            return _TFA_NAMES[name]
+        return keras.saving.serialize_keras_object(distance_metric)
+    return name
+
+
+def _check_keywords(loss_name, own, kwargs):
+    unknown = sorted(set(kwargs) - set(COMMON_KEYWORDS))
+    if unknown:
+        raise ValueError(
+            f"{loss_name} takes tensorflow-addons' arguments ({', '.join(own)}) and "
+            f"{', '.join(COMMON_KEYWORDS)}; received {', '.join(unknown)}, which tfa never "
+            "had: use triplet_tools.TripletLoss for that variant."
+        )
 
 
 @keras.saving.register_keras_serializable(package="triplet_tools")
@@ -73,7 +105,8 @@ class TripletSemiHardLoss(TripletLoss):
         margin: the hinge margin (default 1.0).
         distance_metric: ``"L2"`` (default), ``"squared-L2"``, ``"angular"`` or a ``Distance``.
         name: default ``"TripletSemiHardLoss"``.
-        **kwargs: ``reduction``, ``dtype``, ``block_size``, ``global_mining``, ``memory``.
+        **kwargs: ``reduction``, ``dtype``, ``block_size``, ``global_mining``, ``memory``
+            (:data:`COMMON_KEYWORDS`); any other keyword is a ``ValueError``.
 
     Example:
 
@@ -86,6 +119,7 @@ class TripletSemiHardLoss(TripletLoss):
     """
 
     def __init__(self, margin=1.0, distance_metric="L2", name="TripletSemiHardLoss", **kwargs):
+        _check_keywords("TripletSemiHardLoss", ("margin", "distance_metric", "name"), kwargs)
         super().__init__(
             distance=_distance(distance_metric),
             positive_mining_strategy="all",
@@ -127,7 +161,8 @@ class TripletHardLoss(TripletLoss):
         soft: use ``softplus`` instead of the hinge.
         distance_metric: ``"L2"`` (default), ``"squared-L2"``, ``"angular"`` or a ``Distance``.
         name: default ``"TripletHardLoss"``.
-        **kwargs: ``reduction``, ``dtype``, ``block_size``, ``global_mining``, ``memory``.
+        **kwargs: ``reduction``, ``dtype``, ``block_size``, ``global_mining``, ``memory``
+            (:data:`COMMON_KEYWORDS`); any other keyword is a ``ValueError``.
 
     Example:
 
@@ -140,6 +175,7 @@ class TripletHardLoss(TripletLoss):
     def __init__(
         self, margin=1.0, soft=False, distance_metric="L2", name="TripletHardLoss", **kwargs
     ):
+        _check_keywords("TripletHardLoss", ("margin", "soft", "distance_metric", "name"), kwargs)
         super().__init__(
             distance=_distance(distance_metric),
             negative_mining_strategy="hard",
