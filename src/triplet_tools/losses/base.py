@@ -25,6 +25,7 @@ from triplet_tools import memory as memory_module
 from triplet_tools import references as references_module
 from triplet_tools._ops import ops
 from triplet_tools._validation import check_bool, check_int
+from triplet_tools.losses import eager
 from triplet_tools.losses import reduction as reduction_module
 from triplet_tools.mining import mine_features, mining_rules
 
@@ -293,14 +294,17 @@ class TripletFamilyLoss(keras.losses.Loss):
                 ops.cast(ops.convert_to_tensor(reference_set.embeddings), embeddings.dtype)
             )
             reference_labels = _inputs.prepare_labels(reference_set.labels)
-        return self.score_set(
+        # On JAX through a compiled function cached per loss and shapes (eager loops would
+        # be compiled again at every call); elsewhere score_set itself.
+        return eager.score_set(
+            self,
             features,
             labels,
             reference_features,
             reference_labels,
             reference_set.positions,
             reference_set.mask,
-            **({} if weights is None else {"weights": weights}),
+            weights,
         )
 
     def mine_batch(self, y_true, y_pred, as_last_seen=False):

@@ -19,6 +19,36 @@ BLOCK_ELEMENTS = 2**22 if keras.backend.backend() == "torch" else 2**20
 
 _TENSORFLOW = keras.backend.backend() == "tensorflow"
 
+_loops = 0
+
+
+def count_loop():
+    """Notes that a loop (``map``, ``scan``, ``while_loop``) is about to run.
+
+    Eager JAX compiles a loop again at every call: ``triplet_tools.losses.eager`` compiles
+    the scoring step of a loss whose call ran one.
+
+    Example:
+
+    >>> before = loops_counted()
+    >>> count_loop()
+    >>> loops_counted() - before
+    1
+    """
+    global _loops
+    _loops += 1
+
+
+def loops_counted():
+    """How many loops :func:`count_loop` has noted so far in this process.
+
+    Example:
+
+    >>> loops_counted() >= 0
+    True
+    """
+    return _loops
+
 
 def xla_in_tensorflow_graph(fn):
     """``fn`` as a ``tf.function(jit_compile=True)`` when traced in a TensorFlow graph that
@@ -142,6 +172,7 @@ def map_blocks(fn, arrays, rows, pad_values):
     if rows is None or total is None or rows >= total:
         return tuple(fn(*arrays))
     num_blocks, blocked = _split(arrays, rows, pad_values)
+    count_loop()
     outputs = ops.map(lambda block: tuple(fn(*block)), tuple(blocked))
     return tuple(ops.reshape(t, (num_blocks * rows, *t.shape[2:]))[:total] for t in outputs)
 
@@ -179,6 +210,7 @@ def scan_blocks(fn, initial, arrays, rows, pad_values, outputs):
         carry, results = fn(tuple(initial), tuple(arrays))
         return tuple(carry), tuple(results)
     num_blocks, blocked = _split(arrays, rows, pad_values)
+    count_loop()
     if _TENSORFLOW:
         carry, results = _tensorflow_scan(fn, initial, blocked, rows, outputs)
     else:

@@ -40,6 +40,7 @@ from triplet_tools.mining import kernel
 from triplet_tools.mining.blocks import (
     BLOCK_ELEMENTS,
     compiled_by_xla,
+    count_loop,
     eager_torch,
     map_blocks,
     scan_blocks,
@@ -652,6 +653,7 @@ def positive_slots(block: PairBlock, counted, valid):
 def over_slots(step, slots, state, bound):
     """``state = step(k, *state)`` for ``k < slots``, in a loop of at most ``bound`` steps
     (a bound XLA needs for the gradient of a loop inside a loop, on TensorFlow)."""
+    count_loop()
     return ops.while_loop(
         lambda k, *_: k < slots,
         lambda k, *carry: (k + 1, *step(k, *carry)),
