@@ -87,14 +87,12 @@ def score_set(loss, features, labels, reference_features, reference_labels, posi
     >>> np.round(ops.convert_to_numpy(scores.loss), 4).tolist()   # d_ap - d_an + 1
     [0.0, 0.0, 0.0, 0.0]
     """
-    tensors = tuple(
-        None if x is None else ops.convert_to_tensor(x)
-        for x in (features, labels, reference_features, reference_labels, positions, mask,
-                  weights)
-    )  # fmt: skip
+    given = (features, labels, reference_features, reference_labels, positions, mask, weights)
     if not _JAX:
-        return _Scorer(loss)(*tensors)
+        return _Scorer(loss)(*given)
     import jax
+
+    tensors = tuple(None if x is None else ops.convert_to_tensor(x) for x in given)
 
     key = (
         tuple(_signature(x) for x in tensors),
