@@ -162,6 +162,45 @@ def _squared_norms(x):
     return ops.sum(ops.square(x), axis=-1)
 
 
+def common_origin(rows, kept=None):
+    """A point near ``rows``, to measure them from: the mean of the finite (and ``kept``)
+    rows, without gradient; the zero vector when there is none.
+
+    ```
+    o = sum_{j kept, finite} r_j / max(#{j kept, finite}, 1)
+    ```
+
+    The Euclidean family computes ``||a - r||^2`` as ``||a||^2 + ||r||^2 - 2 a.r``, which
+    cancels catastrophically when the rows share a large offset (a bias, a ReLU output):
+    at offset 1000 with unit spread, float32 keeps three digits of the distance. These
+    distances depend on ``a - r`` only, so subtracting one ``o`` from the anchors and the
+    references changes neither the distances nor their gradient (``o`` is a constant), and
+    leaves the float32 rounding of the spread, whatever the offset.
+
+    Args:
+        rows: ``(M, D)`` float.
+        kept: optional ``(M,)`` bool; rows left out of the mean.
+
+    Returns:
+        ``(D,)`` of the dtype of ``rows``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> r = np.array([[1000.0, 1.0], [1002.0, 3.0], [np.nan, 0.0]], "float32")
+    >>> ops.convert_to_numpy(common_origin(r)).tolist()
+    [1001.0, 2.0]
+    """
+    rows = ops.stop_gradient(ops.convert_to_tensor(rows))
+    counted = ops.all(ops.isfinite(rows), axis=-1)
+    if kept is not None:
+        counted = ops.logical_and(counted, ops.cast(kept, "bool"))
+    total = ops.sum(ops.where(counted[:, None], rows, ops.zeros_like(rows)), axis=0)
+    count = ops.sum(ops.cast(counted, rows.dtype))
+    return total / ops.maximum(count, ops.ones_like(count))
+
+
 def _signed_square(d):
     # Monotone on the whole real line, so a negative threshold (a negative semi_margin)
     # stays below every non-negative distance.
@@ -196,6 +235,13 @@ class ProductForm(NamedTuple):
     scale: float
     norms: bool
     root: bool
+
+    @property
+    def translation_invariant(self):
+        """Whether ``z = ||a - r||^2`` (``norms`` with ``scale = -2``): then ``d`` depends on
+        ``a - r`` only, and the pair engine and the miner measure anchors and references
+        from a :func:`common_origin` (exact distances under a common offset)."""
+        return self.norms and self.scale == -2.0
 
     def slopes(self, weights, distances):
         """``C = dL/dz`` from ``W = dL/dd`` and the distances, elementwise."""
@@ -354,7 +400,9 @@ class Distance:
 class SquaredEuclidean(Distance):
     """``d(a, b) = ||a - b||^2``; names ``squared_euclidean``, ``sql2``.
 
-    Mining scores are ``||b||^2 - 2 a.b``: one matrix product, the anchor's own norm dropped.
+    Mining scores are ``||b||^2 - 2 a.b``: one matrix product, the anchor's own norm dropped
+    (the miner first moves anchors and references to a :func:`common_origin`). ``pairwise``
+    measures both from the finite rows' mean of ``y``, so a common offset loses no digits.
 
     Example:
 
@@ -369,6 +417,9 @@ class SquaredEuclidean(Distance):
     product_form = ProductForm(scale=-2.0, norms=True, root=False)
 
     def pairwise(self, x, y):
+        x, y = ops.convert_to_tensor(x), ops.convert_to_tensor(y)
+        origin = common_origin(y)
+        x, y = x - ops.cast(origin, x.dtype), y - origin
         squared = _squared_norms(x)[:, None] + _squared_norms(y)[None, :] - 2 * gram(x, y)
         return ops.maximum(squared, 0)
 
