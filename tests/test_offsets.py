@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import reference_pairs as R
-from backend import to_numpy, value_and_grad
+from backend import BACKEND, compiled_value_and_grad, to_numpy, value_and_grad
 from triplet_tools import (
     MultiSimilarityLoss,
     PNLoss,
@@ -99,6 +99,20 @@ def test_offset_costs_no_digits(name, offset, engine_mode):
     np.testing.assert_allclose(gradient, want_gradient, **GRAD_TOL)
 
 
+@pytest.mark.skipif(BACKEND == "torch", reason="eager on torch: the test above")
+@pytest.mark.parametrize("name", list(CASES))
+def test_compiled_offset_costs_no_digits(name, engine_mode):
+    """Under XLA too: a compiler must not move anchors and references by differently
+    rounded origins (a fused multiply-add in one of two copies of the mean's division put
+    them 3e-4 apart at offset 1e4, off by 1.5e-4 in the gradient)."""
+    x32, _ = _embeddings(1e4)
+    _, want, want_gradient = _reference(name, 1e4)
+    loss = CASES[name][0]()
+    value, gradient = compiled_value_and_grad(lambda x: loss(LABELS, x), x32)
+    assert abs(float(value) - want) <= VALUE_RTOL * abs(want), (float(value), want)
+    np.testing.assert_allclose(gradient, want_gradient, **GRAD_TOL)
+
+
 @pytest.mark.parametrize("offset", [1e3, 1e4])
 @pytest.mark.parametrize("name", ["batch-all", "pn-all", "lifted-struct", "soft-nn"])
 def test_offset_with_explicit_masked_references(name, offset):
@@ -126,11 +140,14 @@ def test_pairwise_under_an_offset(name, offset):
     """``Distance.pairwise`` (retrieval metrics rank with it) under a common offset, against
     float64; a non-finite row stays out of the origin and NaN only in its own entries."""
     x32, _ = _embeddings(offset)
-    y32 = x32[::-1].copy()
+    # Other rows than x's: at distance 0, sqrt turns the product form's 1e-7 into 3e-4
+    # at any offset (0 included).
+    y32 = (np.random.default_rng(12).normal(size=(9, 4)) + offset).astype("float32")
     y32[0] = np.nan
     got = to_numpy(get(name).pairwise(x32, y32))
-    x64 = x32.astype("float64")  # euclidean_norm is not translation-invariant: as given
-    want = np.array([[R.distance(name, a, b) for b in x64[::-1]] for a in x64])
+    # As given, offset included: euclidean_norm is not translation-invariant.
+    x64, y64 = x32.astype("float64"), y32.astype("float64")
+    want = np.array([[R.distance(name, a, b) for b in y64] for a in x64])
     assert np.isnan(got[:, 0]).all()
     # euclidean_norm: the normalised rows themselves are rounded to 6e-8.
     np.testing.assert_allclose(got[:, 1:], want[:, 1:], rtol=1e-5, atol=1e-6)

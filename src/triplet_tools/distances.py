@@ -196,9 +196,26 @@ def common_origin(rows, kept=None):
     counted = ops.all(ops.isfinite(rows), axis=-1)
     if kept is not None:
         counted = ops.logical_and(counted, ops.cast(kept, "bool"))
-    total = ops.sum(ops.where(counted[:, None], rows, ops.zeros_like(rows)), axis=0)
     count = ops.sum(ops.cast(counted, rows.dtype))
-    return total / ops.maximum(count, ops.ones_like(count))
+    share = 1 / ops.maximum(count, ops.ones_like(count))
+    # Scaled before the sum, so that the origin comes out of a reduction, computed once:
+    # a division after it is an elementwise op that XLA copies into each consumer, where
+    # LLVM contracted one copy with the subtraction (a fused multiply-add, rounded once),
+    # and anchors and references were moved by origins 3e-4 apart at an offset of 1e4.
+    return ops.sum(ops.where(counted[:, None], rows * share, ops.zeros_like(rows)), axis=0)
+
+
+def moved_to(origin, x, y):
+    """``(x - origin, y - origin)``, ``(n, D)`` and ``(m, D)``, as one subtraction.
+
+    One subtraction, so that every row is moved by the same float32 ``origin``: a compiler
+    may otherwise compute ``origin`` once per consumer, differently rounded (XLA's CPU
+    backend contracted one of two subtractions with the mean's division into a fused
+    multiply-add), and ``d(a, a)`` would no longer be 0.
+    """
+    count = ops.shape(x)[0]
+    moved = ops.concatenate([x, y], axis=0) - origin
+    return moved[:count], moved[count:]
 
 
 def _signed_square(d):
@@ -418,8 +435,7 @@ class SquaredEuclidean(Distance):
 
     def pairwise(self, x, y):
         x, y = ops.convert_to_tensor(x), ops.convert_to_tensor(y)
-        origin = common_origin(y)
-        x, y = x - ops.cast(origin, x.dtype), y - origin
+        x, y = moved_to(common_origin(y), x, y)
         squared = _squared_norms(x)[:, None] + _squared_norms(y)[None, :] - 2 * gram(x, y)
         return ops.maximum(squared, 0)
 

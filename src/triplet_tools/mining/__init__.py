@@ -23,7 +23,7 @@ import keras
 
 from triplet_tools._ops import ops
 from triplet_tools._validation import check_choice
-from triplet_tools.distances import common_origin
+from triplet_tools.distances import common_origin, moved_to
 from triplet_tools.mining.blocks import auto_block_rows, map_blocks, xla_in_tensorflow_graph
 from triplet_tools.mining.rules import (
     NEGATIVE_STRATEGIES,
@@ -213,10 +213,10 @@ def mine_features(
         # Scores ||r||^2 - 2 a.r measured from a common origin: an offset shared by the rows
         # would otherwise cancel their digits and choose the wrong indices.
         origin = common_origin(reference_features, reference_mask)
-        shifted = features - origin
-        in_batch = reference_features is features
-        reference_features = shifted if in_batch else reference_features - origin
-        features = shifted
+        if reference_features is features:  # in-batch
+            features = reference_features = features - origin
+        else:
+            features, reference_features = moved_to(origin, features, reference_features)
     anchor_positions = ops.cast(anchor_positions, "int32")
     if num_anchors == 0:
         # An empty batch has no valid anchor (and nothing to reduce over).

@@ -42,7 +42,7 @@ from typing import Any, NamedTuple
 import keras
 
 from triplet_tools._ops import ops, row_sum
-from triplet_tools.distances import common_origin
+from triplet_tools.distances import common_origin, moved_to
 from triplet_tools.mining import kernel
 from triplet_tools.mining.blocks import (
     BLOCK_ELEMENTS,
@@ -220,9 +220,7 @@ def score_pairs(
         if reference_mask is None
         else ops.logical_and(ops.cast(reference_mask, "bool"), finite)
     )
-    origin, clean = from_common_origin(distance, clean, mask)
-    if origin is not None:
-        features = features - origin
+    features, clean = from_common_origin(distance, clean, mask, features)
     setup = _Setup(
         distance=distance,
         row_function=row_function,
@@ -513,22 +511,25 @@ def sorted_search(sorted_values, values, side):
     return low
 
 
-def from_common_origin(distance, rows, kept):
-    """``(origin, rows - origin)`` for a distance whose product form depends on ``a - r``
-    only (the Euclidean family), ``(None, rows)`` for any other.
+def from_common_origin(distance, rows, kept, anchors=None):
+    """``(anchors - o, rows - o)`` for a distance whose product form depends on ``a - r``
+    only (the Euclidean family); ``(anchors, rows)`` unchanged for any other.
 
-    The origin is the mean of the ``kept`` ``(M,)`` rows, without gradient
+    ``o`` is the mean of the ``kept`` ``(M,)`` rows, without gradient
     (:func:`~triplet_tools.distances.common_origin`): measured from it, an offset shared
     by the rows costs no digits of ``||a||^2 + ||r||^2 - 2 a.r``, and neither the distances
-    nor their gradients change (the anchors must be moved by the same origin). Rows not
-    kept go to the origin itself, so that they cannot pull a later mean (``pairwise``'s
-    own) away from the rows again.
+    nor their gradients change. Rows not kept go to the origin itself, so that they cannot
+    pull a later mean (``pairwise``'s own) away from the rows again.
     """
     form = distance.product_form
     if form is None or not form.translation_invariant:
-        return None, rows
+        return anchors, rows
     origin = common_origin(rows, kept)
-    return origin, ops.where(kept[:, None], rows - origin, ops.zeros_like(rows))
+    if anchors is None:
+        moved = rows - origin
+    else:
+        anchors, moved = moved_to(origin, anchors, rows)
+    return anchors, ops.where(kept[:, None], moved, ops.zeros_like(moved))
 
 
 def zero_non_finite(rows):
