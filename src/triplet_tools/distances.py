@@ -163,11 +163,11 @@ def _squared_norms(x):
 
 
 def common_origin(rows, kept=None):
-    """A point near ``rows``, to measure them from: the mean of the finite (and ``kept``)
-    rows, without gradient; the zero vector when there is none.
+    """A point to measure ``rows`` from: the finite (and ``kept``) row nearest to their
+    mean, without gradient; the zero vector when there is none.
 
     ```
-    o = sum_{j kept, finite} r_j / max(#{j kept, finite}, 1)
+    m = mean of the kept finite rows        o = argmin_{r_j kept, finite} ||r_j - m||
     ```
 
     The Euclidean family computes ``||a - r||^2`` as ``||a||^2 + ||r||^2 - 2 a.r``, which
@@ -175,11 +175,13 @@ def common_origin(rows, kept=None):
     at offset 1000 with unit spread, float32 keeps three digits of the distance. These
     distances depend on ``a - r`` only, so subtracting one ``o`` from the anchors and the
     references changes neither the distances nor their gradient (``o`` is a constant), and
-    leaves the float32 rounding of the spread, whatever the offset.
+    leaves the float32 rounding of the spread, whatever the offset. A row, not the mean
+    itself: rows on a grid (integers) stay exact, so exact ties stay ties, and the origin
+    is a gathered value, which no compiler can round two ways (see :func:`moved_to`).
 
     Args:
         rows: ``(M, D)`` float.
-        kept: optional ``(M,)`` bool; rows left out of the mean.
+        kept: optional ``(M,)`` bool; rows left out.
 
     Returns:
         ``(D,)`` of the dtype of ``rows``.
@@ -188,30 +190,33 @@ def common_origin(rows, kept=None):
 
     >>> import numpy as np
     >>> from keras import ops
-    >>> r = np.array([[1000.0, 1.0], [1002.0, 3.0], [np.nan, 0.0]], "float32")
+    >>> r = np.array([[1000.0, 1.0], [1003.0, 3.0], [1001.0, 2.0], [np.nan, 0.0]], "float32")
     >>> ops.convert_to_numpy(common_origin(r)).tolist()
     [1001.0, 2.0]
     """
     rows = ops.stop_gradient(ops.convert_to_tensor(rows))
+    if rows.shape[0] == 0:
+        return ops.zeros(ops.shape(rows)[1:], rows.dtype)
     counted = ops.all(ops.isfinite(rows), axis=-1)
     if kept is not None:
         counted = ops.logical_and(counted, ops.cast(kept, "bool"))
     count = ops.sum(ops.cast(counted, rows.dtype))
     share = 1 / ops.maximum(count, ops.ones_like(count))
-    # Scaled before the sum, so that the origin comes out of a reduction, computed once:
-    # a division after it is an elementwise op that XLA copies into each consumer, where
-    # LLVM contracted one copy with the subtraction (a fused multiply-add, rounded once),
-    # and anchors and references were moved by origins 3e-4 apart at an offset of 1e4.
-    return ops.sum(ops.where(counted[:, None], rows * share, ops.zeros_like(rows)), axis=0)
+    inside = counted[:, None]
+    mean = ops.sum(ops.where(inside, rows * share, ops.zeros_like(rows)), axis=0)
+    gaps = ops.sum(ops.square(ops.where(inside, rows - mean, ops.zeros_like(rows))), axis=-1)
+    nearest = ops.argmin(ops.where(counted, gaps, float("inf")))
+    origin = ops.take(rows, nearest, axis=0)
+    return ops.where(ops.take(counted, nearest), origin, ops.zeros_like(origin))
 
 
 def moved_to(origin, x, y):
     """``(x - origin, y - origin)``, ``(n, D)`` and ``(m, D)``, as one subtraction.
 
-    One subtraction, so that every row is moved by the same float32 ``origin``: a compiler
-    may otherwise compute ``origin`` once per consumer, differently rounded (XLA's CPU
-    backend contracted one of two subtractions with the mean's division into a fused
-    multiply-add), and ``d(a, a)`` would no longer be 0.
+    One subtraction, so that every row is moved alike: when the origin was the mean itself,
+    XLA's CPU backend copied its division into two consumers and contracted one copy with
+    the subtraction into a fused multiply-add, moving anchors and references by origins
+    3e-4 apart at an offset of 1e4 (``d(a, a)`` no longer 0).
     """
     count = ops.shape(x)[0]
     moved = ops.concatenate([x, y], axis=0) - origin
