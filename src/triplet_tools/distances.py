@@ -424,7 +424,7 @@ class SquaredEuclidean(Distance):
 
     Mining scores are ``||b||^2 - 2 a.b``: one matrix product, the anchor's own norm dropped
     (the miner first moves anchors and references to a :func:`common_origin`). ``pairwise``
-    measures both from the finite rows' mean of ``y``, so a common offset loses no digits.
+    measures both from the row of ``y`` nearest to their mean: an offset costs no digits.
 
     Example:
 

@@ -67,7 +67,7 @@ class PNLoss(TripletLoss):
 
     def reference_pair_distances(self, references, mask=None):
         # Non-finite rows zeroed: they are never chosen, and NaN must not reach the gradient.
-        # Measured from the kept rows' mean, as the pair engine measures d(a, n).
+        # Measured from a common origin, as the pair engine measures d(a, n).
         clean, kept = pairs.zero_non_finite(references)
         if mask is not None:
             kept = ops.logical_and(kept, ops.cast(mask, "bool"))

@@ -23,7 +23,7 @@ gradient in one of two ways:
   blocks are recomputed in the backward pass (``keras.remat``).
 
 The Euclidean family (a translation-invariant :class:`~triplet_tools.distances.ProductForm`)
-measures anchors and references from the references' mean
+measures anchors and references from the reference nearest to their mean
 (:func:`~triplet_tools.distances.common_origin`), so a common offset of the embeddings costs
 no digits of ``||a||^2 + ||r||^2 - 2 a.r``: ``O((B + M) D)`` more work, the same gradient.
 
@@ -515,11 +515,11 @@ def from_common_origin(distance, rows, kept, anchors=None):
     """``(anchors - o, rows - o)`` for a distance whose product form depends on ``a - r``
     only (the Euclidean family); ``(anchors, rows)`` unchanged for any other.
 
-    ``o`` is the mean of the ``kept`` ``(M,)`` rows, without gradient
+    ``o`` is the ``kept`` ``(M,)`` row nearest to their mean, without gradient
     (:func:`~triplet_tools.distances.common_origin`): measured from it, an offset shared
     by the rows costs no digits of ``||a||^2 + ||r||^2 - 2 a.r``, and neither the distances
     nor their gradients change. Rows not kept go to the origin itself, so that they cannot
-    pull a later mean (``pairwise``'s own) away from the rows again.
+    pull a later origin (``pairwise``'s own) away from the rows again.
     """
     form = distance.product_form
     if form is None or not form.translation_invariant:
