@@ -162,6 +162,67 @@ def _squared_norms(x):
     return ops.sum(ops.square(x), axis=-1)
 
 
+def common_origin(rows, kept=None):
+    """A point to measure ``rows`` from: the finite (and ``kept``) row nearest to their
+    mean, without gradient; the zero vector when there is none.
+
+    ```
+    m = mean of the kept finite rows        o = argmin_{r_j kept, finite} ||r_j - m||
+    ```
+
+    The Euclidean family computes ``||a - r||^2`` as ``||a||^2 + ||r||^2 - 2 a.r``, which
+    cancels catastrophically when the rows share a large offset (a bias, a ReLU output):
+    at offset 1000 with unit spread, float32 keeps three digits of the distance. These
+    distances depend on ``a - r`` only, so subtracting one ``o`` from the anchors and the
+    references changes neither the distances nor their gradient (``o`` is a constant), and
+    leaves the float32 rounding of the spread, whatever the offset. A row, not the mean
+    itself: rows on a grid (integers) stay exact, so exact ties stay ties, and the origin
+    is a gathered value, which no compiler can round two ways (see :func:`moved_to`).
+
+    Args:
+        rows: ``(M, D)`` float.
+        kept: optional ``(M,)`` bool; rows left out.
+
+    Returns:
+        ``(D,)`` of the dtype of ``rows``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> r = np.array([[1000.0, 1.0], [1003.0, 3.0], [1001.0, 2.0], [np.nan, 0.0]], "float32")
+    >>> ops.convert_to_numpy(common_origin(r)).tolist()
+    [1001.0, 2.0]
+    """
+    rows = ops.stop_gradient(ops.convert_to_tensor(rows))
+    if rows.shape[0] == 0:
+        return ops.zeros(ops.shape(rows)[1:], rows.dtype)
+    counted = ops.all(ops.isfinite(rows), axis=-1)
+    if kept is not None:
+        counted = ops.logical_and(counted, ops.cast(kept, "bool"))
+    count = ops.sum(ops.cast(counted, rows.dtype))
+    share = 1 / ops.maximum(count, ops.ones_like(count))
+    inside = counted[:, None]
+    mean = ops.sum(ops.where(inside, rows * share, ops.zeros_like(rows)), axis=0)
+    gaps = ops.sum(ops.square(ops.where(inside, rows - mean, ops.zeros_like(rows))), axis=-1)
+    nearest = ops.argmin(ops.where(counted, gaps, float("inf")))
+    origin = ops.take(rows, nearest, axis=0)
+    return ops.where(ops.take(counted, nearest), origin, ops.zeros_like(origin))
+
+
+def moved_to(origin, x, y):
+    """``(x - origin, y - origin)``, ``(n, D)`` and ``(m, D)``, as one subtraction.
+
+    One subtraction, so that every row is moved alike: when the origin was the mean itself,
+    XLA's CPU backend copied its division into two consumers and contracted one copy with
+    the subtraction into a fused multiply-add, moving anchors and references by origins
+    3e-4 apart at an offset of 1e4 (``d(a, a)`` no longer 0).
+    """
+    count = ops.shape(x)[0]
+    moved = ops.concatenate([x, y], axis=0) - origin
+    return moved[:count], moved[count:]
+
+
 def _signed_square(d):
     # Monotone on the whole real line, so a negative threshold (a negative semi_margin)
     # stays below every non-negative distance.
@@ -196,6 +257,13 @@ class ProductForm(NamedTuple):
     scale: float
     norms: bool
     root: bool
+
+    @property
+    def translation_invariant(self):
+        """Whether ``z = ||a - r||^2`` (``norms`` with ``scale = -2``): then ``d`` depends on
+        ``a - r`` only, and the pair engine and the miner measure anchors and references
+        from a :func:`common_origin` (exact distances under a common offset)."""
+        return self.norms and self.scale == -2.0
 
     def slopes(self, weights, distances):
         """``C = dL/dz`` from ``W = dL/dd`` and the distances, elementwise."""
@@ -354,7 +422,9 @@ class Distance:
 class SquaredEuclidean(Distance):
     """``d(a, b) = ||a - b||^2``; names ``squared_euclidean``, ``sql2``.
 
-    Mining scores are ``||b||^2 - 2 a.b``: one matrix product, the anchor's own norm dropped.
+    Mining scores are ``||b||^2 - 2 a.b``: one matrix product, the anchor's own norm dropped
+    (the miner first moves anchors and references to a :func:`common_origin`). ``pairwise``
+    measures both from the row of ``y`` nearest to their mean: an offset costs no digits.
 
     Example:
 
@@ -369,6 +439,8 @@ class SquaredEuclidean(Distance):
     product_form = ProductForm(scale=-2.0, norms=True, root=False)
 
     def pairwise(self, x, y):
+        x, y = ops.convert_to_tensor(x), ops.convert_to_tensor(y)
+        x, y = moved_to(common_origin(y), x, y)
         squared = _squared_norms(x)[:, None] + _squared_norms(y)[None, :] - 2 * gram(x, y)
         return ops.maximum(squared, 0)
 

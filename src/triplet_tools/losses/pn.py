@@ -65,9 +65,13 @@ class PNLoss(TripletLoss):
             **kwargs,
         )
 
-    def reference_pair_distances(self, references):
+    def reference_pair_distances(self, references, mask=None):
         # Non-finite rows zeroed: they are never chosen, and NaN must not reach the gradient.
-        clean, _ = pairs.zero_non_finite(references)
+        # Measured from a common origin, as the pair engine measures d(a, n).
+        clean, kept = pairs.zero_non_finite(references)
+        if mask is not None:
+            kept = ops.logical_and(kept, ops.cast(mask, "bool"))
+        _, clean = pairs.from_common_origin(self.distance, clean, kept)
         return self.distance.pairwise_features(clean, clean)
 
     def anchor_distances(self, anchors, positives, negatives):

@@ -121,9 +121,10 @@ class TripletLoss(TripletFamilyLoss):
             return ops.softplus(gap)
         return ops.relu(gap + self.margin)
 
-    def reference_pair_distances(self, references):
+    def reference_pair_distances(self, references, mask=None):
         """``(M, M)`` distances among the references for ``PNLoss``'s ``d(p, n)`` (non-finite
-        rows zeroed); ``None`` here, so ``TripletLoss`` builds no such matrix."""
+        rows zeroed; ``mask`` ``(M,)``: the rows that may be chosen); ``None`` here, so
+        ``TripletLoss`` builds no such matrix."""
         return None
 
     def score_set(
@@ -149,7 +150,7 @@ class TripletLoss(TripletFamilyLoss):
                 triplets = triplets._replace(count=triplets.active)
             return triplets
         pool = features if reference_features is None else reference_features
-        pair_distances = self.reference_pair_distances(pool)
+        pair_distances = self.reference_pair_distances(pool, reference_mask)
         rules = self.rules
         # TripletLoss takes one positive slot at a time; PNLoss also needs d(p, n) for every
         # unit: the n x M x M candidates.

@@ -23,6 +23,7 @@ import keras
 
 from triplet_tools._ops import ops
 from triplet_tools._validation import check_choice
+from triplet_tools.distances import common_origin, moved_to
 from triplet_tools.mining.blocks import auto_block_rows, map_blocks, xla_in_tensorflow_graph
 from triplet_tools.mining.rules import (
     NEGATIVE_STRATEGIES,
@@ -207,6 +208,15 @@ def mine_features(
     if reference_mask is not None:
         reference_mask = ops.cast(ops.convert_to_tensor(reference_mask), "bool")
     reference_mask = finite_rows(reference_features, reference_mask)
+    form = rules.distance.product_form
+    if form is not None and form.translation_invariant:
+        # Scores ||r||^2 - 2 a.r measured from a common origin: an offset shared by the rows
+        # would otherwise cancel their digits and choose the wrong indices.
+        origin = common_origin(reference_features, reference_mask)
+        if reference_features is features:  # in-batch
+            features = reference_features = features - origin
+        else:
+            features, reference_features = moved_to(origin, features, reference_features)
     anchor_positions = ops.cast(anchor_positions, "int32")
     if num_anchors == 0:
         # An empty batch has no valid anchor (and nothing to reduce over).

@@ -19,7 +19,13 @@ gradient in one of two ways:
 * **linearized** (``reduction="none"``, a user-defined or Manhattan distance, ``PNLoss``'s
   ``n x M x M`` units): each block's distances are recomputed with gradient and the loss is
   ``stop_gradient(L_a) + sum_j W_aj (d(a, j) - stop_gradient(d(a, j)))``; above
-  :data:`REMAT_PAIRS` pairs the blocks are recomputed in the backward pass (``keras.remat``).
+  :data:`REMAT_PAIRS` slopes kept (``B * M``, or ``B * M * M`` for ``n x M x M`` units) the
+  blocks are recomputed in the backward pass (``keras.remat``).
+
+The Euclidean family (a translation-invariant :class:`~triplet_tools.distances.ProductForm`)
+measures anchors and references from the reference nearest to their mean
+(:func:`~triplet_tools.distances.common_origin`), so a common offset of the embeddings costs
+no digits of ``||a||^2 + ||r||^2 - 2 a.r``: ``O((B + M) D)`` more work, the same gradient.
 
 Each anchor's positives are found through the references sorted by label
 (``PairBlock.reference_order``), by a search instead of a pass over the row. References
@@ -36,6 +42,7 @@ from typing import Any, NamedTuple
 import keras
 
 from triplet_tools._ops import ops, row_sum
+from triplet_tools.distances import common_origin, moved_to
 from triplet_tools.mining import kernel
 from triplet_tools.mining.blocks import (
     BLOCK_ELEMENTS,
@@ -50,9 +57,11 @@ from triplet_tools.mining.heap import release_freed_memory
 
 _INF = float("inf")
 
-#: Above this many anchor-reference pairs (``B * M``), blocks of the linearized mode are
-#: recomputed in the backward pass instead of stored: 2**26 pairs (a B = 8,192 batch) hold
-#: 256 MB per float32 ``B x M``. (The products mode keeps nothing for the backward pass.)
+#: Above this many slopes kept for the backward pass, blocks of the linearized mode are
+#: recomputed in the backward pass instead of stored: ``B * M`` anchor-reference pairs, or
+#: ``B * M * M`` for ``PNLoss``'s ``n x M x M`` units (``cubic``), whose blocks keep one
+#: slope per unit. 2**26 slopes (a B = 8,192 batch's pairs, a B = 406 batch's units) hold
+#: 256 MB in float32. (The products mode keeps nothing for the backward pass.)
 REMAT_PAIRS = 2**26
 
 #: Whether the products mode may be taken (tests switch it off to exercise the other).
@@ -212,6 +221,7 @@ def score_pairs(
         if reference_mask is None
         else ops.logical_and(ops.cast(reference_mask, "bool"), finite)
     )
+    features, clean = from_common_origin(distance, clean, mask, features)
     setup = _Setup(
         distance=distance,
         row_function=row_function,
@@ -245,11 +255,14 @@ class _Setup(NamedTuple):
     num_references: Any
 
 
-def _large(setup):
-    """More than :data:`REMAT_PAIRS` anchor-reference pairs: the linearized mode recomputes
-    its blocks, and eager torch returns freed heap pages between blocks."""
-    pairs = (setup.num_anchors, setup.num_references)
-    return None not in pairs and pairs[0] * pairs[1] > REMAT_PAIRS
+def _large(setup, cubic=False):
+    """More than :data:`REMAT_PAIRS` slopes would be kept for the backward pass, ``B * M``
+    (or ``B * M * M`` for the ``n x M x M`` units of ``cubic``): the linearized mode
+    recomputes its blocks, and eager torch returns freed heap pages between blocks."""
+    sizes = (setup.num_anchors, setup.num_references)
+    if None in sizes:
+        return False
+    return sizes[0] * sizes[1] ** (2 if cubic else 1) > REMAT_PAIRS
 
 
 def _class_ranges(labels, reference_labels):
@@ -385,7 +398,7 @@ def _score_linearized(
 ):
     """The linearized mode: every ``L_a`` with its own gradient, through each block's
     distances recomputed with gradient."""
-    recompute = _large(setup)
+    recompute = _large(setup, cubic)
     order, same_start, same_count = _class_ranges(labels, reference_labels)
     kept = ops.cast(mask, "int32")
 
@@ -497,6 +510,27 @@ def sorted_search(sorted_values, values, side):
         low = ops.where(ops.logical_and(searching, right), middle + 1, low)
         high = ops.where(ops.logical_and(searching, ops.logical_not(right)), middle, high)
     return low
+
+
+def from_common_origin(distance, rows, kept, anchors=None):
+    """``(anchors - o, rows - o)`` for a distance whose product form depends on ``a - r``
+    only (the Euclidean family); ``(anchors, rows)`` unchanged for any other.
+
+    ``o`` is the ``kept`` ``(M,)`` row nearest to their mean, without gradient
+    (:func:`~triplet_tools.distances.common_origin`): measured from it, an offset shared
+    by the rows costs no digits of ``||a||^2 + ||r||^2 - 2 a.r``, and neither the distances
+    nor their gradients change. Rows not kept go to the origin itself, so that they cannot
+    pull a later origin (``pairwise``'s own) away from the rows again.
+    """
+    form = distance.product_form
+    if form is None or not form.translation_invariant:
+        return anchors, rows
+    origin = common_origin(rows, kept)
+    if anchors is None:
+        moved = rows - origin
+    else:
+        anchors, moved = moved_to(origin, anchors, rows)
+    return anchors, ops.where(kept[:, None], moved, ops.zeros_like(moved))
 
 
 def zero_non_finite(rows):
