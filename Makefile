@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED := 1
 DEMO_BACKEND ?= jax
 DEMO_ARGS ?=
 
-.PHONY: demo lint test test-tensorflow test-jax test-torch test-legacy test-tools bench bench-peers docs docs-serve clean
+.PHONY: demo lint test test-tensorflow test-jax test-torch test-legacy test-tools bench bench-peers bench-quality docs docs-serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -97,6 +97,17 @@ PEER_STAMPS := $(PEER_NAMES:%=$(BENCH_DIR)/%/.installed)
 
 bench: $(VENV)/.installed-test $(PEER_STAMPS)
 	$(BIN)/python bench/benchmark.py --peers-dir $(BENCH_DIR) $(if $(SIZES),--sizes $(SIZES)) $(BENCH_ARGS)
+	$(if $(filter 1,$(QUALITY)),$(MAKE) --no-print-directory bench-quality)
+
+# The optional quality section: batch-hard against triplet-tools 0.2.3 on Omniglot, paired seeds
+# (bench/quality_omniglot.py, docs/performance.md). It skips, exit 0, without
+# ../shared/data/omniglot-background; about 20 min on 2 cores. QUALITY=0 leaves it out of
+# `make bench`; QUALITY_ARGS passes options (QUALITY_ARGS="--seeds 2 --epochs 3").
+QUALITY ?= 1
+QUALITY_ARGS ?=
+bench-quality: $(VENV)/.installed-test $(BENCH_DIR)/triplet-tools-0.2.3/.installed
+	KERAS_BACKEND=tensorflow $(BIN)/python bench/quality_omniglot.py \
+		--peer $(BENCH_DIR)/triplet-tools-0.2.3 --out bench-output/quality.json $(QUALITY_ARGS)
 
 bench-peers: $(PEER_STAMPS)
 
