@@ -600,9 +600,12 @@ def sentence_transformers_mnrl(embeddings, labels):
     """sentence-transformers' ``MultipleNegativesRankingLoss`` (defaults: cosine, scale 20) on
     :func:`paired_inputs`, through ``compute_loss_from_embeddings`` (``model=None``: no
     model is built), eager PyTorch."""
-    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    try:  # sentence-transformers >= 6 moved it; the old path warns
+        from sentence_transformers.sentence_transformer import losses
+    except ImportError:
+        from sentence_transformers import losses
 
-    loss = MultipleNegativesRankingLoss(None)
+    loss = losses.MultipleNegativesRankingLoss(None)
 
     def loss_fn(y, x):
         return loss.compute_loss_from_embeddings([x[:, 0], x[:, 1]], y)

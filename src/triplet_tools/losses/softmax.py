@@ -51,14 +51,16 @@ def softmax_rows(block, temperature, exclusion=False, every_anchor_valid=False):
         candidates = ops.logical_and(
             candidates, ops.logical_or(positive, ops.logical_not(excluded))
         )
+    if every_anchor_valid:
+        has_negative = block.rows >= 0
+    else:
+        has_negative = ops.any(block.negative, axis=1)
+    if pairs._in_place_torch(d):
+        return _torch_rows(block, temperature, candidates, has_negative)
     (lse,), e, (inverse,) = pairs.masked_exponentials(d / -temperature, [candidates])
     kept = ops.cast(positive, d.dtype)
     count = row_sum(kept)
-    has_positive = count > 0
-    if every_anchor_valid:
-        valid = ops.logical_and(has_positive, block.rows >= 0)
-    else:
-        valid = ops.logical_and(has_positive, ops.any(block.negative, axis=1))
+    valid = ops.logical_and(count > 0, has_negative)
     valid_f = ops.cast(valid, d.dtype)
     share = 1 / ops.maximum(count, 1)
     mean_positive = row_sum(ops.where(positive, d, 0)) * share
@@ -66,6 +68,39 @@ def softmax_rows(block, temperature, exclusion=False, every_anchor_valid=False):
     slopes = (kept * share[:, None] - e * inverse[:, None]) * (valid_f / temperature)[:, None]
     active = ops.cast(loss > 0, d.dtype) * valid_f
     return pairs.row_scores(block, loss, valid_f, valid, active, positive, slopes=slopes)
+
+
+def _torch_rows(block, temperature, candidates, has_negative):
+    """:func:`softmax_rows` on eager torch, in fewer passes over the ``(n, M)`` block: the
+    log-sum-exp and the softmax in place, the positives gathered one slot at a time (a
+    class's references, :func:`~triplet_tools.mining.pairs.positive_slots`) instead of
+    masked passes, and the slopes weighted here (``RowScores.weighted``)."""
+    import torch
+
+    d = block.distances
+    logits = d / -temperature
+    logits.masked_fill_(~candidates, -float("inf"))
+    lse = torch.logsumexp(logits, dim=1)
+    finite = torch.isfinite(lse)
+    slopes = logits.sub_(torch.where(finite, lse, 0)[:, None]).exp_()  # the softmax
+    slots, slot = pairs.positive_slots(block, block.positive, block.rows >= 0)
+    columns, present = zip(*(slot(k) for k in range(int(slots)))) if int(slots) else ((), ())
+    count = sum(present, torch.zeros_like(lse))
+    valid = (count > 0) & has_negative & finite
+    share = valid / torch.clamp(count, min=1)
+    positive_sum = sum(
+        (p * pairs.take_at(d, c) for c, p in zip(columns, present)), torch.zeros_like(lse)
+    )
+    loss = torch.where(valid, positive_sum * share / temperature + torch.where(finite, lse, 0), 0)
+    scale = block.weights * valid / temperature
+    slopes.mul_(-scale[:, None])
+    for column, p in zip(columns, present):
+        pairs.add_at(slopes, column, p * share * block.weights / temperature)
+    valid_f = valid.to(d.dtype)
+    active = (loss > 0).to(d.dtype) * valid_f
+    return pairs.row_scores(
+        block, loss, valid_f, valid, active, block.positive, slopes=slopes, weighted=True
+    )
 
 
 @keras.saving.register_keras_serializable(package="triplet_tools")
