@@ -256,7 +256,11 @@ OURS = {
     "circle": ("triplet_tools.losses", "CircleLoss", {}),
     "soft-nn": ("triplet_tools.losses", "SoftNearestNeighborLoss", {}),
     "lifted": ("triplet_tools.tfa", "LiftedStructLoss", {}),
+    "supcon": ("triplet_tools.losses", "SupConLoss", {}),
+    "infonce": ("triplet_tools.losses", "InfoNCELoss", {}),
 }
+#: Losses over (query, document) pairs: their inputs are :func:`paired_inputs`.
+PAIRED = ("infonce",)
 
 #: What each loss is measured with, ours and the peers' alike (the report's header says it).
 SETTINGS = {
@@ -271,13 +275,39 @@ SETTINGS = {
     "circle": "`cosine`, gamma 80, margin 0.4 (the defaults everywhere)",
     "soft-nn": "`squared_euclidean`, temperature 1 (the defaults)",
     "lifted": "`euclidean`, margin 1 (tfa's defaults)",
+    "supcon": "`cosine`, temperature 0.1 (the defaults; pytorch-metric-learning's too)",
+    "infonce": "`cosine`, temperature 0.05 (= sentence-transformers' scale 20, the defaults); "
+    "B queries, each with one positive document, no hard negative: B x B pairs",
 }
 
 
 def our_loss(loss, variant=None):
     """Our loss ``loss`` (a key of :data:`OURS`) built with its default or matched arguments."""
     module, name, kwargs = OURS[loss]
-    return keras_loss(lambda: _ours(module, name)(**kwargs), variant)
+    build = keras_loss(lambda: _ours(module, name)(**kwargs), variant)
+    return paired(build) if loss in PAIRED else build
+
+
+def paired_inputs(embeddings, seed=1):
+    """``(B, 2, D)`` (query, positive document) pairs from the ``(B, D)`` inputs: the
+    queries are the inputs, each document a unit vector near its query.
+
+    Example:
+
+    >>> x, _ = make_inputs(4, 3, 2, seed=0)
+    >>> pairs = paired_inputs(x)
+    >>> pairs.shape, bool(np.array_equal(pairs[:, 0], x))
+    ((4, 2, 3), True)
+    """
+    rng = np.random.default_rng(seed)
+    documents = embeddings + 0.5 * rng.standard_normal(embeddings.shape, dtype=np.float32)
+    documents /= np.linalg.norm(documents, axis=1, keepdims=True)
+    return np.stack([embeddings, documents], axis=1)
+
+
+def paired(build):
+    """``build`` given :func:`paired_inputs` instead of the ``(B, D)`` inputs."""
+    return lambda embeddings, labels: build(paired_inputs(embeddings), labels)
 
 
 def keras_version():
@@ -485,7 +515,8 @@ def metric_learning_loss(loss_name):
     ``all-triplets``: ``TripletMarginLoss`` alone, every triplet of the batch (its default
     ``AvgNonZeroReducer``); ``multi-similarity``: ``MultiSimilarityMiner(epsilon=0.1)`` then
     ``MultiSimilarityLoss(alpha=2, beta=40, base=0.5)`` (TF Similarity's defaults, the
-    miner being its pair selection); ``circle``: ``CircleLoss(m=0.4, gamma=80)``.
+    miner being its pair selection); ``circle``: ``CircleLoss(m=0.4, gamma=80)``;
+    ``supcon``: ``SupConLoss(temperature=0.1)`` (cosine).
     """
 
     def build(embeddings, labels):
@@ -497,6 +528,8 @@ def metric_learning_loss(loss_name):
         elif loss_name == "multi-similarity":
             miner = miners.MultiSimilarityMiner(epsilon=0.1)
             loss = losses.MultiSimilarityLoss(alpha=2.0, beta=40.0, base=0.5)
+        elif loss_name == "supcon":
+            loss = losses.SupConLoss(temperature=0.1)
         else:
             loss = losses.CircleLoss(m=0.4, gamma=80.0)
 
@@ -563,6 +596,24 @@ def sentence_transformers(loss_name):
     return build
 
 
+def sentence_transformers_mnrl(embeddings, labels):
+    """sentence-transformers' ``MultipleNegativesRankingLoss`` (defaults: cosine, scale 20) on
+    :func:`paired_inputs`, through ``compute_loss_from_embeddings`` (``model=None``: no
+    model is built), eager PyTorch."""
+    try:  # sentence-transformers >= 6 moved it; the old path warns
+        from sentence_transformers.sentence_transformer import losses
+    except ImportError:
+        from sentence_transformers import losses
+
+    loss = losses.MultipleNegativesRankingLoss(None)
+
+    def loss_fn(y, x):
+        return loss.compute_loss_from_embeddings([x[:, 0], x[:, 1]], y)
+
+    step, to_numpy, versions = _torch_step(loss_fn, paired_inputs(embeddings), labels)
+    return step, to_numpy, {**versions, **_versions("sentence-transformers")}
+
+
 def _check_installed_copy(module, distribution, version):
     # triplet-tools 0.2.3 shares our import name: make sure the peer's copy was imported.
     found = importlib.metadata.version(distribution)
@@ -600,6 +651,7 @@ CASES = {
     "pml-all-triplets": metric_learning_loss("all-triplets"),
     "pml-multi-similarity": metric_learning_loss("multi-similarity"),
     "pml-circle": metric_learning_loss("circle"),
+    "pml-supcon": metric_learning_loss("supcon"),
     "tfsim-multi-similarity": tf_similarity_pair("MultiSimilarityLoss"),
     "tfsim-circle": tf_similarity_pair("CircleLoss"),
     "tfsim-soft-nn": tf_similarity_pair("SoftNearestNeighborLoss"),
@@ -607,6 +659,7 @@ CASES = {
     "tfa-lifted": tensorflow_addons("lifted"),
     "st-batch-all": sentence_transformers("batch-all"),
     "st-batch-semihard": sentence_transformers("batch-semihard"),
+    "st-mnrl": sentence_transformers_mnrl,
 }
 
 

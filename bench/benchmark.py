@@ -13,13 +13,14 @@ then: results.json (raw), results.md (table), bench.png (log-log plot) in --out
 
 Cases: our losses (:data:`LOSSES`: ``TripletLoss`` semi-hard and batch-hard with ``cosine``
 and with ``euclidean_norm``, batch-all, tfa-style semi-hard, multi-similarity, circle, soft
-nearest neighbour, lifted structure) on TensorFlow (XLA), TensorFlow's graph mode without
-XLA, JAX (jit), PyTorch (eager) and PyTorch under ``torch.compile`` (its compile caches off,
-so the first call is a cold compile); ``keras.losses.Circle`` beside our circle loss, on
-each Keras backend; the floor, one forward ``B x B x D`` product at each backend's best
-blocked rate (the fastest of the three is the machine's floor every row is divided by); and the
-peers, each in its own virtual environment under ``--peers-dir`` (``make bench`` creates them
-from ``bench/peers/``): triplet-tools 0.2.3 (it has our import name), TensorFlow Similarity
+nearest neighbour, lifted structure, SupCon, InfoNCE on ``B`` (query, document) pairs) on
+TensorFlow (XLA), TensorFlow's graph mode without XLA, JAX (jit), PyTorch (eager) and
+PyTorch under ``torch.compile`` (its compile caches off, so the first call is a cold
+compile); ``keras.losses.Circle`` beside our circle loss, on each Keras backend; the floor,
+one forward ``B x B x D`` product at each backend's best blocked rate (the fastest of the
+three is the machine's floor every row is divided by); and the peers, each in its own
+virtual environment under ``--peers-dir`` (``make bench`` creates them from
+``bench/peers/``): triplet-tools 0.2.3 (it has our import name), TensorFlow Similarity
 0.17.1 under ``tf_keras``, pytorch-metric-learning 2.9.0, tensorflow-addons 0.23 (TensorFlow
 2.15) and sentence-transformers. A loss this checkout does not have yet reads "not available".
 
@@ -80,6 +81,8 @@ LOSSES = (
     "circle",
     "soft-nn",
     "lifted",
+    "supcon",
+    "infonce",
 )
 #: Row labels of our losses.
 LOSS_LABELS = {
@@ -93,6 +96,8 @@ LOSS_LABELS = {
     "circle": "CircleLoss",
     "soft-nn": "SoftNearestNeighborLoss",
     "lifted": "tfa.LiftedStructLoss",
+    "supcon": "SupConLoss",
+    "infonce": "InfoNCELoss",
 }
 BACKEND_LABELS = {
     "tensorflow": "TF (XLA)",
@@ -203,7 +208,7 @@ def floor_case(backend):
 
 
 _TFSIM, _PML = "tf-similarity-0.17.1", "pytorch-metric-learning-2.9.0"
-_TFA, _ST = "tensorflow-addons-0.23.0", "sentence-transformers-6.0.1"
+_TFA, _ST = "tensorflow-addons-0.23.0", "sentence-transformers-6.3.0"
 
 #: Peer virtual environment (a file ``bench/peers/<name>.txt`` pins it) -> its cases.
 PEERS = {
@@ -337,6 +342,14 @@ PEERS = {
             peer=_PML,
             loss="circle",
         ),
+        Case(
+            "pml-supcon",
+            "pytorch-metric-learning 2.9.0 SupConLoss · torch",
+            "pml-supcon",
+            "torch",
+            peer=_PML,
+            loss="supcon",
+        ),
     ),
     _TFA: (
         Case(
@@ -361,7 +374,7 @@ PEERS = {
     _ST: (
         Case(
             "st-batch-all",
-            "sentence-transformers 6.0.1 BatchAllTripletLoss · torch",
+            "sentence-transformers 6.3.0 BatchAllTripletLoss · torch",
             "st-batch-all",
             "torch",
             peer=_ST,
@@ -370,12 +383,20 @@ PEERS = {
         ),
         Case(
             "st-batch-semihard",
-            "sentence-transformers 6.0.1 BatchSemiHardTripletLoss · torch",
+            "sentence-transformers 6.3.0 BatchSemiHardTripletLoss · torch",
             "st-batch-semihard",
             "torch",
             peer=_ST,
             cubic=True,
             loss="tfa-semihard",
+        ),
+        Case(
+            "st-mnrl",
+            "sentence-transformers 6.3.0 MultipleNegativesRankingLoss · torch",
+            "st-mnrl",
+            "torch",
+            peer=_ST,
+            loss="infonce",
         ),
     ),
 }

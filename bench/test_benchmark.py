@@ -367,7 +367,7 @@ def test_report_of_the_new_rows_states_settings_and_failures():
     cases = benchmark.select_cases(
         ["jax"],
         ["batch-all", "lifted"],
-        ["sentence-transformers-6.0.1", "tensorflow-addons-0.23.0"],
+        ["sentence-transformers-6.3.0", "tensorflow-addons-0.23.0"],
     )
     records = [
         {
@@ -404,7 +404,7 @@ def test_report_of_the_new_rows_states_settings_and_failures():
     assert "not available" in rows["triplet-tools triplet_batch_all_loss · JAX (jit)"]
     lifted = rows["triplet-tools tfa.LiftedStructLoss · JAX (jit)"]
     assert "0.002 s · 1.05 GB | 2× · —" in lifted
-    assert "OOM (peak 4.19 GB)" in rows["sentence-transformers 6.0.1 BatchAllTripletLoss · torch"]
+    assert "OOM (peak 4.19 GB)" in rows["sentence-transformers 6.3.0 BatchAllTripletLoss · torch"]
     assert (
         "timeout (peak 2.10 GB)" in rows["tensorflow-addons 0.23 LiftedStructLoss · TF 2.15 graph"]
     )

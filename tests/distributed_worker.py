@@ -34,14 +34,31 @@ def data():
     return x, labels, [kernel, bias]
 
 
+#: Losses whose ``y_pred`` is ``(B, 2 + h, D)`` (queries, positives, hard negatives): their
+#: inputs are ``(B, 3, 6)``, the same Dense layer applied to each column.
+PAIRED = ("infonce",)
+
+
+def inputs(name):
+    """The global batch for ``name``: ``(x, labels, weights)``."""
+    x, labels, weights = data()
+    if name in PAIRED:
+        rng = np.random.default_rng(1)
+        x = np.stack([x, x + 0.3 * rng.normal(size=x.shape), rng.normal(size=x.shape)], axis=1)
+        x = x.astype("float32")
+    return x, labels, weights
+
+
 def make_loss(name):
     """The loss called ``name``, with this run's ``global_mining``."""
     from triplet_tools import triplet_batch_all_loss
     from triplet_tools.losses import (
         CircleLoss,
+        InfoNCELoss,
         MultiSimilarityLoss,
         PNLoss,
         SoftNearestNeighborLoss,
+        SupConLoss,
         TripletLoss,
     )
     from triplet_tools.tfa import LiftedStructLoss, TripletSemiHardLoss
@@ -68,6 +85,11 @@ def make_loss(name):
         "circle": lambda: CircleLoss(gamma=10.0, **mining),
         "soft-nn": lambda: SoftNearestNeighborLoss(**mining),
         "lifted": lambda: LiftedStructLoss(margin=1.0, **mining),
+        "supcon": lambda: SupConLoss(temperature=0.5, **mining),
+        # Both directions and the exclusion: every replica's documents and queries.
+        "infonce": lambda: InfoNCELoss(
+            temperature=0.5, symmetric=True, exclude_same_label=True, **mining
+        ),
     }
     return losses[name]()
 
@@ -82,13 +104,16 @@ LOSSES = (
     "circle",
     "soft-nn",
     "lifted",
+    "supcon",
+    "infonce",
 )
 
 
 def keras_model(weights, name):
     import keras
 
-    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+    shape = (3, 6) if name in PAIRED else (6,)
+    model = keras.Sequential([keras.Input(shape), keras.layers.Dense(4)])
     model.set_weights(weights)
     model.compile(keras.optimizers.SGD(LEARNING_RATE), make_loss(name))
     return model
@@ -111,9 +136,8 @@ def run_each(step, save_here=True):
 
 
 def run_keras_fit(strategy=None):
-    x, labels, weights = data()
-
     def step(name):
+        x, labels, weights = inputs(name)
         if strategy is None:
             model = keras_model(weights, name)
         else:
@@ -143,12 +167,12 @@ def run_tf_custom_loop():
     import tensorflow as tf
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    x, labels, weights = data()
-    batches = tf.data.Dataset.from_tensor_slices((x, labels)).batch(16)
 
     def one_loss(name):
+        x, labels, weights = inputs(name)
+        batches = tf.data.Dataset.from_tensor_slices((x, labels)).batch(16)
         with strategy.scope():
-            model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+            model = keras.Sequential([keras.Input(x.shape[1:]), keras.layers.Dense(4)])
             model.set_weights(weights)
             optimizer = keras.optimizers.SGD(LEARNING_RATE)
             optimizer.build(model.trainable_variables)
@@ -179,10 +203,10 @@ def run_torch_ddp():
 
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    x, labels, (kernel, bias) = data()
     rows = slice(rank * 16 // world, (rank + 1) * 16 // world)
 
     def step(name):
+        x, labels, (kernel, bias) = inputs(name)
         layer = torch.nn.Linear(6, 4)
         with torch.no_grad():
             layer.weight.copy_(torch.tensor(kernel.T))

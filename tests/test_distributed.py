@@ -53,6 +53,8 @@ LOSSES = [
     "circle",
     "soft-nn",
     "lifted",
+    "supcon",
+    "infonce",
 ]
 #: The losses whose in-slice mining (global_mining=False) is also run, to show that global
 #: mining matters on this batch; pn is left out as before (its step is checked, not this).

@@ -11,6 +11,7 @@ import pytest
 
 import reference as ref
 import reference_pairs as rp
+import reference_softmax as rs
 from backend import to_numpy
 from triplet_tools.losses import (
     CircleLoss,
@@ -18,6 +19,7 @@ from triplet_tools.losses import (
     MultiSimilarityLoss,
     PNLoss,
     SoftNearestNeighborLoss,
+    SupConLoss,
     TripletLoss,
 )
 from triplet_tools.memory import CrossBatchMemory
@@ -102,6 +104,10 @@ NEW_LOSSES = {
     "soft-nn": (
         lambda **kw: SoftNearestNeighborLoss(**kw),
         lambda y, x: rp.soft_nearest_neighbor_per_anchor(y, x, distance_name="squared_euclidean"),
+    ),
+    "supcon": (
+        lambda **kw: SupConLoss(temperature=0.5, **kw),
+        lambda y, x: rs.supcon_per_anchor(y, x, temperature=0.5),
     ),
     "lifted": (
         lambda **kw: LiftedStructLoss(margin=1.0, **kw),

@@ -18,10 +18,12 @@ if _BACKEND_PROBLEM is None:
     )
     from triplet_tools.losses import (
         CircleLoss,
+        InfoNCELoss,
         MultiSimilarityLoss,
         PNLoss,
         PrimingLoss,
         SoftNearestNeighborLoss,
+        SupConLoss,
         TripletLoss,
         triplet_batch_all_loss,
         triplet_batch_hard_loss,
@@ -40,10 +42,12 @@ __version__ = "1.0.0"
 
 __all__ = [
     "CircleLoss",
+    "InfoNCELoss",
     "MultiSimilarityLoss",
     "PNLoss",
     "PrimingLoss",
     "SoftNearestNeighborLoss",
+    "SupConLoss",
     "TripletLoss",
     "triplet_batch_all_loss",
     "triplet_batch_hard_loss",

@@ -73,7 +73,7 @@ def build_parser():
         default="semihard",
         help="semihard (default), hard (batch-hard), pn, priming, soft (semi-hard with "
         "softplus instead of the hinge), batch-all, tfa-semihard, multi-similarity, circle, "
-        "soft-nn or lifted",
+        "soft-nn, lifted or supcon",
     )
     demo_parser.add_argument(
         "--distance",

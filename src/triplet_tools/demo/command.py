@@ -32,6 +32,7 @@ from triplet_tools.losses import (
     PNLoss,
     PrimingLoss,
     SoftNearestNeighborLoss,
+    SupConLoss,
     TripletLoss,
 )
 from triplet_tools.memory import CrossBatchMemory
@@ -83,6 +84,10 @@ LOSSES = {
     "lifted": (
         "LiftedStructLoss, margin 1 (tfa's)",
         lambda **options: LiftedStructLoss(**options),
+    ),
+    "supcon": (
+        "SupConLoss, temperature 0.1",
+        lambda **options: SupConLoss(temperature=0.1, **options),
     ),
 }
 #: What the demo needs beyond the library (the ``demo`` extra): import name -> package.

@@ -1,6 +1,7 @@
 """Triplet-family losses (``TripletLoss``, ``PNLoss``, ``PrimingLoss``, the 0.2.3 functions,
 ``triplet_batch_all_loss``) and the pair-based losses (``MultiSimilarityLoss``, ``CircleLoss``,
-``SoftNearestNeighborLoss``, ``LiftedStructLoss``)."""
+``SoftNearestNeighborLoss``, ``LiftedStructLoss``) and the in-batch softmax losses (``SupConLoss``,
+``InfoNCELoss``)."""
 
 from triplet_tools.losses.base import AnchorTriplets, TripletFamilyLoss
 from triplet_tools.losses.pair import (
@@ -13,6 +14,7 @@ from triplet_tools.losses.pair import (
 from triplet_tools.losses.pn import PNLoss
 from triplet_tools.losses.priming import PrimingLoss, triplet_batch_priming_loss
 from triplet_tools.losses.reduction import REDUCTIONS
+from triplet_tools.losses.softmax import InfoNCELoss, SupConLoss
 from triplet_tools.losses.triplet import (
     TripletLoss,
     triplet_batch_all_loss,
@@ -24,10 +26,12 @@ __all__ = [
     "REDUCTIONS",
     "AnchorTriplets",
     "CircleLoss",
+    "InfoNCELoss",
     "LiftedStructLoss",
     "MultiSimilarityLoss",
     "PairLoss",
     "SoftNearestNeighborLoss",
+    "SupConLoss",
     "PNLoss",
     "PrimingLoss",
     "TripletFamilyLoss",
