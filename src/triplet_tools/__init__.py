@@ -16,6 +16,7 @@ if _BACKEND_PROBLEM is None:
         metrics,  # noqa: F401  (registers MiningStatistics for load_model)
         tfa,  # noqa: F401  (registers the tfa drop-ins for load_model)
     )
+    from triplet_tools.index import Calibration, EmbeddingIndex, Neighbors
     from triplet_tools.losses import (
         CircleLoss,
         MultiSimilarityLoss,
@@ -39,8 +40,11 @@ else:  # The command reports it in one line (demo/cli.py); the library's names o
 __version__ = "1.0.0"
 
 __all__ = [
+    "Calibration",
     "CircleLoss",
+    "EmbeddingIndex",
     "MultiSimilarityLoss",
+    "Neighbors",
     "PNLoss",
     "PrimingLoss",
     "SoftNearestNeighborLoss",

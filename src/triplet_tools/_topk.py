@@ -1,0 +1,95 @@
+"""The exact blocked top-k shared by :func:`~triplet_tools.evaluation.retrieval_metrics` and
+:class:`~triplet_tools.index.EmbeddingIndex`.
+
+Queries are compared with every reference in blocks of rows, so that peak memory is
+O(block x N + N x D), never O(Q x N). Within a block the ``k`` smallest distances of each row
+are found with ``argpartition`` (O(N) per row) and ordered by (distance, column): of equal
+distances the lower column ranks first.
+"""
+
+import numpy as np
+
+#: Distance-matrix elements computed at once (16 MB in float32).
+BLOCK_ELEMENTS = 2**22
+
+
+def query_block_rows(num_queries, num_references, dim, distance):
+    """Queries per block so that one block's distances stay near 4M elements.
+
+    A distance whose ``pairwise`` builds ``(n, m, D)`` differences (Manhattan) gets blocks
+    ``D`` times smaller.
+
+    Example:
+
+    >>> from triplet_tools.distances import get
+    >>> query_block_rows(100_000, 100_000, 64, get("cosine"))
+    41
+    """
+    per_row = num_references * (dim if distance.materializes_differences else 1)
+    return max(1, min(num_queries, BLOCK_ELEMENTS // max(per_row, 1)))
+
+
+def nearest(block, depth):
+    """Column indices of the ``depth`` smallest entries of each row, ordered by (value, index).
+
+    ``argpartition`` finds them in O(M) per row, but may pick any of the entries tied with
+    the ``depth``-th value; rows with such a tie are redone exactly (a stable sort of every
+    entry up to that value), so the lower index always wins.
+
+    Example:
+
+    >>> nearest(np.array([[3.0, 1.0, 1.0, 0.0]]), 3).tolist()
+    [[3, 1, 2]]
+    """
+    if depth == 0 or len(block) == 0:
+        return np.zeros((len(block), depth), np.int64)
+    if depth < block.shape[1]:
+        candidates = np.argpartition(block, depth - 1, axis=1)[:, :depth]
+    else:
+        candidates = np.broadcast_to(np.arange(block.shape[1]), block.shape)
+    values = np.take_along_axis(block, candidates, axis=1)
+    order = np.lexsort((candidates, values), axis=1)
+    ranked = np.take_along_axis(candidates, order, axis=1)
+    boundary = np.take_along_axis(values, order[:, -1:], axis=1)
+    for row in np.flatnonzero(np.count_nonzero(block <= boundary, axis=1) > depth):
+        within = np.flatnonzero(block[row] <= boundary[row, 0])
+        ranked[row] = within[np.argsort(block[row, within], kind="stable")][:depth]
+    return ranked.astype(np.int64, copy=False)
+
+
+def top_k(block_distances, queries, num_references, k, rows):
+    """The ``k`` nearest references of every query, exactly, in blocks of ``rows`` queries.
+
+    Args:
+        block_distances: maps a ``(b, D)`` block of queries to its ``(b, N)`` NumPy
+            distances to every reference.
+        queries: ``(Q, D)`` NumPy array.
+        num_references: ``N``.
+        k: neighbours per query, ``1 <= k <= N``.
+        rows: queries per block (:func:`query_block_rows`).
+
+    Returns:
+        ``(distances (Q, k) float32, columns (Q, k) int64)``, ascending, ties by the lower
+        column.
+
+    Example:
+
+    >>> refs = np.array([2.0, -1.0, 1.0])
+    >>> d, i = top_k(lambda q: np.abs(q - refs), np.array([[0.0]]), 3, 2, rows=1)
+    >>> d.tolist(), i.tolist()
+    ([[1.0, 1.0]], [[1, 2]])
+    """
+    distances = np.empty((len(queries), k), np.float32)
+    columns = np.empty((len(queries), k), np.int64)
+    for start in range(0, len(queries), rows):
+        stop = min(start + rows, len(queries))
+        block = np.asarray(block_distances(queries[start:stop]))
+        if block.shape != (stop - start, num_references):
+            raise ValueError(
+                f"a block of distances must have shape {(stop - start, num_references)}; "
+                f"received {block.shape}."
+            )
+        ranked = nearest(block, k)
+        columns[start:stop] = ranked
+        distances[start:stop] = np.take_along_axis(block, ranked, axis=1)
+    return distances, columns
