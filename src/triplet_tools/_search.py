@@ -56,8 +56,10 @@ def features(distance, rows):
     return distance.mining_features(ops.convert_to_tensor(rows))
 
 
-def _block_distances(name, queries, references, reference_norms):
-    """``(b, N)`` distances of feature rows ``queries`` to ``references`` in NumPy."""
+def _block_distances(name, positions, all_queries, references, reference_norms):
+    """``(b, N)`` distances of the feature rows ``all_queries[positions]`` to
+    ``references``, in NumPy."""
+    queries = all_queries[positions]
     if name == "cosine":
         return 1 - queries @ references.T
     if name == "manhattan":
@@ -83,16 +85,28 @@ def exact_search(distance, queries, references, k, block_size=None):
             k,
             query_block_rows(len(queries), int(references.shape[0]), queries.shape[1], distance),
         )
-    queries = features(distance, queries)
+    unit_queries = features(distance, queries)
     norms = np.sum(references * references, axis=1)
     rows = block_size or query_block_rows(len(queries), len(references), queries.shape[1], distance)
-    return top_k(
-        lambda block: _block_distances(name, block, references, norms),
-        queries,
+    distances, columns = top_k(
+        lambda block: _block_distances(name, block, unit_queries, references, norms),
+        np.arange(len(queries)),
         len(references),
         k,
         rows,
     )
+    if name in ("cosine", "manhattan"):
+        return distances, columns
+    # ||q||^2 + ||x||^2 - 2 q.x ranks, but loses the small distances to cancellation (a row
+    # found again at 1e-3 instead of 0): the k found are measured again as ||q - x||.
+    return sort_neighbors(paired_distances(distance, queries, references[columns]), columns)
+
+
+def sort_neighbors(distances, columns):
+    """Each row's neighbours ordered by (distance, column), as float32."""
+    distances = distances.astype(np.float32)
+    order = np.lexsort((columns, distances), axis=1)
+    return np.take_along_axis(distances, order, 1), np.take_along_axis(columns, order, 1)
 
 
 def paired_distances(distance, queries, references):

@@ -223,8 +223,7 @@ class EmbeddingIndex:
         if len(incomplete):  # HNSW found fewer than k: those queries are searched exactly
             exact = _search.exact_search(self.distance, queries[incomplete], self._features, k)
             distances[incomplete], columns[incomplete] = exact
-        order = np.lexsort((columns, distances), axis=1)
-        return np.take_along_axis(distances, order, 1), np.take_along_axis(columns, order, 1)
+        return _search.sort_neighbors(distances, columns)
 
     def calibrate(self, embeddings, labels, metric="f1", target=None, k=1, vote="nearest"):
         """Chooses a distance threshold on labelled queries; stores it as ``calibration``.
