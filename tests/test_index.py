@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from backend import BACKEND, tensor
-from triplet_tools import EmbeddingIndex, Neighbors, _search, _topk
+from triplet_tools import EmbeddingIndex, Neighbors, _search
 from triplet_tools.distances import DISTANCE_NAMES, Cosine, Distance
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -155,11 +155,11 @@ def test_search_runs_in_blocks_of_queries(rng, monkeypatch):
     rows = rng.normal(size=(200, 5)).astype("float32")
     queries = rng.normal(size=(33, 5)).astype("float32")
     shapes = []
-    original = _search._block_distances
-    monkeypatch.setattr(_topk, "BLOCK_ELEMENTS", 7 * 200)  # 7 queries x 200 rows at once
+    original = _search._block_scores
+    monkeypatch.setattr(_search, "BLOCK_ELEMENTS", 7 * 200)  # 7 queries x 200 rows at once
     monkeypatch.setattr(
         _search,
-        "_block_distances",
+        "_block_scores",
         lambda *a: shapes.append(len(a[1])) or original(*a),
     )
     index = EmbeddingIndex("euclidean")

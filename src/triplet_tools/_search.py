@@ -11,6 +11,8 @@ The faiss engine (optional) finds candidates with an HNSW graph; the distances o
 it returns are then recomputed here, exactly, in the library's units.
 """
 
+import os
+
 import numpy as np
 from keras import ops
 
@@ -56,21 +58,30 @@ def features(distance, rows):
     return distance.mining_features(ops.convert_to_tensor(rows))
 
 
-def _block_distances(name, positions, all_queries, references, reference_norms):
-    """``(b, N)`` distances of the feature rows ``all_queries[positions]`` to
-    ``references``, in NumPy."""
+#: Distances the exact engine computes at once for the built-in distances (64 MB in
+#: float32): larger blocks than ``retrieval_metrics``' read the stored rows fewer times.
+BLOCK_ELEMENTS = 2**24
+#: Threads that select the k nearest within a block.
+WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+
+def _block_scores(name, positions, all_queries, references, reference_norms):
+    """``(b, N)`` scores of the feature rows ``all_queries[positions]`` against every
+    reference, increasing with the distance along each row, computed in place:
+    ``-q.x`` (cosine), ``||x||^2 - 2 q.x`` (the Euclidean family: ``||q||^2`` is the same
+    along a row), the distance itself (Manhattan)."""
     queries = all_queries[positions]
-    if name == "cosine":
-        return 1 - queries @ references.T
     if name == "manhattan":
         return np.sum(np.abs(queries[:, None, :] - references[None, :, :]), axis=-1)
-    squared = np.sum(queries * queries, axis=1)[:, None] + reference_norms[None, :]
-    squared -= 2 * (queries @ references.T)
-    np.maximum(squared, 0, out=squared)
-    return squared if name == "squared_euclidean" else np.sqrt(squared, out=squared)
+    scores = queries @ references.T
+    if name == "cosine":
+        return np.negative(scores, out=scores)
+    scores *= -2
+    scores += reference_norms
+    return scores
 
 
-def exact_search(distance, queries, references, k, block_size=None):
+def exact_search(distance, queries, references, k):
     """``(distances, columns)`` of the ``k`` nearest ``references`` (features) per query."""
     name = builtin_name(distance)
     if name is None:
@@ -87,18 +98,17 @@ def exact_search(distance, queries, references, k, block_size=None):
         )
     unit_queries = features(distance, queries)
     norms = np.sum(references * references, axis=1)
-    rows = block_size or query_block_rows(len(queries), len(references), queries.shape[1], distance)
-    distances, columns = top_k(
-        lambda block: _block_distances(name, block, unit_queries, references, norms),
+    per_row = len(references) * (queries.shape[1] if distance.materializes_differences else 1)
+    _, columns = top_k(
+        lambda block: _block_scores(name, block, unit_queries, references, norms),
         np.arange(len(queries)),
         len(references),
         k,
-        rows,
+        max(1, min(len(queries), BLOCK_ELEMENTS // max(per_row, 1))),
+        WORKERS,
     )
-    if name in ("cosine", "manhattan"):
-        return distances, columns
-    # ||q||^2 + ||x||^2 - 2 q.x ranks, but loses the small distances to cancellation (a row
-    # found again at 1e-3 instead of 0): the k found are measured again as ||q - x||.
+    # The k found are measured again, directly: the products above rank well but lose small
+    # distances to cancellation (a row found again at 1e-3 from itself instead of 0).
     return sort_neighbors(paired_distances(distance, queries, references[columns]), columns)
 
 
@@ -116,6 +126,8 @@ def paired_distances(distance, queries, references):
     if name == "cosine":
         return 1 - np.einsum("qd,qkd->qk", queries, references)
     difference = queries[:, None, :] - references
+    if name == "manhattan":
+        return np.sum(np.abs(difference), axis=-1)
     squared = np.einsum("qkd,qkd->qk", difference, difference)
     return squared if name == "squared_euclidean" else np.sqrt(squared)
 

@@ -7,6 +7,8 @@ are found with ``argpartition`` (O(N) per row) and ordered by (distance, column)
 distances the lower column ranks first.
 """
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 #: Distance-matrix elements computed at once (16 MB in float32).
@@ -57,19 +59,21 @@ def nearest(block, depth):
     return ranked.astype(np.int64, copy=False)
 
 
-def top_k(block_distances, queries, num_references, k, rows):
-    """The ``k`` nearest references of every query, exactly, in blocks of ``rows`` queries.
+def top_k(block_scores, queries, num_references, k, rows, workers=1):
+    """The ``k`` smallest scores of every query, exactly, in blocks of ``rows`` queries.
 
     Args:
-        block_distances: maps a ``(b, D)`` block of queries to its ``(b, N)`` NumPy
-            distances to every reference.
-        queries: ``(Q, D)`` NumPy array.
+        block_scores: maps a block of ``queries`` (a slice) to its ``(b, N)`` NumPy scores
+            against every reference: the distances, or any per-row increasing function of
+            them. It may return a fresh array that this function then overwrites.
+        queries: ``(Q, ...)`` array (only sliced here).
         num_references: ``N``.
         k: neighbours per query, ``1 <= k <= N``.
         rows: queries per block (:func:`query_block_rows`).
+        workers: threads that select within a block (NumPy's partition releases the GIL).
 
     Returns:
-        ``(distances (Q, k) float32, columns (Q, k) int64)``, ascending, ties by the lower
+        ``(scores (Q, k) float32, columns (Q, k) int64)``, ascending, ties by the lower
         column.
 
     Example:
@@ -79,17 +83,27 @@ def top_k(block_distances, queries, num_references, k, rows):
     >>> d.tolist(), i.tolist()
     ([[1.0, 1.0]], [[1, 2]])
     """
-    distances = np.empty((len(queries), k), np.float32)
+    scores = np.empty((len(queries), k), np.float32)
     columns = np.empty((len(queries), k), np.int64)
-    for start in range(0, len(queries), rows):
-        stop = min(start + rows, len(queries))
-        block = np.asarray(block_distances(queries[start:stop]))
-        if block.shape != (stop - start, num_references):
-            raise ValueError(
-                f"a block of distances must have shape {(stop - start, num_references)}; "
-                f"received {block.shape}."
-            )
-        ranked = nearest(block, k)
-        columns[start:stop] = ranked
-        distances[start:stop] = np.take_along_axis(block, ranked, axis=1)
-    return distances, columns
+    pool = ThreadPoolExecutor(workers) if workers > 1 else None
+    try:
+        for start in range(0, len(queries), rows):
+            stop = min(start + rows, len(queries))
+            block = np.asarray(block_scores(queries[start:stop]))
+            if block.shape != (stop - start, num_references):
+                raise ValueError(
+                    f"a block of distances must have shape {(stop - start, num_references)}; "
+                    f"received {block.shape}."
+                )
+            if pool is None or len(block) < 2 * workers:
+                ranked = nearest(block, k)
+            else:
+                bounds = np.linspace(0, len(block), workers + 1).astype(int)
+                views = [block[a:b] for a, b in zip(bounds[:-1], bounds[1:])]  # no copies
+                ranked = np.concatenate(list(pool.map(nearest, views, [k] * workers)))
+            columns[start:stop] = ranked
+            scores[start:stop] = np.take_along_axis(block, ranked, axis=1)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return scores, columns
