@@ -125,10 +125,11 @@ def one(case, args):
         truth = np.where(
             rng.random(size) < distances[:, 0], rng.integers(0, 100, size), labels[:, 0]
         )
-        before = memory_mb()
-        reset_peak()
         if case == "calibrate":
             from triplet_tools import calibration
+
+            before = memory_mb()
+            reset_peak()
 
             def work():
                 predicted, d = calibration.vote(distances, labels, "nearest")

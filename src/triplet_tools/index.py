@@ -15,15 +15,14 @@ The exact engine returns the brute-force answer over the distance's pairwise mat
 (``cosine``: ``1 - cos``). It searches in blocks of queries: peak memory O(block x N + N x D).
 """
 
-from numbers import Integral
 from typing import Any, NamedTuple
 
 import numpy as np
-from keras import ops
 
 from triplet_tools import _search
 from triplet_tools import calibration as _calibration
 from triplet_tools import distances as distances_module
+from triplet_tools._index_checks import as_ids, as_labels, as_rows, check_unknown, show
 from triplet_tools._index_io import load_index, save_index
 from triplet_tools._validation import check_choice, check_int
 from triplet_tools.calibration import METRICS, VOTES, Calibration, calibrate_from_votes
@@ -138,7 +137,7 @@ class EmbeddingIndex:
                 index's, a non-finite row, a duplicate or already-present id, a label count
                 other than the row count, labels on an index without labels (or the reverse).
         """
-        rows = _as_rows(embeddings, "embeddings", self.dim)
+        rows = as_rows(embeddings, "embeddings", self.dim)
         if labels is None and self._has_labels:
             raise ValueError(
                 "labels are required: this index holds labels for every entry; received None."
@@ -148,7 +147,7 @@ class EmbeddingIndex:
                 "this index was created without labels; received labels for "
                 f"{len(rows)} rows (pass labels=None)."
             )
-        new_labels = None if labels is None else _as_labels(labels, len(rows), self._labels)
+        new_labels = None if labels is None else as_labels(labels, len(rows), self._labels)
         new_ids = self._new_ids(ids, len(rows))
         if self._has_labels is None:
             self._rows = np.zeros((0, rows.shape[1]), np.float32)
@@ -167,11 +166,11 @@ class EmbeddingIndex:
 
     def remove(self, ids):
         """Removes the entries with these ids (unknown ids: ``ValueError``, nothing removed)."""
-        ids = _as_ids(ids, "ids")
+        ids = as_ids(ids, "ids")
         missing = np.setdiff1d(ids, self._ids)
         if len(missing):
             raise ValueError(
-                f"{len(missing)} ids are not in the index: {_show(missing)}; nothing removed."
+                f"{len(missing)} ids are not in the index: {show(missing)}; nothing removed."
             )
         keep = ~np.isin(self._ids, ids)
         self._rows, self._ids = self._rows[keep], self._ids[keep]
@@ -197,7 +196,7 @@ class EmbeddingIndex:
         k = check_int(k, "k", minimum=1)
         if len(self) == 0:
             raise ValueError("the index is empty; add embeddings before searching it.")
-        queries = _as_rows(queries, "queries", self.dim, allow_empty=True)
+        queries = as_rows(queries, "queries", self.dim, allow_empty=True)
         k = min(k, len(self))
         if self._features is None:
             self._features = _search.features(self.distance, self._rows)
@@ -267,7 +266,7 @@ class EmbeddingIndex:
         if not self._has_labels:
             raise ValueError("calibrate needs an index with labels; this one has none.")
         neighbors = self.search(embeddings, k)
-        truth = _as_labels(labels, len(neighbors.ids), self._labels)
+        truth = as_labels(labels, len(neighbors.ids), self._labels)
         predicted, distances = _calibration.vote(neighbors.distances, neighbors.labels, vote)
         self.calibration = calibrate_from_votes(
             distances, predicted == truth, metric, target, k=k, vote=vote
@@ -309,7 +308,7 @@ class EmbeddingIndex:
             )
         check_choice(vote, VOTES, "vote")
         assert self._labels is not None
-        _check_unknown(unknown, self._labels)
+        check_unknown(unknown, self._labels)
         neighbors = self.search(queries, k)
         predicted, distances = _calibration.vote(neighbors.distances, neighbors.labels, vote)
         if self._labels.dtype.kind == "U":
@@ -320,17 +319,15 @@ class EmbeddingIndex:
         if ids is None:
             first = int(self._ids[-1]) + 1 if len(self._ids) else 0
             return np.arange(first, first + count, dtype=np.int64)
-        ids = _as_ids(ids, "ids")
+        ids = as_ids(ids, "ids")
         if len(ids) != count:
             raise ValueError(f"ids must have shape ({count},); received shape {ids.shape}.")
         values, counts = np.unique(ids, return_counts=True)
         if np.any(counts > 1):
-            raise ValueError(
-                f"ids must be unique; received duplicates {_show(values[counts > 1])}."
-            )
+            raise ValueError(f"ids must be unique; received duplicates {show(values[counts > 1])}.")
         present = np.intersect1d(ids, self._ids)
         if len(present):
-            raise ValueError(f"ids already in the index: {_show(present)}; nothing added.")
+            raise ValueError(f"ids already in the index: {show(present)}; nothing added.")
         return ids
 
     def save(self, path):
@@ -342,87 +339,6 @@ class EmbeddingIndex:
     def load(cls, path):
         """The index saved at ``path``; a corrupt or foreign file is a ``ValueError``."""
         return load_index(cls, path)
-
-
-def _as_rows(x, argument, dim, allow_empty=False):
-    array = np.asarray(ops.convert_to_numpy(x) if ops.is_tensor(x) else x)
-    if array.ndim != 2 or (array.shape[0] == 0 and not allow_empty) or array.shape[1] == 0:
-        raise ValueError(
-            f"{argument} must be a non-empty (N, D) array; received shape {array.shape}."
-        )
-    if dim is not None and array.shape[1] != dim:
-        raise ValueError(
-            f"{argument} must have width {dim}, the index's; received shape {array.shape}."
-        )
-    try:
-        array = array.astype(np.float32)
-    except (TypeError, ValueError):
-        raise ValueError(f"{argument} must be numeric; received dtype {array.dtype}.") from None
-    bad = np.flatnonzero(~np.all(np.isfinite(array), axis=1))
-    if len(bad):
-        raise ValueError(
-            f"{argument} must be finite; received {len(bad)} rows with NaN or infinity "
-            f"(rows {_show(bad)})."
-        )
-    return array
-
-
-def _as_labels(labels, count, existing):
-    array = np.asarray(ops.convert_to_numpy(labels) if ops.is_tensor(labels) else labels)
-    if array.ndim == 2 and array.shape[1] == 1:
-        array = array[:, 0]
-    if array.shape != (count,):
-        raise ValueError(f"labels must have shape ({count},); received shape {array.shape}.")
-    if array.dtype.kind in "OSU":
-        if not all(isinstance(v, (str, bytes, np.str_, np.bytes_)) for v in array.tolist()):
-            raise ValueError("labels must all be integers or all strings; received a mix.")
-        array = array.astype(str)
-    elif array.dtype.kind in "iub":
-        array = array.astype(np.int64)
-    elif array.dtype.kind == "f" and np.all(np.isfinite(array)):
-        array = array.astype(np.float64)
-    else:
-        raise ValueError(
-            f"labels must be integers, strings or finite floats; received dtype {array.dtype}."
-        )
-    if existing is not None and (array.dtype.kind == "U") != (existing.dtype.kind == "U"):
-        raise ValueError(
-            f"labels must be of the index's kind ({existing.dtype}); received {array.dtype}."
-        )
-    return array
-
-
-def _as_ids(ids, argument):
-    array = np.asarray(ops.convert_to_numpy(ids) if ops.is_tensor(ids) else ids)
-    if array.ndim == 0:
-        array = array.reshape(1)
-    if array.ndim != 1 or (array.size and array.dtype.kind not in "iu"):
-        raise ValueError(
-            f"{argument} must be a 1-D array of integers; received dtype {array.dtype} "
-            f"and shape {array.shape}."
-        )
-    if array.dtype == np.uint64 and np.any(array > np.iinfo(np.int64).max):
-        raise ValueError(f"{argument} must fit int64; received {_show(array)}.")
-    return array.astype(np.int64)
-
-
-def _check_unknown(unknown, labels):
-    if labels.dtype.kind == "U":
-        ok = isinstance(unknown, str)
-        kind = "a string (e.g. 'unknown')"
-    else:
-        integral = isinstance(unknown, Integral) and not isinstance(unknown, bool)
-        ok = integral or (labels.dtype.kind == "f" and isinstance(unknown, float))
-        kind = "an integer (e.g. -1)" if labels.dtype.kind != "f" else "a number"
-    if not ok:
-        raise ValueError(
-            f"unknown must be {kind} for labels of dtype {labels.dtype}; received {unknown!r}."
-        )
-
-
-def _show(values, limit=5):
-    values = np.asarray(values).tolist()
-    return ", ".join(map(str, values[:limit])) + (", ..." if len(values) > limit else "")
 
 
 __all__ = ["Calibration", "EmbeddingIndex", "Neighbors"]

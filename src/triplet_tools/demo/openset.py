@@ -33,7 +33,7 @@ def unseen_classes(labels, seed):
     Example:
 
     >>> unseen_classes(np.arange(10), seed=0).tolist(), unseen_classes(np.arange(5), 0).tolist()
-    ([4, 6], [])
+    ([4, 8], [])
     """
     classes = np.unique(labels)
     if len(classes) < MIN_CLASSES:
