@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from backend import BACKEND, tensor
-from triplet_tools import EmbeddingIndex, Neighbors, _search
+from triplet_tools import EmbeddingIndex, Neighbors, _search, _topk
 from triplet_tools.distances import DISTANCE_NAMES, Cosine, Distance
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -394,3 +394,17 @@ def test_faiss_missing_is_an_import_error_with_the_install_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)
     with pytest.raises(ImportError, match=r'pip install "triplet-tools\[faiss\]"'):
         EmbeddingIndex("cosine", engine="faiss")
+
+
+@pytest.mark.parametrize("depth", [1, 3, 10])
+@pytest.mark.parametrize("kind", ["random", "ties", "infinite"])
+def test_nearest_bound_and_partition_agree_with_a_stable_sort(depth, kind, rng):
+    # The shared top-k (retrieval_metrics and the index): both paths, against a stable sort.
+    block = rng.random((6, 700)).astype("float32")
+    if kind == "ties":
+        block = np.round(block * 4) / 4  # five values: huge ties at every boundary
+    if kind == "infinite":
+        block[:, ::3] = np.inf
+    expected = np.argsort(block, axis=1, kind="stable")[:, :depth]
+    np.testing.assert_array_equal(_topk.nearest(block, depth), expected)
+    np.testing.assert_array_equal(_topk.nearest_by_partition(block, depth), expected)

@@ -31,16 +31,55 @@ def query_block_rows(num_queries, num_references, dim, distance):
     return max(1, min(num_queries, BLOCK_ELEMENTS // max(per_row, 1)))
 
 
+#: The bound of :func:`nearest` splits a row into this many chunks per neighbour sought, and
+#: is used when each chunk holds at least MIN_CHUNK_WIDTH columns.
+CHUNKS_PER_NEIGHBOR = 4
+MIN_CHUNK_WIDTH = 16
+#: Above this many candidates per neighbour sought (many ties), the partition is cheaper.
+MAX_CANDIDATES_PER_NEIGHBOR = 64
+
+
 def nearest(block, depth):
     """Column indices of the ``depth`` smallest entries of each row, ordered by (value, index).
 
-    ``argpartition`` finds them in O(M) per row, but may pick any of the entries tied with
-    the ``depth``-th value; rows with such a tie are redone exactly (a stable sort of every
-    entry up to that value), so the lower index always wins.
+    Rows much longer than ``depth`` take a bound first: split into ``4 x depth`` chunks, the
+    ``depth``-th smallest chunk minimum ``t`` is at least the row's ``depth``-th smallest
+    value (those ``depth`` minima are distinct entries ``<= t``), so every entry ``<= t`` —
+    ties at the boundary included — holds the answer: three vectorised passes (minima,
+    compare, nonzero) and a sort of the few candidates, instead of a partition of the row.
+    Otherwise :func:`nearest_by_partition`. Either way the lower index wins a tie.
 
     Example:
 
     >>> nearest(np.array([[3.0, 1.0, 1.0, 0.0]]), 3).tolist()
+    [[3, 1, 2]]
+    """
+    if depth == 0 or len(block) == 0:
+        return np.zeros((len(block), depth), np.int64)
+    rows, width = block.shape
+    chunks = CHUNKS_PER_NEIGHBOR * depth
+    if width // chunks < MIN_CHUNK_WIDTH:
+        return nearest_by_partition(block, depth)
+    span = chunks * (width // chunks)
+    minima = np.min(block[:, :span].reshape(rows, chunks, -1), axis=2)
+    bound = np.partition(minima, depth - 1, axis=1)[:, depth - 1 : depth]
+    row, column = np.nonzero(block <= bound)
+    if len(row) > MAX_CANDIDATES_PER_NEIGHBOR * depth * rows:
+        return nearest_by_partition(block, depth)
+    order = np.lexsort((column, block[row, column], row))
+    row, column = row[order], column[order]
+    rank = np.arange(len(row)) - np.searchsorted(row, np.arange(rows))[row]
+    return column[rank < depth].reshape(rows, depth).astype(np.int64, copy=False)
+
+
+def nearest_by_partition(block, depth):
+    """:func:`nearest` by ``argpartition`` (O(M) per row), which may pick any of the entries
+    tied with the ``depth``-th value; rows with such a tie are redone exactly (a stable sort of
+    every entry up to that value), so the lower index always wins.
+
+    Example:
+
+    >>> nearest_by_partition(np.array([[3.0, 1.0, 1.0, 0.0]]), 3).tolist()
     [[3, 1, 2]]
     """
     if depth == 0 or len(block) == 0:
