@@ -67,16 +67,16 @@ WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 def _block_scores(name, positions, all_queries, references, reference_norms):
     """``(b, N)`` scores of the feature rows ``all_queries[positions]`` against every
-    reference, increasing with the distance along each row, computed in place:
-    ``-q.x`` (cosine), ``||x||^2 - 2 q.x`` (the Euclidean family: ``||q||^2`` is the same
-    along a row), the distance itself (Manhattan)."""
+    reference, increasing with the distance along each row: ``-q.x`` (cosine),
+    ``||x||^2 - 2 q.x`` (the Euclidean family: ``||q||^2`` is the same along a row), the
+    distance itself (Manhattan). The factor goes on the few query rows, not on the block,
+    and the norms are added in place: one pass over the block after the product."""
     queries = all_queries[positions]
     if name == "manhattan":
         return np.sum(np.abs(queries[:, None, :] - references[None, :, :]), axis=-1)
-    scores = queries @ references.T
     if name == "cosine":
-        return np.negative(scores, out=scores)
-    scores *= -2
+        return (-queries) @ references.T
+    scores = (-2 * queries) @ references.T
     scores += reference_norms
     return scores
 
