@@ -5,6 +5,7 @@ every measurement runs in a fresh process (this file with --one CASE), which rep
 time and its memory: the peak RSS (VmHWM) above the RSS once its data exist
   exact      EmbeddingIndex("cosine").search, Q x N x D gaussian data, k = 10
   flat-ip    faiss IndexFlatIP on the same (unit) rows: faiss' exact search
+             (the two alternate, --repeats times each; the fastest of each is kept)
   hnsw       EmbeddingIndex(engine="faiss") on clustered N x D data: build, search,
              recall@10 against the exact engine, queries/second of both
   calibrate  EmbeddingIndex.calibrate's work after the search (vote, curve, choice) on Q
@@ -21,6 +22,7 @@ Example::
 
 import argparse
 import json
+import math
 import os
 import platform
 import subprocess
@@ -200,6 +202,7 @@ def main(argv=None):
     parser.add_argument("--tfsim-path", default="", help="PYTHONPATH for --tfsim-python")
     parser.add_argument("--out", default="bench-output")
     parser.add_argument("--cases", default="exact,flat-ip,hnsw,calibrate,tfsim")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each exact search")
     args = parser.parse_args(argv)
     if args.one:
         print(json.dumps(one(args.one, args)))
@@ -213,8 +216,21 @@ def main(argv=None):
     }
     cases = args.cases.split(",")
     for case in ("exact", "flat-ip", "hnsw", "calibrate"):
-        results[case] = run_fresh(case, args) if case in cases else {"error": "not run"}
-        print(case, results[case], flush=True)
+        results[case] = {"error": "not run"}
+    # Ours and faiss' exact search alternate, --repeats times each, each in a fresh process;
+    # the fastest of each is kept (on a shared machine the others' load comes and goes).
+    for _ in range(args.repeats):
+        for case in ("exact", "flat-ip"):
+            if case in cases:
+                result = run_fresh(case, args)
+                print(case, result, flush=True)
+                best = results[case]
+                if "error" in best or result.get("seconds", math.inf) < best["seconds"]:
+                    results[case] = result
+    for case in ("hnsw", "calibrate"):
+        if case in cases:
+            results[case] = run_fresh(case, args)
+            print(case, results[case], flush=True)
     results["tfsim"] = {}
     for size in map(int, args.tfsim_sizes.split(",")) if "tfsim" in cases else ():
         ours = run_fresh("calibrate", args, calibration_queries=size)
