@@ -57,7 +57,7 @@ class EmbeddingIndex:
             distances it returns are recomputed exactly).
         hnsw_m: faiss HNSW's ``M``, the links per node (default 32).
         ef_construction: faiss HNSW's ``efConstruction`` (default 64).
-        ef_search: faiss HNSW's ``efSearch`` (default 128; at least ``k`` at each search).
+        ef_search: faiss HNSW's ``efSearch`` (default 256; at least ``k`` at each search).
 
     Attributes:
         calibration: the last :class:`~triplet_tools.calibration.Calibration` (``None``
@@ -80,7 +80,7 @@ class EmbeddingIndex:
     """
 
     def __init__(
-        self, distance="cosine", engine="exact", *, hnsw_m=32, ef_construction=64, ef_search=128
+        self, distance="cosine", engine="exact", *, hnsw_m=32, ef_construction=64, ef_search=256
     ):
         self.distance = distances_module.get(distance)
         self.engine = check_choice(engine, ENGINES, "engine")
