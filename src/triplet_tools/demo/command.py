@@ -159,7 +159,7 @@ def run(
     echo(
         f"data: {dataset.description}: {len(dataset.y)} samples, {dataset.x.shape[1]} "
         f"features, {len(dataset.class_names)} classes; {len(split['y_test'])} held out "
-        f"({HOLDOUT_FRACTION:.0%} of every class)" + openset.kept_out_note(split, dataset)
+        f"({HOLDOUT_FRACTION:.0%} of every trained class)" + openset.kept_out_note(split, dataset)
     )
     echo(
         f"model: MLP 128-128 + L2Embedding({EMBEDDING_DIM}); loss: {loss_description}; "
