@@ -97,6 +97,7 @@ PEER_STAMPS := $(PEER_NAMES:%=$(BENCH_DIR)/%/.installed)
 
 bench: $(VENV)/.installed-test $(PEER_STAMPS)
 	$(BIN)/python bench/benchmark.py --peers-dir $(BENCH_DIR) $(if $(SIZES),--sizes $(SIZES)) $(BENCH_ARGS)
+	$(BIN)/python bench/index_bench.py --tfsim-python $(BENCH_DIR)/tf-similarity-0.17.1/bin/python
 	$(if $(filter 1,$(QUALITY)),$(MAKE) --no-print-directory bench-quality)
 
 # The optional quality section: batch-hard against triplet-tools 0.2.3 on Omniglot, paired seeds

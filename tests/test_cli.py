@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from triplet_tools.demo import cli
+from triplet_tools.demo import cli, openset
 from triplet_tools.demo import data as datasets
 
 
@@ -198,8 +198,11 @@ def test_demo_end_to_end_on_a_small_subset(capsys, tmp_path):
     assert str(out.resolve()) in printed.splitlines()[-1]
 
     report = json.loads((out / "metrics.json").read_text())
-    held_out = datasets.holdout_split(np.unique(y, return_inverse=True)[1], 0.3, seed=3)
-    assert held_out.sum() == 10 * 7  # round(0.3 * 24) of every class
+    # Two of the ten classes (20%) are kept out of training for the open-set step.
+    unseen = np.isin(y, openset.unseen_classes(y, seed=3))
+    assert len(np.unique(y[unseen])) == 2
+    held_out = datasets.holdout_split(np.unique(y, return_inverse=True)[1], 0.3, seed=3) & ~unseen
+    assert held_out.sum() == 8 * 7  # round(0.3 * 24) of every trained class
     want = ref.retrieval_metrics(x[held_out], y[held_out], distance_name="cosine")
     assert report["raw"] == pytest.approx(want, abs=1e-6)
     assert len(report["history"]["val_map@r"]) == 2 and report["history"]["valid_anchors"] == [
@@ -212,6 +215,12 @@ def test_demo_end_to_end_on_a_small_subset(capsys, tmp_path):
 
     for name, shape in (("embedding_map.png", (520, 1100)), ("training_curves.png", (360, 1200))):
         assert imread(out / name).shape[:2] == shape
+    assert imread(out / "open_set.png").shape[:2] == (400, 700)
+    open_set = report["open_set"]
+    assert "open set: classes" in printed and "refused as unknown" in printed
+    assert open_set["unseen_queries"] == 2 * 12 and open_set["gallery"] == 8 * 4
+    for share in ("known_right", "known_refused", "unseen_refused"):
+        assert 0 <= open_set[share] <= 1
 
 
 @pytest.mark.slow
@@ -247,6 +256,7 @@ def test_demo_on_a_csv_with_string_labels(capsys, tmp_path, memory):
     )
     assert status == 0, err
     assert "60 samples, 3 features, 3 classes; 18 held out" in printed
+    assert "open set" not in printed  # fewer than 6 classes: none kept out of training
     assert "batches: 3 classes x 4 samples" in printed
     assert f"cross-batch memory: {memory or 'none'}" in printed
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["memory"] == memory

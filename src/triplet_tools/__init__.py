@@ -16,6 +16,7 @@ if _BACKEND_PROBLEM is None:
         metrics,  # noqa: F401  (registers MiningStatistics for load_model)
         tfa,  # noqa: F401  (registers the tfa drop-ins for load_model)
     )
+    from triplet_tools.index import Calibration, EmbeddingIndex, Neighbors
     from triplet_tools.losses import (
         CircleLoss,
         InfoNCELoss,
@@ -41,9 +42,12 @@ else:  # The command reports it in one line (demo/cli.py); the library's names o
 __version__ = "1.0.0"
 
 __all__ = [
+    "Calibration",
     "CircleLoss",
+    "EmbeddingIndex",
     "InfoNCELoss",
     "MultiSimilarityLoss",
+    "Neighbors",
     "PNLoss",
     "PrimingLoss",
     "SoftNearestNeighborLoss",

@@ -27,10 +27,9 @@ import numpy as np
 from keras import ops
 
 from triplet_tools import distances as distances_module
+from triplet_tools._topk import nearest as _nearest
+from triplet_tools._topk import query_block_rows
 from triplet_tools._validation import as_label_vector, check_int, check_string
-
-#: Distance-matrix elements computed at once (16 MB in float32).
-_BLOCK_ELEMENTS = 2**22
 
 
 def retrieval_metrics(
@@ -161,45 +160,6 @@ def _relevant_counts(query_labels, reference_labels, leave_one_out):
     position = np.clip(np.searchsorted(classes, query_labels), 0, len(classes) - 1)
     counts = np.where(classes[position] == query_labels, sizes[position], 0)
     return counts - 1 if leave_one_out else counts
-
-
-def query_block_rows(num_queries, num_references, dim, distance):
-    """Queries per block so that one block's distances stay near 4M elements.
-
-    A distance whose ``pairwise`` builds ``(n, m, D)`` differences (Manhattan) gets blocks
-    ``D`` times smaller.
-
-    Example:
-
-    >>> from triplet_tools.distances import get
-    >>> query_block_rows(100_000, 100_000, 64, get("cosine"))
-    41
-    """
-    per_row = num_references * (dim if distance.materializes_differences else 1)
-    return max(1, min(num_queries, _BLOCK_ELEMENTS // max(per_row, 1)))
-
-
-def _nearest(block, depth):
-    """Column indices of the ``depth`` smallest entries of each row, ordered by (value, index).
-
-    ``argpartition`` finds them in O(M) per row, but may pick any of the entries tied with
-    the ``depth``-th value; rows with such a tie are redone exactly (a stable sort of every
-    entry up to that value), so the lower index always wins.
-    """
-    if depth == 0 or len(block) == 0:
-        return np.zeros((len(block), depth), np.int64)
-    if depth < block.shape[1]:
-        candidates = np.argpartition(block, depth - 1, axis=1)[:, :depth]
-    else:
-        candidates = np.broadcast_to(np.arange(block.shape[1]), block.shape)
-    values = np.take_along_axis(block, candidates, axis=1)
-    order = np.lexsort((candidates, values), axis=1)
-    ranked = np.take_along_axis(candidates, order, axis=1)
-    boundary = np.take_along_axis(values, order[:, -1:], axis=1)
-    for row in np.flatnonzero(np.count_nonzero(block <= boundary, axis=1) > depth):
-        within = np.flatnonzero(block[row] <= boundary[row, 0])
-        ranked[row] = within[np.argsort(block[row, within], kind="stable")][:depth]
-    return ranked
 
 
 def _accumulate(sums, hits, relevant, cutoffs):

@@ -5,6 +5,8 @@ data (digits or --data FILE) -> hold out 30% of every class -> standardise on th
   -> P x K class-balanced batches -> MLP + L2Embedding, a triplet-family loss
   -> per epoch: loss, mining statistics, held-out MAP@R (progress bar)
   -> retrieval table raw vs trained, embedding map and training curves (PNG), metrics.json
+  -> open set (6+ classes; 20% of them never trained on): index the held-out embeddings,
+     calibrate a distance threshold, match or refuse; open_set.png (demo/openset.py)
 ```
 
 The held-out part is only measured, never used to choose anything, so its numbers are
@@ -22,6 +24,7 @@ import numpy as np
 
 from triplet_tools._validation import check_choice, check_int
 from triplet_tools.demo import data as datasets
+from triplet_tools.demo import openset
 from triplet_tools.demo import pictures as plots
 from triplet_tools.evaluation import RetrievalMetricsCallback, metric_names, retrieval_metrics
 from triplet_tools.layers import L2Embedding
@@ -161,7 +164,7 @@ def run(
     echo(
         f"data: {dataset.description}: {len(dataset.y)} samples, {dataset.x.shape[1]} "
         f"features, {len(dataset.class_names)} classes; {len(split['y_test'])} held out "
-        f"({HOLDOUT_FRACTION:.0%} of every class)"
+        f"({HOLDOUT_FRACTION:.0%} of every trained class)" + openset.kept_out_note(split, dataset)
     )
     echo(
         f"model: MLP 128-128 + L2Embedding({EMBEDDING_DIM}); loss: {loss_description}; "
@@ -215,6 +218,7 @@ def run(
         "train_seconds": train_seconds,
     }
     embeddings = keras.ops.convert_to_numpy(model.predict(split["x_test"], verbose=0))
+    open_set = openset.run_step(model, split, dataset.class_names, distance, seed, out, echo)
     result["files"] = _write_outputs(
         out,
         split,
@@ -227,6 +231,9 @@ def run(
         map_method,
         seed,
     )
+    if open_set:
+        result["files"].insert(-1, open_set.pop("picture"))
+        result["open_set"] = open_set
     result["total_seconds"] = time.perf_counter() - started
     with open(result["files"][-1], "w", encoding="utf-8") as handle:
         json.dump(result, handle, indent=1)
@@ -349,8 +356,10 @@ def _repeated(labels):
 
 def _split(dataset, seed):
     """Held-out part, standardised features (statistics of the training part) and checks."""
-    held_out = datasets.holdout_split(dataset.y, HOLDOUT_FRACTION, seed)
-    x_train, y_train = dataset.x[~held_out], dataset.y[~held_out]
+    # Classes kept out of training (openset.py) leave both parts: they are the unknowns.
+    unseen = np.isin(dataset.y, openset.unseen_classes(dataset.y, seed))
+    held_out = datasets.holdout_split(dataset.y, HOLDOUT_FRACTION, seed) & ~unseen
+    x_train, y_train = dataset.x[~held_out & ~unseen], dataset.y[~held_out & ~unseen]
     y_test = dataset.y[held_out]
     trainable = len(np.unique(y_train[_repeated(y_train)]))
     if trainable < 2:
@@ -374,6 +383,8 @@ def _split(dataset, seed):
         "x_test": standardise(dataset.x[held_out]),
         "y_test": y_test,
         "trainable_classes": trainable,
+        "x_unseen": standardise(dataset.x[unseen]),
+        "y_unseen": dataset.y[unseen],
     }
 
 
