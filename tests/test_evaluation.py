@@ -68,19 +68,24 @@ def test_hand_worked_tie():
     Manhattan distances 1, 1, 2: r0 and r1 tie and r0 ranks first (lower index), so the
     ranking is r0, r1, r2 with rel = 0, 1, 1 and R = 2:
     precision@1 = 0, recall@1 = 0, recall@2 = 1, r_precision = 1/2,
-    map@r = (1/2) (P(1)*0 + P(2)*1) = (1/2)(1/2) = 0.25.
+    map@r = (1/2) (P(1)*0 + P(2)*1) = (1/2)(1/2) = 0.25,
+    map = (1/2) (P(2) + P(3)) = (1/2)(1/2 + 2/3) = 7/12 (the full ranking).
     (The other tie order would give precision@1 = 1 and map@r = 0.5.)
     """
     got = retrieval_metrics(
         [[0.0]], ["A"], [[1.0], [-1.0], [2.0]], ["B", "A", "A"], distance="manhattan", k=(1, 2)
     )
-    assert got == {
-        "precision@1": 0.0,
-        "recall@1": 0.0,
-        "recall@2": 1.0,
-        "r_precision": 0.5,
-        "map@r": 0.25,
-    }
+    assert got == pytest.approx(
+        {
+            "precision@1": 0.0,
+            "recall@1": 0.0,
+            "recall@2": 1.0,
+            "r_precision": 0.5,
+            "map@r": 0.25,
+            "map": (1 / 2 + 2 / 3) / 2,
+        },
+        abs=1e-12,
+    )
 
 
 def test_hand_worked_leave_one_out():
@@ -92,17 +97,22 @@ def test_hand_worked_leave_one_out():
     q=1.0 (1):  0.6(0) .4, 0.5(1) .5, 0.0(0) 1, 5            -> rel 0 1 0 0
     q=5.0 (2):  no other member of class 2: skipped.
     R = 1 everywhere, so precision@1 = r_precision = map@r = 0;
-    recall@2 = (1 + 0 + 0 + 1) / 4 = 0.5 and recall@3 = 4 / 4 = 1.
+    recall@2 = (1 + 0 + 0 + 1) / 4 = 0.5 and recall@3 = 4 / 4 = 1;
+    the relevant reference ranks 2, 3, 3, 2: map = (1/2 + 1/3 + 1/3 + 1/2) / 4 = 5/12.
     """
     x = np.array([[0.0], [0.5], [0.6], [1.0], [5.0]], "float32")
     got = retrieval_metrics(x, [0, 1, 0, 1, 2], distance="manhattan", k=(2, 3))
-    assert got == {
-        "precision@1": 0.0,
-        "recall@2": 0.5,
-        "recall@3": 1.0,
-        "r_precision": 0.0,
-        "map@r": 0.0,
-    }
+    assert got == pytest.approx(
+        {
+            "precision@1": 0.0,
+            "recall@2": 0.5,
+            "recall@3": 1.0,
+            "r_precision": 0.0,
+            "map@r": 0.0,
+            "map": 5 / 12,
+        },
+        abs=1e-12,
+    )
 
 
 def test_backend_tensors_and_column_labels(rng):
