@@ -8,6 +8,7 @@ precision@1 = rel(1)
 recall@K    = 1 if rel(i) = 1 for some i <= K, else 0
 r_precision = (1/R) sum_{i <= R} rel(i)
 map@r       = (1/R) sum_{i <= R} P(i) rel(i),      P(i) = (1/i) sum_{j <= i} rel(j)
+map         = (1/R) sum_{i} P(i) rel(i)           (the whole ranking)
 ```
 
 each averaged over the queries. Without a separate reference set, every point is a query
@@ -17,7 +18,9 @@ ranks first), so the result is exact and reproducible.
 
 The neighbours are exact. Distances are computed in blocks of queries against all
 references, so peak memory is O(block x N) and never O(N^2): 100,000 x 100,000 works in
-well under a gigabyte. Only the first ``max(R, K)`` neighbours of each query are sorted.
+well under a gigabyte. Only the first ``max(R, K)`` neighbours of each query are ranked by
+index; ``map`` sorts each block's rows once. Camera groups (re-identification) are in
+:func:`retrieval_metrics`; the verification ROC is in :mod:`triplet_tools.verification`.
 """
 
 from numbers import Integral
