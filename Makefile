@@ -98,6 +98,9 @@ PEER_STAMPS := $(PEER_NAMES:%=$(BENCH_DIR)/%/.installed)
 bench: $(VENV)/.installed-test $(PEER_STAMPS)
 	$(BIN)/python bench/benchmark.py --peers-dir $(BENCH_DIR) $(if $(SIZES),--sizes $(SIZES)) $(BENCH_ARGS)
 
+bench-verification: $(VENV)/.installed-test  # verification / re-ID: ours against pdist + sklearn
+	$(BIN)/python bench/verification_bench.py --out bench-output/verification $(BENCH_ARGS)
+
 bench-peers: $(PEER_STAMPS)
 
 # From scratch each time, so a half-finished install is never reused; the stamp comes last.

@@ -6,7 +6,7 @@ verification, N = 10,000 and 20,000 (D = 64, 500 identities), every unordered pa
     recipe: scipy.spatial.distance.pdist + scikit-learn roc_auc_score and roc_curve
             (what facenet's and insightface's evaluation scripts do)
 verification, N = 100,000 (5·10⁹ pairs): ours alone (the recipe would need ~40 GB for pdist)
-retrieval, N = 100,000: retrieval_metrics with camera groups against without
+retrieval, N = 20,000 and 100,000: retrieval_metrics with camera groups against without
 ```
 
 A case whose RSS passes ``--memory-limit`` (default 12,000 MiB) is stopped and reported so:
@@ -42,6 +42,8 @@ CASES = {
     "verification-ours-20k": ("ours", 20_000),
     "verification-recipe-20k": ("recipe", 20_000),
     "verification-ours-100k": ("ours", 100_000),
+    "retrieval-20k": ("retrieval", 20_000),
+    "retrieval-groups-20k": ("retrieval-groups", 20_000),
     "retrieval-100k": ("retrieval", 100_000),
     "retrieval-groups-100k": ("retrieval-groups", 100_000),
 }
@@ -174,6 +176,7 @@ def main(argv=None):
     for ours, theirs in [
         ("verification-ours-10k", "verification-recipe-10k"),
         ("verification-ours-20k", "verification-recipe-20k"),
+        ("retrieval-groups-20k", "retrieval-20k"),
         ("retrieval-groups-100k", "retrieval-100k"),
     ]:
         if ours in ratio and theirs in ratio:
