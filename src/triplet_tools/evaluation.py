@@ -391,10 +391,10 @@ class RetrievalMetricsCallback(keras.callbacks.Callback):
 
     At the end of a chosen epoch the model embeds ``x`` (and ``ref_x``) with
     ``model.predict``, computes the metrics and writes them into that epoch's ``logs`` as
-    ``val_precision@1``, ``val_recall@K``, ``val_r_precision``, ``val_map@r`` (with the
-    default ``prefix="val_"``). Keras passes one ``logs`` dict to the callbacks in the order
-    of the ``callbacks`` list and appends its own ``History`` and progress bar after them, so
-    the values appear in ``model.fit(...).history`` and on the progress bar. For
+    ``val_precision@1``, ``val_recall@K``, ``val_r_precision``, ``val_map@r`` and ``val_map``
+    (with the default ``prefix="val_"``). Keras passes one ``logs`` dict to the callbacks in
+    the order of the ``callbacks`` list and appends its own ``History`` and progress bar after
+    them, so the values appear in ``model.fit(...).history`` and on the progress bar. For
     ``EarlyStopping`` and ``ModelCheckpoint`` to see them, list this callback **before**
     them and pass ``mode="max"`` (Keras cannot tell whether ``val_map@r`` should rise)::
 
