@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
-import triplet_tools.verification as verification
+import triplet_tools._pair_counts as pair_counts
 from backend import tensor, to_numpy
 from triplet_tools import TripletLoss
 from triplet_tools.distances import DISTANCE_NAMES, Cosine, get
@@ -140,7 +140,7 @@ def test_exact_with_ties_against_sklearn_and_loops(rng, distance, block_size):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_every_bucket_path(rng, monkeypatch, collect_limit, dtype):
     """Histogramming every level (limit 0), or collecting after one (5), in both key widths."""
-    monkeypatch.setattr(verification, "_COLLECT_LIMIT", collect_limit)
+    monkeypatch.setattr(pair_counts, "_COLLECT_LIMIT", collect_limit)
     x, labels = grid_set(rng, n=90, dtype=dtype)
     got = verification_metrics(x, labels, distance="sql2", far=(1e-3, 0.05, 0.3), block_size=11)
     distances, genuine = pair_distances(x, labels, distance="sql2")
