@@ -110,6 +110,9 @@ bench-quality: $(VENV)/.installed-test $(BENCH_DIR)/triplet-tools-0.2.3/.install
 	KERAS_BACKEND=tensorflow $(BIN)/python bench/quality_omniglot.py \
 		--peer $(BENCH_DIR)/triplet-tools-0.2.3 --out bench-output/quality.json $(QUALITY_ARGS)
 
+bench-verification: $(VENV)/.installed-test  # verification / re-ID: ours against pdist + sklearn
+	$(BIN)/python bench/verification_bench.py --out bench-output/verification $(BENCH_ARGS)
+
 bench-peers: $(PEER_STAMPS)
 
 # From scratch each time, so a half-finished install is never reused; the stamp comes last.

@@ -159,19 +159,34 @@ def numerical_gradient(labels, embeddings, step=1e-6, **kw):
 
 
 def retrieval_metrics(
-    embeddings, labels, ref_embeddings=None, ref_labels=None, distance_name="cosine", k=(1, 5, 10)
+    embeddings,
+    labels,
+    ref_embeddings=None,
+    ref_labels=None,
+    distance_name="cosine",
+    k=(1, 5, 10),
+    query_groups=None,
+    ref_groups=None,
 ):
-    """Musgrave et al. (2020) metrics, one query at a time, from SPEC's definitions."""
+    """Musgrave et al. (2020) metrics and full-ranking mAP, one query at a time, from SPEC's
+    definitions; with groups, references of the query's label and group leave its ranking."""
     q = np.asarray(embeddings, np.float64)
     ql = [int(v) for v in np.asarray(labels).reshape(-1)]
     leave_one_out = ref_embeddings is None
     r = q if leave_one_out else np.asarray(ref_embeddings, np.float64)
     rl = ql if leave_one_out else [int(v) for v in np.asarray(ref_labels).reshape(-1)]
-    sums = {"precision@1": 0.0, "r_precision": 0.0, "map@r": 0.0}
+    qg = None if query_groups is None else list(np.asarray(query_groups).reshape(-1))
+    rg = qg if leave_one_out else (None if ref_groups is None else list(ref_groups))
+    sums = {"precision@1": 0.0, "r_precision": 0.0, "map@r": 0.0, "map": 0.0}
     sums.update({f"recall@{kk}": 0.0 for kk in k})
     count = 0
     for i in range(len(q)):
-        candidates = [j for j in range(len(r)) if not (leave_one_out and j == i)]
+        candidates = [
+            j
+            for j in range(len(r))
+            if not (leave_one_out and j == i)
+            and not (qg is not None and rl[j] == ql[i] and rg[j] == qg[i])
+        ]
         relevant_total = sum(1 for j in candidates if rl[j] == ql[i])
         if relevant_total == 0:
             continue
@@ -183,12 +198,13 @@ def retrieval_metrics(
             sums[f"recall@{kk}"] += 1.0 if any(rel[:kk]) else 0.0
         R = relevant_total
         sums["r_precision"] += sum(rel[:R]) / R
-        hits, ap = 0, 0.0
-        for position in range(R):
-            if rel[position]:
-                hits += 1
-                ap += hits / (position + 1)
-        sums["map@r"] += ap / R
+        for key, depth in (("map@r", R), ("map", len(rel))):
+            hits, ap = 0, 0.0
+            for position in range(depth):
+                if rel[position]:
+                    hits += 1
+                    ap += hits / (position + 1)
+            sums[key] += ap / R
     return {key: (value / count if count else 0.0) for key, value in sums.items()}
 
 

@@ -68,19 +68,24 @@ def test_hand_worked_tie():
     Manhattan distances 1, 1, 2: r0 and r1 tie and r0 ranks first (lower index), so the
     ranking is r0, r1, r2 with rel = 0, 1, 1 and R = 2:
     precision@1 = 0, recall@1 = 0, recall@2 = 1, r_precision = 1/2,
-    map@r = (1/2) (P(1)*0 + P(2)*1) = (1/2)(1/2) = 0.25.
+    map@r = (1/2) (P(1)*0 + P(2)*1) = (1/2)(1/2) = 0.25,
+    map = (1/2) (P(2) + P(3)) = (1/2)(1/2 + 2/3) = 7/12 (the full ranking).
     (The other tie order would give precision@1 = 1 and map@r = 0.5.)
     """
     got = retrieval_metrics(
         [[0.0]], ["A"], [[1.0], [-1.0], [2.0]], ["B", "A", "A"], distance="manhattan", k=(1, 2)
     )
-    assert got == {
-        "precision@1": 0.0,
-        "recall@1": 0.0,
-        "recall@2": 1.0,
-        "r_precision": 0.5,
-        "map@r": 0.25,
-    }
+    assert got == pytest.approx(
+        {
+            "precision@1": 0.0,
+            "recall@1": 0.0,
+            "recall@2": 1.0,
+            "r_precision": 0.5,
+            "map@r": 0.25,
+            "map": (1 / 2 + 2 / 3) / 2,
+        },
+        abs=1e-12,
+    )
 
 
 def test_hand_worked_leave_one_out():
@@ -92,17 +97,96 @@ def test_hand_worked_leave_one_out():
     q=1.0 (1):  0.6(0) .4, 0.5(1) .5, 0.0(0) 1, 5            -> rel 0 1 0 0
     q=5.0 (2):  no other member of class 2: skipped.
     R = 1 everywhere, so precision@1 = r_precision = map@r = 0;
-    recall@2 = (1 + 0 + 0 + 1) / 4 = 0.5 and recall@3 = 4 / 4 = 1.
+    recall@2 = (1 + 0 + 0 + 1) / 4 = 0.5 and recall@3 = 4 / 4 = 1;
+    the relevant reference ranks 2, 3, 3, 2: map = (1/2 + 1/3 + 1/3 + 1/2) / 4 = 5/12.
     """
     x = np.array([[0.0], [0.5], [0.6], [1.0], [5.0]], "float32")
     got = retrieval_metrics(x, [0, 1, 0, 1, 2], distance="manhattan", k=(2, 3))
-    assert got == {
-        "precision@1": 0.0,
-        "recall@2": 0.5,
-        "recall@3": 1.0,
-        "r_precision": 0.0,
-        "map@r": 0.0,
-    }
+    assert got == pytest.approx(
+        {
+            "precision@1": 0.0,
+            "recall@2": 0.5,
+            "recall@3": 1.0,
+            "r_precision": 0.0,
+            "map@r": 0.0,
+            "map": 5 / 12,
+        },
+        abs=1e-12,
+    )
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean", "manhattan"])
+@pytest.mark.parametrize("block_size", [None, 1, 7])
+def test_groups_leave_one_out_match_reference(rng, distance, block_size):
+    """Camera groups: same label and same camera leaves the query's ranking."""
+    x, labels = random_set(rng)
+    cameras = rng.integers(0, 3, len(labels))
+    got = retrieval_metrics(
+        x, labels, distance=distance, k=(1, 3, 100), query_groups=cameras, block_size=block_size
+    )
+    want = ref.retrieval_metrics(
+        x, labels, distance_name=distance, k=(1, 3, 100), query_groups=cameras
+    )
+    assert_metrics_equal(got, want)
+    assert got != retrieval_metrics(x, labels, distance=distance, k=(1, 3, 100))
+
+
+@pytest.mark.parametrize("block_size", [None, 3])
+def test_groups_with_a_reference_set_and_ties(rng, block_size):
+    """Integer grid (ties everywhere, exact in float32), string groups, a reference set."""
+    x = rng.integers(0, 3, size=(50, 2)).astype("float32")
+    labels = rng.integers(0, 4, 50)
+    references = rng.integers(0, 3, size=(70, 2)).astype("float32")
+    ref_labels = rng.integers(0, 4, 70)
+    names = np.array(["cam-a", "cam-b", "cam-c"])
+    query_cams, ref_cams = rng.integers(0, 3, 50), rng.integers(0, 3, 70)
+    got = retrieval_metrics(
+        x,
+        labels,
+        references,
+        ref_labels,
+        distance="sql2",
+        k=(1, 2, 5),
+        query_groups=names[query_cams],
+        ref_groups=names[ref_cams],
+        block_size=block_size,
+    )
+    want = ref.retrieval_metrics(
+        x,
+        labels,
+        references,
+        ref_labels,
+        distance_name="sql2",
+        k=(1, 2, 5),
+        query_groups=query_cams,
+        ref_groups=ref_cams,
+    )
+    assert_metrics_equal(got, want)
+
+
+def test_groups_hand_worked():
+    """Market-1501 on a line (euclidean, leave-one-out): points 0 (A, cam 0), 0.1 (A, cam 0),
+    0.3 (A, cam 1), 0.2 (B, cam 1).
+
+    q=0:   0.1 is A on cam 0: removed. Ranking 0.2 (B), 0.3 (A): R = 1, AP = 1/2.
+    q=0.1: 0 removed. Ranking 0.2 (B) .1, 0.3 (A) .2: AP = 1/2.
+    q=0.3: nothing removed (cam 1 holds no other A). 0.2 (B) .1, 0.1 (A) .2, 0 (A) .3:
+           R = 2, rel 0 1 1: precision@1 = 0, r_precision = 1/2, map@r = (1/2)(1/2) = 1/4,
+           map = (1/2)(1/2 + 2/3) = 7/12.
+    q=0.2: no other B: skipped.
+    Means over 3 queries: r_precision = 1/6, map@r = 1/12, map = (1/2 + 1/2 + 7/12)/3 = 19/36.
+    Without groups q=0 and q=0.1 find each other first: precision@1 = 2/3.
+    """
+    x = np.array([[0.0], [0.1], [0.3], [0.2]], "float32")
+    got = retrieval_metrics(
+        x, [0, 0, 0, 1], distance="euclidean", k=(1,), query_groups=[0, 0, 1, 1]
+    )
+    assert got == pytest.approx(
+        {"precision@1": 0, "recall@1": 0, "r_precision": 1 / 6, "map@r": 1 / 12, "map": 19 / 36},
+        abs=1e-12,
+    )
+    plain = retrieval_metrics(x, [0, 0, 0, 1], distance="euclidean", k=(1,))
+    assert plain["precision@1"] == pytest.approx(2 / 3)
 
 
 def test_backend_tensors_and_column_labels(rng):
@@ -200,6 +284,23 @@ def test_100k_by_100k_blocks_stay_small():
             (np.zeros((3, 2), "complex64"), [0, 0, 1]),
             {},
             "embeddings must be numeric; received dtype complex64",
+        ),
+        ((np.zeros((3, 2)), [0, 0, 1]), {"query_groups": [0, 1]}, "query_groups must have"),
+        ((np.zeros((3, 2)), [0, 0, 1]), {"ref_groups": [0, 1, 1]}, "ref_groups needs"),
+        (
+            (np.zeros((3, 2)), [0, 0, 1], np.zeros((2, 2)), [0, 1]),
+            {"query_groups": [0, 1, 1]},
+            "given together",
+        ),
+        (
+            (np.zeros((3, 2)), [0, 0, 1], np.zeros((2, 2)), [0, 1]),
+            {"query_groups": [0, 1, 1], "ref_groups": [0]},
+            r"ref_groups must have shape \(2,\)",
+        ),
+        (
+            (np.zeros((2, 2)), [0, 0]),
+            {"query_groups": [5, 5]},
+            "No query has a relevant reference",
         ),
     ],
 )

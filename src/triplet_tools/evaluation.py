@@ -8,6 +8,7 @@ precision@1 = rel(1)
 recall@K    = 1 if rel(i) = 1 for some i <= K, else 0
 r_precision = (1/R) sum_{i <= R} rel(i)
 map@r       = (1/R) sum_{i <= R} P(i) rel(i),      P(i) = (1/i) sum_{j <= i} rel(j)
+map         = (1/R) sum_{i} P(i) rel(i)           (the whole ranking)
 ```
 
 each averaged over the queries. Without a separate reference set, every point is a query
@@ -17,7 +18,9 @@ ranks first), so the result is exact and reproducible.
 
 The neighbours are exact. Distances are computed in blocks of queries against all
 references, so peak memory is O(block x N) and never O(N^2): 100,000 x 100,000 works in
-well under a gigabyte. Only the first ``max(R, K)`` neighbours of each query are sorted.
+well under a gigabyte. Only the first ``max(R, K)`` neighbours of each query are ranked by
+index; ``map`` sorts each block's rows once. Camera groups (re-identification) are in
+:func:`retrieval_metrics`; the verification ROC is in :mod:`triplet_tools.verification`.
 """
 
 from numbers import Integral
@@ -26,6 +29,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from triplet_tools import _ranking
 from triplet_tools import distances as distances_module
 from triplet_tools._topk import nearest as _nearest
 from triplet_tools._topk import query_block_rows
@@ -39,6 +43,8 @@ def retrieval_metrics(
     ref_labels=None,
     distance="cosine",
     k=(1, 5, 10),
+    query_groups=None,
+    ref_groups=None,
     *,
     block_size=None,
 ):
@@ -46,15 +52,20 @@ def retrieval_metrics(
 
     ```
     precision@1 = mean_q rel_q(1)
-    recall@K    = mean_q [any rel_q(i) for i <= K]
+    recall@K    = mean_q [any rel_q(i) for i <= K]          (the CMC curve at rank K)
     r_precision = mean_q (1/R_q) sum_{i <= R_q} rel_q(i)
     map@r       = mean_q (1/R_q) sum_{i <= R_q} P_q(i) rel_q(i)
+    map         = mean_q (1/R_q) sum_{i <= M_q} P_q(i) rel_q(i)   (the full ranking)
     ```
 
     ``R_q`` is the number of references with the query's label, ``rel_q(i)`` whether the
-    ``i``-th nearest reference has it and ``P_q(i)`` the share of relevant references among
-    the first ``i``. Queries with ``R_q = 0`` are skipped. Ties in distance are ranked by
-    reference index (lower first).
+    ``i``-th nearest reference has it, ``P_q(i)`` the share of relevant references among
+    the first ``i`` and ``M_q`` the length of the query's ranking. Queries with ``R_q = 0``
+    are skipped. Ties in distance are ranked by reference index (lower first).
+
+    With groups (camera ids: person and vehicle re-identification), a reference with the
+    query's label **and** the query's group is removed from that query's ranking (the
+    Market-1501 protocol): it is neither relevant nor ranked.
 
     Args:
         embeddings: ``(N, D)`` query embeddings (NumPy array or backend tensor; any float
@@ -68,17 +79,22 @@ def retrieval_metrics(
             ``"cosine"``) or a ``triplet_tools.distances.Distance``; its ``pairwise`` ranks.
         k: an int or a sequence of positive ints, the cut-offs of ``recall@K``
             (default ``(1, 5, 10)``).
+        query_groups: optional ``(N,)`` group of each query (e.g. its camera id; integers
+            or strings). Leave-one-out needs only this one.
+        ref_groups: ``(M,)`` groups of the references; with ``ref_embeddings``, give both
+            group arrays or neither.
         block_size: queries compared at once (default: as many as fit ~4M distances).
 
     Returns:
         A dict of Python floats: ``precision@1``, ``recall@K`` for every ``K``,
-        ``r_precision`` and ``map@r``.
+        ``r_precision``, ``map@r`` and ``map``.
 
     Raises:
         ValueError: for embeddings that are not 2-D, not finite or of different widths,
             labels whose length differs from the embeddings' or that hold NaN or infinity
             (a NaN label is no class), ``ref_embeddings`` without
-            ``ref_labels`` (or the reverse), a bad ``k`` or ``distance``, or when no query
+            ``ref_labels`` (or the reverse), group arrays of the wrong length (or one without
+            the other with a reference set), a bad ``k`` or ``distance``, or when no query
             has a relevant reference.
 
     Example:
@@ -87,7 +103,17 @@ def retrieval_metrics(
     >>> x = np.array([[0.0], [0.1], [1.0], [1.3]], "float32")
     >>> metrics = retrieval_metrics(x, [0, 0, 1, 1], distance="euclidean", k=(1,))
     >>> {name: round(value, 3) for name, value in metrics.items()}
-    {'precision@1': 1.0, 'recall@1': 1.0, 'r_precision': 1.0, 'map@r': 1.0}
+    {'precision@1': 1.0, 'recall@1': 1.0, 'r_precision': 1.0, 'map@r': 1.0, 'map': 1.0}
+
+    With cameras: points 0 and 1 (class 0, camera 0) no longer find each other; each finds
+    point 3 (class 1) first and point 2 (class 0, camera 1) second, AP 1/2; point 2 ranks
+    3, 1, 0 (AP (1/2 + 2/3) / 2 = 7/12, map@r 1/4); point 3 has no relevant reference:
+
+    >>> x = np.array([[0.0], [0.1], [0.3], [0.2]], "float32")
+    >>> metrics = retrieval_metrics(x, [0, 0, 0, 1], distance="euclidean", k=(1,),
+    ...                             query_groups=[0, 0, 1, 1])
+    >>> {name: round(value, 4) for name, value in metrics.items()}
+    {'precision@1': 0.0, 'recall@1': 0.0, 'r_precision': 0.1667, 'map@r': 0.0833, 'map': 0.5278}
 
     Reference:
         Musgrave, Belongie and Lim, "A Metric Learning Reality Check", ECCV 2020.
@@ -98,9 +124,13 @@ def retrieval_metrics(
     cutoffs = _check_cutoffs(k)
     distance = distances_module.get(distance)
     leave_one_out = references is None
+    query_groups, ref_groups = _check_groups(query_groups, ref_groups, queries, references)
     if leave_one_out:
-        references, reference_labels = queries, query_labels
-    relevant = _relevant_counts(query_labels, reference_labels, leave_one_out)
+        references, reference_labels, ref_groups = queries, query_labels, query_groups
+    relevance = _ranking.Relevance(
+        query_labels, reference_labels, query_groups, ref_groups, leave_one_out
+    )
+    relevant = relevance.counts()
     if not np.any(relevant):
         raise ValueError(
             "No query has a relevant reference: every query's class has no other member "
@@ -117,15 +147,20 @@ def retrieval_metrics(
             distance.pairwise(ops.convert_to_tensor(queries[start:stop]), reference_tensor)
         )
         _check_finite(block, "distances", "(the embeddings are too large for this distance)")
+        is_relevant, removed = relevance.block(start, stop)
+        # +inf sorts after every finite distance, so a query is never its own neighbour and
+        # a removed reference (same label and group) is never ranked before a relevant one.
+        if removed is not None:
+            np.putmask(block, removed, np.inf)
         if leave_one_out:
-            # +inf sorts after every finite distance, so a query is never its own neighbour.
             block[np.arange(stop - start), np.arange(start, stop)] = np.inf
         counts = relevant[start:stop]
         kept = counts > 0
         depth = min(max(int(counts.max()), cutoffs[-1]), len(references) - leave_one_out)
         ranked = _nearest(block[kept], depth)
-        hits = reference_labels[ranked] == query_labels[start:stop][kept][:, None]
+        hits = np.take_along_axis(is_relevant[kept], ranked, axis=1)
         _accumulate(sums, hits, counts[kept], cutoffs)
+        sums["map"] += _ranking.average_precision_sum(block[kept], is_relevant[kept])
     queried = int(np.count_nonzero(relevant))
     return {name: total / queried for name, total in sums.items()}
 
@@ -136,9 +171,32 @@ def metric_names(k=(1, 5, 10)):
     Example:
 
     >>> metric_names((1, 5))
-    ['precision@1', 'recall@1', 'recall@5', 'r_precision', 'map@r']
+    ['precision@1', 'recall@1', 'recall@5', 'r_precision', 'map@r', 'map']
     """
-    return ["precision@1", *(f"recall@{c}" for c in _check_cutoffs(k)), "r_precision", "map@r"]
+    cutoffs = _check_cutoffs(k)
+    return ["precision@1", *(f"recall@{c}" for c in cutoffs), "r_precision", "map@r", "map"]
+
+
+def _check_groups(query_groups, ref_groups, queries, references):
+    """The group arrays as vectors of the right lengths, or ``(None, None)``."""
+    if references is None:
+        if ref_groups is not None:
+            raise ValueError(
+                "ref_groups needs ref_embeddings (leave-one-out takes query_groups alone); "
+                f"received ref_groups={_describe(ref_groups)} and ref_embeddings=None."
+            )
+    elif (query_groups is None) != (ref_groups is None):
+        raise ValueError(
+            "With a reference set, query_groups and ref_groups must be given together; "
+            f"received query_groups={_describe(query_groups)} and "
+            f"ref_groups={_describe(ref_groups)}."
+        )
+    if query_groups is None:
+        return None, None
+    query_groups = _as_labels(query_groups, len(queries), "query_groups", "embeddings")
+    if references is not None:
+        ref_groups = _as_labels(ref_groups, len(references), "ref_groups", "ref_embeddings")
+    return query_groups, ref_groups
 
 
 def _check_cutoffs(k):
@@ -293,10 +351,10 @@ class RetrievalMetricsCallback(keras.callbacks.Callback):
 
     At the end of a chosen epoch the model embeds ``x`` (and ``ref_x``) with
     ``model.predict``, computes the metrics and writes them into that epoch's ``logs`` as
-    ``val_precision@1``, ``val_recall@K``, ``val_r_precision``, ``val_map@r`` (with the
-    default ``prefix="val_"``). Keras passes one ``logs`` dict to the callbacks in the order
-    of the ``callbacks`` list and appends its own ``History`` and progress bar after them, so
-    the values appear in ``model.fit(...).history`` and on the progress bar. For
+    ``val_precision@1``, ``val_recall@K``, ``val_r_precision``, ``val_map@r`` and ``val_map``
+    (with the default ``prefix="val_"``). Keras passes one ``logs`` dict to the callbacks in
+    the order of the ``callbacks`` list and appends its own ``History`` and progress bar after
+    them, so the values appear in ``model.fit(...).history`` and on the progress bar. For
     ``EarlyStopping`` and ``ModelCheckpoint`` to see them, list this callback **before**
     them and pass ``mode="max"`` (Keras cannot tell whether ``val_map@r`` should rise)::
 
@@ -423,4 +481,21 @@ class RetrievalMetricsCallback(keras.callbacks.Callback):
         )
 
 
-__all__ = ["RetrievalMetricsCallback", "metric_names", "retrieval_metrics"]
+# Verification lives in its own module; SPEC names it here. Imported last: verification.py
+# reads this module's input checks when called.
+from triplet_tools.verification import (  # noqa: E402
+    VerificationMetricsCallback,
+    verification_metric_names,
+    verification_metrics,
+    verification_roc,
+)
+
+__all__ = [
+    "RetrievalMetricsCallback",
+    "VerificationMetricsCallback",
+    "metric_names",
+    "retrieval_metrics",
+    "verification_metric_names",
+    "verification_metrics",
+    "verification_roc",
+]
