@@ -66,6 +66,8 @@ CHANGED = {
     "center": [0.8],
     "gamma": [10.0],
     "temperature": [0.5],
+    "symmetric": [True],
+    "exclude_same_label": [True],
     "name": ["renamed"],
     "dtype": ["float16"],
     "block_size": [3],
@@ -84,8 +86,10 @@ NO_EFFECT = {"name", "block_size", "global_mining", "dtype"}
 
 #: Arguments whose change shows only beside another one, which every case of that argument
 #: then also sets: ``average="active"`` differs from ``"valid"`` only when a valid anchor has
-#: a zero loss, which the default margin (1.0) leaves none of on this batch.
-COMPANIONS = {"average": {"margin": 0.2}}
+#: a zero loss, which the default margin (1.0) leaves none of on this batch;
+#: ``exclude_same_label=True`` moves InfoNCE's value by 6e-5 relative at its default
+#: temperature (0.05: the nearest candidates dominate), by far more at 0.5.
+COMPANIONS = {"average": {"margin": 0.2}, "exclude_same_label": {"temperature": 0.5}}
 
 #: The keywords every loss takes through ``**kwargs`` (TripletFamilyLoss's own).
 COMMON = ("dtype", "block_size", "global_mining", "memory")
@@ -102,6 +106,9 @@ def _batch():
 
 def _value(loss):
     labels, x, weights = _batch()
+    if isinstance(loss, losses.InfoNCELoss):
+        # (query, positive document, one hard negative) per row: (10, 3, 4).
+        x = np.random.default_rng(27).normal(size=(10, 3, 4)).astype("float32")
     return np.asarray(to_numpy(loss(labels, x, sample_weight=weights)), np.float64)
 
 
@@ -196,6 +203,8 @@ def test_every_public_loss_is_covered():
         "LiftedStructLoss",
         "TripletSemiHardLoss",
         "TripletHardLoss",
+        "SupConLoss",
+        "InfoNCELoss",
     } <= names
     assert {f.__name__ for f in FACTORIES} == {
         "triplet_batch_all_loss",
