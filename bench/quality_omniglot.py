@@ -1,7 +1,8 @@
 """Embedding quality against triplet-tools 0.2.3: a zero-shot protocol on Omniglot.
 
 ```
-data:   Omniglot background set (964 characters x 20 drawings), ink pooled to S x S;
+data:   Omniglot background set (964 characters x 20 drawings) pooled to S x S, as stored
+        (1 = paper: the model stays near collapse, where 0.2.3 and ours differ) or as ink;
         train on the first --train-classes characters, test on the last --test-classes
         (the split keeps whole alphabets apart: the characters are stored alphabet by alphabet)
 model:  a small CNN (three 3x3 convolutions, global average pooling, a linear D-dim output)
@@ -13,6 +14,10 @@ score:  MAP@R of the test characters' embeddings, leave-one-out (their ranking u
         euclidean_norm), via triplet_tools.evaluation.retrieval_metrics
 report: per seed, each loss's MAP@R and the paired difference ours - 0.2.3; mean, min, max
 ```
+
+``hard-0.2.3-zero-self`` is 0.2.3's batch-hard from its own helpers with the anchor's
+self-distance set to 0 (see :func:`zero_self_hard_loss`; docs/performance.md, "Quality
+against 0.2.3", has the findings).
 
 triplet-tools 0.2.3 has our import name and is TensorFlow-only, so everything runs on
 TensorFlow; its package is imported from ``--peer`` (the site-packages of its environment,
