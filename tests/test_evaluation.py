@@ -165,19 +165,20 @@ def test_groups_with_a_reference_set_and_ties(rng, block_size):
 
 
 def test_groups_hand_worked():
-    """Market-1501 on a line (euclidean, leave-one-out): points 0 (A, cam 0), 0.1 (A, cam 0),
-    0.3 (A, cam 1), 0.2 (B, cam 1).
+    """Market-1501 on a line (euclidean, leave-one-out): points 0 (A, cam 0), 1 (A, cam 0),
+    3 (A, cam 1), 2 (B, cam 1) (integers: every distance, and the tie of q=1, is exact).
 
-    q=0:   0.1 is A on cam 0: removed. Ranking 0.2 (B), 0.3 (A): R = 1, AP = 1/2.
-    q=0.1: 0 removed. Ranking 0.2 (B) .1, 0.3 (A) .2: AP = 1/2.
-    q=0.3: nothing removed (cam 1 holds no other A). 0.2 (B) .1, 0.1 (A) .2, 0 (A) .3:
+    q=0:   1 is A on cam 0: removed. Ranking 2 (B), 3 (A): R = 1, AP = 1/2.
+    q=1:   0 removed. Ranking 2 (B) 1, 3 (A) 2: AP = 1/2.
+    q=3:   nothing removed (cam 1 holds no other A). 2 (B) 1, 1 (A) 2, 0 (A) 3:
            R = 2, rel 0 1 1: precision@1 = 0, r_precision = 1/2, map@r = (1/2)(1/2) = 1/4,
            map = (1/2)(1/2 + 2/3) = 7/12.
-    q=0.2: no other B: skipped.
+    q=2:   no other B: skipped.
     Means over 3 queries: r_precision = 1/6, map@r = 1/12, map = (1/2 + 1/2 + 7/12)/3 = 19/36.
-    Without groups q=0 and q=0.1 find each other first: precision@1 = 2/3.
+    Without groups q=0 and q=1 find each other first (q=1: 0 and 2 tie, the lower index
+    wins): precision@1 = 2/3.
     """
-    x = np.array([[0.0], [0.1], [0.3], [0.2]], "float32")
+    x = np.array([[0.0], [1.0], [3.0], [2.0]], "float32")
     got = retrieval_metrics(
         x, [0, 0, 0, 1], distance="euclidean", k=(1,), query_groups=[0, 0, 1, 1]
     )
