@@ -205,9 +205,9 @@ def common_origin(rows, kept=None):
     inside = counted[:, None]
     mean = ops.sum(ops.where(inside, rows * share, ops.zeros_like(rows)), axis=0)
     gaps = ops.sum(ops.square(ops.where(inside, rows - mean, ops.zeros_like(rows))), axis=-1)
-    nearest = ops.argmin(ops.where(counted, gaps, float("inf")))
-    origin = ops.take(rows, nearest, axis=0)
-    return ops.where(ops.take(counted, nearest), origin, ops.zeros_like(origin))
+    nearest = ops.reshape(ops.argmin(ops.where(counted, gaps, float("inf"))), (1,))
+    origin = ops.take(rows, nearest, axis=0)[0]
+    return ops.where(ops.take(counted, nearest)[0], origin, ops.zeros_like(origin))
 
 
 def moved_to(origin, x, y):
