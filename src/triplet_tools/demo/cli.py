@@ -63,9 +63,11 @@ def build_parser():
         "demo",
         help="train and evaluate an embedding end to end",
         description="Trains a small embedding model with online mining on scikit-learn's "
-        "digits (or --data FILE), holding out 30% of every class, and prints "
-        "retrieval metrics for raw features and the trained embedding; writes "
-        "pictures to --out. The Keras backend is KERAS_BACKEND's.",
+        "digits (or --data FILE), holding out 30% of every class and 20% of the "
+        "classes (with 6 or more), and prints retrieval metrics for raw features and "
+        "the trained embedding; then indexes the held-out gallery, calibrates a "
+        "threshold and reports how known queries are matched and unseen classes "
+        "refused; writes pictures to --out. The Keras backend is KERAS_BACKEND's.",
     )
     demo_parser.add_argument(
         "--loss",
