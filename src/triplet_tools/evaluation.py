@@ -25,15 +25,15 @@ index; ``map`` sorts each block's rows once. Camera groups (re-identification) a
 
 from numbers import Integral
 
-import keras
 import numpy as np
 from keras import ops
 
 from triplet_tools import _ranking
 from triplet_tools import distances as distances_module
+from triplet_tools._metrics_callback import EmbeddingMetricsCallback
 from triplet_tools._topk import nearest as _nearest
 from triplet_tools._topk import query_block_rows
-from triplet_tools._validation import as_label_vector, check_int, check_string
+from triplet_tools._validation import as_label_vector, check_int
 
 
 def retrieval_metrics(
@@ -346,7 +346,7 @@ def _describe(x):
     return "None" if x is None else f"an array of shape {np.shape(x)}"
 
 
-class RetrievalMetricsCallback(keras.callbacks.Callback):
+class RetrievalMetricsCallback(EmbeddingMetricsCallback):
     """Computes :func:`retrieval_metrics` on held-out data every ``every`` epochs and logs them.
 
     At the end of a chosen epoch the model embeds ``x`` (and ``ref_x``) with
@@ -418,21 +418,15 @@ class RetrievalMetricsCallback(keras.callbacks.Callback):
         prefix="val_",
         log_metrics=None,
     ):
-        super().__init__()
-        every = check_int(every, "every", minimum=1)
-        batch_size = check_int(batch_size, "batch_size", minimum=1)
-        prefix = check_string(prefix, "prefix")
-        if (ref_x is None) != (ref_y is None):
-            raise ValueError(
-                "ref_x and ref_y must be given together; received "
-                f"ref_x={_describe(ref_x)} and ref_y={_describe(ref_y)}."
-            )
-        self.x, self.ref_x = x, ref_x
-        self.y = _as_labels(y, _count_inputs(x, "x"), "y", "x")
-        self.ref_y = (
-            None
-            if ref_x is None
-            else _as_labels(ref_y, _count_inputs(ref_x, "ref_x"), "ref_y", "ref_x")
+        super().__init__(
+            x,
+            y,
+            ref_x,
+            ref_y,
+            every=every,
+            distance=distance,
+            batch_size=batch_size,
+            prefix=prefix,
         )
         counts = _relevant_counts(self.y, self.y if ref_x is None else self.ref_y, ref_x is None)
         if not np.any(counts):
@@ -440,44 +434,12 @@ class RetrievalMetricsCallback(keras.callbacks.Callback):
                 "No query in x has a relevant reference: give at least two "
                 "samples of a class (or a reference set that holds its class)."
             )
-        self.every = every
-        self.distance = distances_module.get(distance)
         self.k = _check_cutoffs(k)
-        self.batch_size = batch_size
-        self.prefix = prefix
-        names = metric_names(self.k)
-        self.log_metrics = names if log_metrics is None else list(log_metrics)
-        unknown = [name for name in self.log_metrics if name not in names]
-        if unknown or not self.log_metrics:
-            raise ValueError(
-                f"log_metrics must name some of {', '.join(names)}; received {log_metrics!r}."
-            )
-        self.epochs: list[int] = []
-        self.history: dict[str, list[float]] = {name: [] for name in metric_names(self.k)}
+        self._set_names(metric_names(self.k), log_metrics)
 
-    def on_train_begin(self, logs=None):
-        self.epochs = []
-        self.history = {name: [] for name in metric_names(self.k)}
-
-    def on_epoch_end(self, epoch, logs=None):
-        last = epoch + 1 == (self.params or {}).get("epochs")
-        if (epoch + 1) % self.every and not last:
-            return
-        metrics = self.evaluate()
-        self.epochs.append(epoch)
-        for name, value in metrics.items():
-            self.history[name].append(value)
-        if logs is not None:
-            logs.update({self.prefix + name: metrics[name] for name in self.log_metrics})
-
-    def evaluate(self):
-        """The metrics of the current model on the callback's data, as a dict."""
-        embed = lambda inputs: self.model.predict(  # noqa: E731
-            inputs, batch_size=self.batch_size, verbose=0
-        )
-        references = None if self.ref_x is None else embed(self.ref_x)
+    def _compute(self, embeddings, references):
         return retrieval_metrics(
-            embed(self.x), self.y, references, self.ref_y, distance=self.distance, k=self.k
+            embeddings, self.y, references, self.ref_y, distance=self.distance, k=self.k
         )
 
 

@@ -13,10 +13,9 @@ eer         = where the polyline through the ROC points (FAR, 1 - TAR) crosses F
 The exact counting in O(block x N + genuine pairs) memory is in ``_pair_counts``.
 """
 
-import keras
 import numpy as np
 
-from triplet_tools import distances as distances_module
+from triplet_tools._metrics_callback import EmbeddingMetricsCallback
 from triplet_tools._pair_counts import (
     _STEP,
     _check_pair_counts,
@@ -25,7 +24,6 @@ from triplet_tools._pair_counts import (
     _first_pass,
     _Pairs,
 )
-from triplet_tools._validation import check_int
 
 
 def verification_metrics(
@@ -181,7 +179,7 @@ def verification_metric_names(far=(1e-4, 1e-3, 1e-2)):
     return names
 
 
-class VerificationMetricsCallback(keras.callbacks.Callback):
+class VerificationMetricsCallback(EmbeddingMetricsCallback):
     """Computes :func:`verification_metrics` on held-out data every ``every`` epochs and logs them.
 
     Like :class:`triplet_tools.evaluation.RetrievalMetricsCallback`: at the end of a chosen
@@ -242,62 +240,22 @@ class VerificationMetricsCallback(keras.callbacks.Callback):
         prefix="val_",
         log_metrics=None,
     ):
-        from triplet_tools import evaluation
-        from triplet_tools._validation import check_string
-
-        super().__init__()
-        self.every = check_int(every, "every", minimum=1)
-        self.batch_size = check_int(batch_size, "batch_size", minimum=1)
-        self.prefix = check_string(prefix, "prefix")
-        if (ref_x is None) != (ref_y is None):
-            raise ValueError(
-                "ref_x and ref_y must be given together; received "
-                f"ref_x={evaluation._describe(ref_x)} and ref_y={evaluation._describe(ref_y)}."
-            )
-        self.x, self.ref_x = x, ref_x
-        self.y = evaluation._as_labels(y, evaluation._count_inputs(x, "x"), "y", "x")
-        self.ref_y = (
-            None
-            if ref_x is None
-            else evaluation._as_labels(
-                ref_y, evaluation._count_inputs(ref_x, "ref_x"), "ref_y", "ref_x"
-            )
+        super().__init__(
+            x,
+            y,
+            ref_x,
+            ref_y,
+            every=every,
+            distance=distance,
+            batch_size=batch_size,
+            prefix=prefix,
         )
-        self.distance = distances_module.get(distance)
         self.far = _check_far(far)
-        names = verification_metric_names(self.far)
-        self.log_metrics = names if log_metrics is None else list(log_metrics)
-        unknown = [name for name in self.log_metrics if name not in names]
-        if unknown or not self.log_metrics:
-            raise ValueError(
-                f"log_metrics must name some of {', '.join(names)}; received {log_metrics!r}."
-            )
-        self.epochs: list[int] = []
-        self.history: dict[str, list[float]] = {name: [] for name in names}
+        self._set_names(verification_metric_names(self.far), log_metrics)
 
-    def on_train_begin(self, logs=None):
-        self.epochs = []
-        self.history = {name: [] for name in verification_metric_names(self.far)}
-
-    def on_epoch_end(self, epoch, logs=None):
-        last = epoch + 1 == (self.params or {}).get("epochs")
-        if (epoch + 1) % self.every and not last:
-            return
-        metrics = self.evaluate()
-        self.epochs.append(epoch)
-        for name, value in metrics.items():
-            self.history[name].append(value)
-        if logs is not None:
-            logs.update({self.prefix + name: metrics[name] for name in self.log_metrics})
-
-    def evaluate(self):
-        """The metrics of the current model on the callback's data, as a dict."""
-        embed = lambda inputs: self.model.predict(  # noqa: E731
-            inputs, batch_size=self.batch_size, verbose=0
-        )
-        references = None if self.ref_x is None else embed(self.ref_x)
+    def _compute(self, embeddings, references):
         return verification_metrics(
-            embed(self.x), self.y, references, self.ref_y, distance=self.distance, far=self.far
+            embeddings, self.y, references, self.ref_y, distance=self.distance, far=self.far
         )
 
 
