@@ -2,13 +2,13 @@
 
 How it stays exact in O(block x N + genuine pairs) memory: the distances are computed in
 blocks of rows, twice. The genuine distances are few (sum over classes of n_c²) and kept,
-sorted. The impostors are never kept: each block is sorted and counted. The first pass
-histograms them by the top 16 bits of an order-preserving integer key of the float; that
-locates, for the EER crossing and for every target FAR, the bucket of keys that holds the
-answer. The second pass counts the AUC (the genuines below and tied with each sorted block)
-and either collects the impostors of each located bucket (when there are few) or histograms
-their next 16 bits; float32 keys are resolved after two passes, float64 after at most four.
-"""
+sorted. The impostors are never kept. The first pass histograms them (``np.bincount``, no
+sort) by the top 16 bits of an order-preserving integer key of the float; that locates, for
+the EER crossing and for every target FAR, the bucket of keys that holds the answer. The
+second pass sorts each block's keys and counts the AUC by looking each key up in a table of
+the genuines' ranks (sequential, as the keys are sorted), and either collects the impostors
+of each located bucket (when there are few) or histograms their next 16 bits; float32 keys
+are resolved after two passes, float64 after at most four."""
 
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +26,10 @@ _STEP = 16
 #: Distance-matrix elements computed at once (64 MB in float32): the backends' matrix
 #: products run up to twice as fast per element on blocks of this size than of 4M.
 _BLOCK_ELEMENTS = 2**24
+#: Buckets of the table that ranks impostors among the genuines (4 bytes each).
+_RANK_TABLE = 2**25
+#: Impostor keys looked up at once (bounds the look-ups' temporaries).
+_RANK_CHUNK = 2**22
 
 
 def _check_pair_counts(genuine, impostors):
@@ -49,18 +53,6 @@ class _Codec:
     def keys(self, values):
         raw = values.view(self.unsigned)
         return raw ^ ((raw >> self.unsigned.type(self.bits - 1)) * self.low | self.top)
-
-    def top_bucket_ends(self):
-        """The largest float of each bucket of keys that share their top 16 bits, in key
-        order (-inf for the buckets under every finite float, +inf above them), so that
-        ``searchsorted(sorted_values, ends, "right")`` counts each bucket's keys cumulatively."""
-        ends = (np.arange(1, 2**_STEP + 1, dtype=np.uint64) << np.uint64(self.bits - _STEP)) - 1
-        with np.errstate(invalid="ignore"):
-            values = self.values(ends.astype(self.unsigned))
-        lowest = np.arange(2**_STEP) < 2**_STEP // 2
-        values[np.isnan(values) & lowest] = -np.inf
-        values[np.isnan(values) & ~lowest] = np.inf
-        return values
 
     def values(self, keys):
         """The floats of ``keys``; the key of -0.0 (which the values never hold) gives the
@@ -156,24 +148,86 @@ class _Pairs:
 
 def _first_pass(pairs):
     """The sorted genuine distances and the histogram of the impostors' top 16 key bits."""
-    genuine_parts, histogram, edges = [], np.zeros(2**_STEP, np.int64), None
+    genuine_parts, histogram, codec = [], np.zeros(2**_STEP, np.int64), None
     for genuine, impostors in pairs.blocks():
-        if edges is None:
-            edges = _Codec(impostors.dtype).top_bucket_ends()
+        if codec is None:
+            codec = _Codec(impostors.dtype)
         genuine_parts.append(genuine)
-        upto = np.searchsorted(np.sort(impostors), edges, "right")
-        histogram += np.diff(np.concatenate([[0], upto]))
+        for chunk in range(0, len(impostors), _RANK_CHUNK):
+            keys = codec.keys(impostors[chunk : chunk + _RANK_CHUNK])
+            top = (keys >> codec.unsigned.type(codec.bits - _STEP)).astype(np.intp)
+            histogram += np.bincount(top, minlength=2**_STEP)
     return np.sort(np.concatenate(genuine_parts)), histogram
 
 
-def _histogram(sorted_keys, low, shift):
-    """Counts of ``sorted_keys`` (all >= ``low``) in the 2**16 buckets of ``2**shift`` keys."""
-    step = np.arange(1, 2**_STEP + 1, dtype=np.uint64) << np.uint64(shift)
-    edges = np.minimum(step + np.uint64(low), np.uint64(np.iinfo(sorted_keys.dtype).max))
-    last = np.searchsorted(sorted_keys, (edges - np.uint64(1)).astype(sorted_keys.dtype), "right")
-    if shift + _STEP == 8 * sorted_keys.dtype.itemsize and low == 0:
-        last[-1] = len(sorted_keys)
-    return np.diff(np.concatenate([[0], last]))
+class _GenuineRanks:
+    """``#(genuine < key)`` and ``#(genuine <= key)`` of any key by one table look-up.
+
+    The table counts the genuines under the start of every bucket of ``2**shift`` keys over
+    the genuines' key range (``shift`` 0, one bucket a key, unless that range passes
+    ``_RANK_TABLE`` buckets); keys of buckets that hold genuines are binary-searched when
+    ``shift > 0``.
+    """
+
+    def __init__(self, genuine_keys, histogram):
+        self.keys = genuine_keys
+        # the table spans the genuines' keys within the impostors' (their top 16 bits)
+        filled = np.flatnonzero(histogram)
+        top = 8 * genuine_keys.dtype.itemsize - _STEP
+        low = max(int(genuine_keys[0]), int(filled[0]) << top)
+        high = min(int(genuine_keys[-1]), ((int(filled[-1]) + 1) << top) - 1)
+        low, high = min(low, high), max(low, high)
+        self.shift = 0
+        while (high >> self.shift) - (low >> self.shift) + 3 > _RANK_TABLE:
+            self.shift += 1
+        unsigned = genuine_keys.dtype.type
+        self.first = (low >> self.shift) - 1  # the bucket of index 0: under the table
+        last = high >> self.shift
+        under = int(np.searchsorted(genuine_keys, unsigned(low >> self.shift << self.shift)))
+        over = len(genuine_keys)
+        if last < int(genuine_keys[-1]) >> self.shift:
+            over = int(np.searchsorted(genuine_keys, unsigned((last + 1) << self.shift)))
+        wide = np.uint32 if len(genuine_keys) < 2**32 else np.int64
+        # table[j]: the genuines under bucket first + j
+        self.table = np.empty(last - self.first + 3, wide)
+        self.table[:2] = under
+        self.table[-1] = len(genuine_keys)
+        self.table[2:-1] = 0
+        for chunk in range(under, over, _RANK_CHUNK):
+            keys = genuine_keys[chunk : min(chunk + _RANK_CHUNK, over)]
+            index = ((keys >> unsigned(self.shift)) - unsigned(self.first + 1)).astype(np.intp)
+            runs = np.concatenate([[0], np.flatnonzero(np.diff(index)) + 1])  # sorted keys
+            self.table[2:-1][index[runs]] += np.diff(np.append(runs, len(index))).astype(wide)
+        np.cumsum(self.table[1:-1], dtype=wide, out=self.table[1:-1])
+
+    def auc_twice(self, sorted_keys):
+        """``2 #(gen < imp) + #(gen == imp)`` summed over the impostors of ``sorted_keys``
+        (sorted: the keys under and over every genuine are a prefix and a suffix, and the
+        look-ups walk the table in order)."""
+        unsigned = sorted_keys.dtype.type
+        low = unsigned(self.first + 1) << unsigned(self.shift)
+        high = self.keys[-1]
+        start = int(np.searchsorted(sorted_keys, low, "left"))
+        stop = int(np.searchsorted(sorted_keys, high, "right"))
+        # under the table: no genuine, or no impostor; over it: every genuine
+        total = 2 * int(self.table[0]) * start + 2 * len(self.keys) * (len(sorted_keys) - stop)
+        below_table, upto_table = self.table[1:-1], self.table[2:]
+        for chunk in range(start, stop, _RANK_CHUNK):
+            keys = sorted_keys[chunk : min(chunk + _RANK_CHUNK, stop)]
+            index = ((keys >> unsigned(self.shift)) - unsigned(self.first + 1)).astype(np.intp)
+            below = below_table[index]
+            upto = upto_table[index]
+            if self.shift == 0:
+                total += int(below.sum(dtype=np.int64)) + int(upto.sum(dtype=np.int64))
+                continue
+            shared = np.flatnonzero(upto != below)  # buckets with genuines: search exactly
+            inside = keys[shared]
+            total += int(
+                2 * (below.sum(dtype=np.int64) - below[shared].sum(dtype=np.int64))
+                + np.searchsorted(self.keys, inside, "left").sum(dtype=np.int64)
+                + np.searchsorted(self.keys, inside, "right").sum(dtype=np.int64)
+            )
+        return total
 
 
 @dataclass
@@ -241,12 +295,14 @@ def _count(pairs, targets):
         for search in pending:
             search.sub_histogram = None if search.inside <= _COLLECT_LIMIT else 0
             search.collected = []
+        ranks = _GenuineRanks(genuine_keys, histogram) if first else None
         for _, block in pairs.blocks(genuine=False):
-            values = np.sort(block)
-            if first:
-                auc_twice += _auc_twice(genuine, values)
+            keys = np.sort(codec.keys(block))  # sorted: cache-friendly look-ups, searches
+            if ranks is not None:
+                auc_twice += ranks.auc_twice(keys)
             for search in pending:
-                _refine(search, values, codec, shift)
+                _refine(search, keys, codec, shift)
+        del ranks
         for search in pending:
             if search.sub_histogram is None:
                 found, counts = np.unique(
@@ -282,17 +338,6 @@ def _largest_count(target, impostors):
     return accepted
 
 
-def _auc_twice(genuine, impostors):
-    """``2 #(gen < imp) + #(gen == imp)`` for sorted ``genuine`` and sorted ``impostors``."""
-    if len(genuine) <= len(impostors):
-        below = np.searchsorted(impostors, genuine, "left")
-        upto = np.searchsorted(impostors, genuine, "right")
-        return int(2 * (len(impostors) * len(genuine) - upto.sum()) + (upto - below).sum())
-    below = np.searchsorted(genuine, impostors, "left")
-    upto = np.searchsorted(genuine, impostors, "right")
-    return int(below.sum() + upto.sum())
-
-
 def _narrow(search, histogram, shift, genuine_keys):
     """Chooses the sub-bucket (of ``2**shift`` keys from ``search.lo``) that holds the answer."""
     ends = np.uint64(search.lo) + (
@@ -307,18 +352,21 @@ def _narrow(search, histogram, shift, genuine_keys):
     search.lo, search.hi = int(search.lo) + (index << shift), int(ends[index])
 
 
-def _refine(search, sorted_values, codec, shift):
+def _refine(search, sorted_keys, codec, shift):
     """One block's share of a pass: the largest impostor under the bucket, and its contents."""
-    lo, hi = codec.values([search.lo, search.hi])
-    first = int(np.searchsorted(sorted_values, lo, "left"))
-    last = int(np.searchsorted(sorted_values, hi, "right"))
+    lo, hi = codec.unsigned.type(search.lo), codec.unsigned.type(search.hi)
+    first = int(np.searchsorted(sorted_keys, lo, "left"))
+    last = int(np.searchsorted(sorted_keys, hi, "right"))
     if first > 0:
-        search.max_below = max(search.max_below, float(sorted_values[first - 1]))
-    inside = codec.keys(sorted_values[first:last])
+        search.max_below = max(search.max_below, codec.value(int(sorted_keys[first - 1])))
+    inside = sorted_keys[first:last]
     if search.sub_histogram is None:
-        search.collected.append(inside)
+        search.collected.append(inside.copy())  # not a view that keeps the whole block
     else:
-        search.sub_histogram = search.sub_histogram + _histogram(inside, search.lo, shift)
+        offsets = (inside - lo) >> codec.unsigned.type(shift)
+        search.sub_histogram = search.sub_histogram + np.bincount(
+            offsets.astype(np.intp), minlength=2**_STEP
+        )
 
 
 def _resolve(search, keys, counts, genuine_keys, codec):
