@@ -28,6 +28,8 @@ _STEP = 16
 _BLOCK_ELEMENTS = 2**24
 #: Buckets of the table that ranks impostors among the genuines (4 bytes each).
 _RANK_TABLE = 2**25
+#: The AUC binary-searches each genuine in a block when G log2 B <= this x B (few genuines).
+_SEARCH_SHARE = 1.0
 #: Impostor keys looked up at once (bounds the look-ups' temporaries).
 _RANK_CHUNK = 2**22
 
@@ -295,13 +297,16 @@ def _count(pairs, targets):
         for search in pending:
             search.sub_histogram = None if search.inside <= _COLLECT_LIMIT else 0
             search.collected = []
-        ranks = _GenuineRanks(genuine_keys, histogram) if first else None
+        ranks = None
         for _, block in pairs.blocks(genuine=False):
-            keys = np.sort(codec.keys(block))  # sorted: cache-friendly look-ups, searches
-            if ranks is not None:
-                auc_twice += ranks.auc_twice(keys)
+            values = np.sort(block)  # sorted: the look-ups walk the table in order
+            if first and _searched(len(genuine), len(values)):
+                auc_twice += _auc_twice_searched(genuine, values)
+            elif first:
+                ranks = ranks or _GenuineRanks(genuine_keys, histogram)
+                auc_twice += ranks.auc_twice(codec.keys(values))
             for search in pending:
-                _refine(search, keys, codec, shift)
+                _refine(search, values, codec, shift)
         del ranks
         for search in pending:
             if search.sub_histogram is None:
@@ -338,6 +343,18 @@ def _largest_count(target, impostors):
     return accepted
 
 
+def _searched(genuine, impostors):
+    """Whether binary searches of the genuines (G log B) cost less than B table look-ups."""
+    return genuine * np.log2(max(impostors, 2)) <= _SEARCH_SHARE * impostors
+
+
+def _auc_twice_searched(genuine, sorted_values):
+    """``2 #(gen < imp) + #(gen == imp)`` by binary searches of each genuine."""
+    below = np.searchsorted(sorted_values, genuine, "left")
+    upto = np.searchsorted(sorted_values, genuine, "right")
+    return int(2 * (len(sorted_values) * len(genuine) - upto.sum()) + (upto - below).sum())
+
+
 def _narrow(search, histogram, shift, genuine_keys):
     """Chooses the sub-bucket (of ``2**shift`` keys from ``search.lo``) that holds the answer."""
     ends = np.uint64(search.lo) + (
@@ -352,18 +369,18 @@ def _narrow(search, histogram, shift, genuine_keys):
     search.lo, search.hi = int(search.lo) + (index << shift), int(ends[index])
 
 
-def _refine(search, sorted_keys, codec, shift):
+def _refine(search, sorted_values, codec, shift):
     """One block's share of a pass: the largest impostor under the bucket, and its contents."""
-    lo, hi = codec.unsigned.type(search.lo), codec.unsigned.type(search.hi)
-    first = int(np.searchsorted(sorted_keys, lo, "left"))
-    last = int(np.searchsorted(sorted_keys, hi, "right"))
+    lo, hi = codec.values([search.lo, search.hi])
+    first = int(np.searchsorted(sorted_values, lo, "left"))
+    last = int(np.searchsorted(sorted_values, hi, "right"))
     if first > 0:
-        search.max_below = max(search.max_below, codec.value(int(sorted_keys[first - 1])))
-    inside = sorted_keys[first:last]
+        search.max_below = max(search.max_below, float(sorted_values[first - 1]))
+    inside = codec.keys(sorted_values[first:last])  # a new array, not a view of the block
     if search.sub_histogram is None:
-        search.collected.append(inside.copy())  # not a view that keeps the whole block
+        search.collected.append(inside)
     else:
-        offsets = (inside - lo) >> codec.unsigned.type(shift)
+        offsets = (inside - codec.unsigned.type(search.lo)) >> codec.unsigned.type(shift)
         search.sub_histogram = search.sub_histogram + np.bincount(
             offsets.astype(np.intp), minlength=2**_STEP
         )
