@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from keras import ops
 
+from triplet_tools import _genuine_ranks
 from triplet_tools import distances as distances_module
 from triplet_tools._validation import check_int
 
@@ -26,12 +27,6 @@ _STEP = 16
 #: Distance-matrix elements computed at once (64 MB in float32): the backends' matrix
 #: products run up to twice as fast per element on blocks of this size than of 4M.
 _BLOCK_ELEMENTS = 2**24
-#: Buckets of the table that ranks impostors among the genuines (4 bytes each).
-_RANK_TABLE = 2**25
-#: The AUC binary-searches each genuine in a block when G log2 B <= this x B (few genuines).
-_SEARCH_SHARE = 1.0
-#: Impostor keys looked up at once (bounds the look-ups' temporaries).
-_RANK_CHUNK = 2**22
 
 
 def _check_pair_counts(genuine, impostors):
@@ -155,81 +150,11 @@ def _first_pass(pairs):
         if codec is None:
             codec = _Codec(impostors.dtype)
         genuine_parts.append(genuine)
-        for chunk in range(0, len(impostors), _RANK_CHUNK):
-            keys = codec.keys(impostors[chunk : chunk + _RANK_CHUNK])
+        for chunk in range(0, len(impostors), _genuine_ranks._RANK_CHUNK):
+            keys = codec.keys(impostors[chunk : chunk + _genuine_ranks._RANK_CHUNK])
             top = (keys >> codec.unsigned.type(codec.bits - _STEP)).astype(np.intp)
             histogram += np.bincount(top, minlength=2**_STEP)
     return np.sort(np.concatenate(genuine_parts)), histogram
-
-
-class _GenuineRanks:
-    """``#(genuine < key)`` and ``#(genuine <= key)`` of any key by one table look-up.
-
-    The table counts the genuines under the start of every bucket of ``2**shift`` keys over
-    the genuines' key range (``shift`` 0, one bucket a key, unless that range passes
-    ``_RANK_TABLE`` buckets); keys of buckets that hold genuines are binary-searched when
-    ``shift > 0``.
-    """
-
-    def __init__(self, genuine_keys, histogram):
-        self.keys = genuine_keys
-        # the table spans the genuines' keys within the impostors' (their top 16 bits)
-        filled = np.flatnonzero(histogram)
-        top = 8 * genuine_keys.dtype.itemsize - _STEP
-        low = max(int(genuine_keys[0]), int(filled[0]) << top)
-        high = min(int(genuine_keys[-1]), ((int(filled[-1]) + 1) << top) - 1)
-        low, high = min(low, high), max(low, high)
-        self.shift = 0
-        while (high >> self.shift) - (low >> self.shift) + 3 > _RANK_TABLE:
-            self.shift += 1
-        unsigned = genuine_keys.dtype.type
-        self.first = (low >> self.shift) - 1  # the bucket of index 0: under the table
-        last = high >> self.shift
-        under = int(np.searchsorted(genuine_keys, unsigned(low >> self.shift << self.shift)))
-        over = len(genuine_keys)
-        if last < int(genuine_keys[-1]) >> self.shift:
-            over = int(np.searchsorted(genuine_keys, unsigned((last + 1) << self.shift)))
-        wide = np.uint32 if len(genuine_keys) < 2**32 else np.int64
-        # table[j]: the genuines under bucket first + j
-        self.table = np.empty(last - self.first + 3, wide)
-        self.table[:2] = under
-        self.table[-1] = len(genuine_keys)
-        self.table[2:-1] = 0
-        for chunk in range(under, over, _RANK_CHUNK):
-            keys = genuine_keys[chunk : min(chunk + _RANK_CHUNK, over)]
-            index = ((keys >> unsigned(self.shift)) - unsigned(self.first + 1)).astype(np.intp)
-            runs = np.concatenate([[0], np.flatnonzero(np.diff(index)) + 1])  # sorted keys
-            self.table[2:-1][index[runs]] += np.diff(np.append(runs, len(index))).astype(wide)
-        np.cumsum(self.table[1:-1], dtype=wide, out=self.table[1:-1])
-
-    def auc_twice(self, sorted_keys):
-        """``2 #(gen < imp) + #(gen == imp)`` summed over the impostors of ``sorted_keys``
-        (sorted: the keys under and over every genuine are a prefix and a suffix, and the
-        look-ups walk the table in order)."""
-        unsigned = sorted_keys.dtype.type
-        low = unsigned(self.first + 1) << unsigned(self.shift)
-        high = self.keys[-1]
-        start = int(np.searchsorted(sorted_keys, low, "left"))
-        stop = int(np.searchsorted(sorted_keys, high, "right"))
-        # under the table: no genuine, or no impostor; over it: every genuine
-        total = 2 * int(self.table[0]) * start + 2 * len(self.keys) * (len(sorted_keys) - stop)
-        below_table, upto_table = self.table[1:-1], self.table[2:]
-        for chunk in range(start, stop, _RANK_CHUNK):
-            keys = sorted_keys[chunk : min(chunk + _RANK_CHUNK, stop)]
-            index = ((keys >> unsigned(self.shift)) - unsigned(self.first + 1)).astype(np.intp)
-            below = below_table[index]
-            upto = upto_table[index]
-            if self.shift == 0:
-                total += int(below.sum(dtype=np.int64)) + int(upto.sum(dtype=np.int64))
-                continue
-            shared = np.flatnonzero(upto != below)  # buckets with genuines: search exactly
-            inside = keys[shared]
-            total += int(
-                2 * (below.sum(dtype=np.int64) - below[shared].sum(dtype=np.int64))
-                + np.searchsorted(self.keys, inside, "left").sum(dtype=np.int64)
-                + np.searchsorted(self.keys, inside, "right").sum(dtype=np.int64)
-            )
-        return total
 
 
 @dataclass
@@ -300,10 +225,10 @@ def _count(pairs, targets):
         ranks = None
         for _, block in pairs.blocks(genuine=False):
             values = np.sort(block)  # sorted: the look-ups walk the table in order
-            if first and _searched(len(genuine), len(values)):
-                auc_twice += _auc_twice_searched(genuine, values)
+            if first and _genuine_ranks._searched(len(genuine), len(values)):
+                auc_twice += _genuine_ranks._auc_twice_searched(genuine, values)
             elif first:
-                ranks = ranks or _GenuineRanks(genuine_keys, histogram)
+                ranks = ranks or _genuine_ranks._GenuineRanks(genuine_keys, histogram)
                 auc_twice += ranks.auc_twice(codec.keys(values))
             for search in pending:
                 _refine(search, values, codec, shift)
@@ -341,18 +266,6 @@ def _largest_count(target, impostors):
     while accepted > 0 and accepted / impostors > target:
         accepted -= 1
     return accepted
-
-
-def _searched(genuine, impostors):
-    """Whether binary searches of the genuines (G log B) cost less than B table look-ups."""
-    return genuine * np.log2(max(impostors, 2)) <= _SEARCH_SHARE * impostors
-
-
-def _auc_twice_searched(genuine, sorted_values):
-    """``2 #(gen < imp) + #(gen == imp)`` by binary searches of each genuine."""
-    below = np.searchsorted(sorted_values, genuine, "left")
-    upto = np.searchsorted(sorted_values, genuine, "right")
-    return int(2 * (len(sorted_values) * len(genuine) - upto.sum()) + (upto - below).sum())
 
 
 def _narrow(search, histogram, shift, genuine_keys):
