@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score, roc_curve
 
+import triplet_tools._genuine_ranks as genuine_ranks
 import triplet_tools._pair_counts as pair_counts
 from backend import tensor, to_numpy
 from triplet_tools import TripletLoss
@@ -145,6 +146,24 @@ def test_every_bucket_path(rng, monkeypatch, collect_limit, dtype):
     got = verification_metrics(x, labels, distance="sql2", far=(1e-3, 0.05, 0.3), block_size=11)
     distances, genuine = pair_distances(x, labels, distance="sql2")
     assert_close(got, sklearn_metrics(distances, genuine, far=(1e-3, 0.05, 0.3)))
+
+
+@pytest.mark.parametrize("rank_table", [3, 64, 2**25, "searched"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_rank_table_path(rng, monkeypatch, rank_table, dtype):
+    """The AUC's table of genuine ranks: one key a bucket (2**25), or coarse buckets binary-
+    searched where they hold genuines (3, 64), looked up a few keys at a time; or no table,
+    each genuine binary-searched in each block ("searched")."""
+    if rank_table == "searched":
+        monkeypatch.setattr(genuine_ranks, "_SEARCH_SHARE", np.inf)
+    else:
+        monkeypatch.setattr(genuine_ranks, "_SEARCH_SHARE", 0.0)
+        monkeypatch.setattr(genuine_ranks, "_RANK_TABLE", rank_table)
+    monkeypatch.setattr(genuine_ranks, "_RANK_CHUNK", 7)
+    x, labels = grid_set(rng, n=70, dtype=dtype)
+    got = verification_metrics(x, labels, distance="manhattan", far=FAR, block_size=9)
+    distances, genuine = pair_distances(x, labels, distance="manhattan")
+    assert_close(got, sklearn_metrics(distances, genuine))
 
 
 @pytest.mark.parametrize("distance", DISTANCE_NAMES)

@@ -2,13 +2,13 @@
 
 How it stays exact in O(block x N + genuine pairs) memory: the distances are computed in
 blocks of rows, twice. The genuine distances are few (sum over classes of n_c²) and kept,
-sorted. The impostors are never kept: each block is sorted and counted. The first pass
-histograms them by the top 16 bits of an order-preserving integer key of the float; that
-locates, for the EER crossing and for every target FAR, the bucket of keys that holds the
-answer. The second pass counts the AUC (the genuines below and tied with each sorted block)
-and either collects the impostors of each located bucket (when there are few) or histograms
-their next 16 bits; float32 keys are resolved after two passes, float64 after at most four.
-"""
+sorted. The impostors are never kept. The first pass histograms them (``np.bincount``, no
+sort) by the top 16 bits of an order-preserving integer key of the float; that locates, for
+the EER crossing and for every target FAR, the bucket of keys that holds the answer. The
+second pass sorts each block's keys and counts the AUC by looking each key up in a table of
+the genuines' ranks (sequential, as the keys are sorted), and either collects the impostors
+of each located bucket (when there are few) or histograms their next 16 bits; float32 keys
+are resolved after two passes, float64 after at most four."""
 
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from keras import ops
 
+from triplet_tools import _genuine_ranks
 from triplet_tools import distances as distances_module
 from triplet_tools._validation import check_int
 
@@ -49,18 +50,6 @@ class _Codec:
     def keys(self, values):
         raw = values.view(self.unsigned)
         return raw ^ ((raw >> self.unsigned.type(self.bits - 1)) * self.low | self.top)
-
-    def top_bucket_ends(self):
-        """The largest float of each bucket of keys that share their top 16 bits, in key
-        order (-inf for the buckets under every finite float, +inf above them), so that
-        ``searchsorted(sorted_values, ends, "right")`` counts each bucket's keys cumulatively."""
-        ends = (np.arange(1, 2**_STEP + 1, dtype=np.uint64) << np.uint64(self.bits - _STEP)) - 1
-        with np.errstate(invalid="ignore"):
-            values = self.values(ends.astype(self.unsigned))
-        lowest = np.arange(2**_STEP) < 2**_STEP // 2
-        values[np.isnan(values) & lowest] = -np.inf
-        values[np.isnan(values) & ~lowest] = np.inf
-        return values
 
     def values(self, keys):
         """The floats of ``keys``; the key of -0.0 (which the values never hold) gives the
@@ -156,24 +145,16 @@ class _Pairs:
 
 def _first_pass(pairs):
     """The sorted genuine distances and the histogram of the impostors' top 16 key bits."""
-    genuine_parts, histogram, edges = [], np.zeros(2**_STEP, np.int64), None
+    genuine_parts, histogram, codec = [], np.zeros(2**_STEP, np.int64), None
     for genuine, impostors in pairs.blocks():
-        if edges is None:
-            edges = _Codec(impostors.dtype).top_bucket_ends()
+        if codec is None:
+            codec = _Codec(impostors.dtype)
         genuine_parts.append(genuine)
-        upto = np.searchsorted(np.sort(impostors), edges, "right")
-        histogram += np.diff(np.concatenate([[0], upto]))
+        for chunk in range(0, len(impostors), _genuine_ranks._RANK_CHUNK):
+            keys = codec.keys(impostors[chunk : chunk + _genuine_ranks._RANK_CHUNK])
+            top = (keys >> codec.unsigned.type(codec.bits - _STEP)).astype(np.intp)
+            histogram += np.bincount(top, minlength=2**_STEP)
     return np.sort(np.concatenate(genuine_parts)), histogram
-
-
-def _histogram(sorted_keys, low, shift):
-    """Counts of ``sorted_keys`` (all >= ``low``) in the 2**16 buckets of ``2**shift`` keys."""
-    step = np.arange(1, 2**_STEP + 1, dtype=np.uint64) << np.uint64(shift)
-    edges = np.minimum(step + np.uint64(low), np.uint64(np.iinfo(sorted_keys.dtype).max))
-    last = np.searchsorted(sorted_keys, (edges - np.uint64(1)).astype(sorted_keys.dtype), "right")
-    if shift + _STEP == 8 * sorted_keys.dtype.itemsize and low == 0:
-        last[-1] = len(sorted_keys)
-    return np.diff(np.concatenate([[0], last]))
 
 
 @dataclass
@@ -241,12 +222,17 @@ def _count(pairs, targets):
         for search in pending:
             search.sub_histogram = None if search.inside <= _COLLECT_LIMIT else 0
             search.collected = []
+        ranks = None
         for _, block in pairs.blocks(genuine=False):
-            values = np.sort(block)
-            if first:
-                auc_twice += _auc_twice(genuine, values)
+            values = np.sort(block)  # sorted: the look-ups walk the table in order
+            if first and _genuine_ranks._searched(len(genuine), len(values)):
+                auc_twice += _genuine_ranks._auc_twice_searched(genuine, values)
+            elif first:
+                ranks = ranks or _genuine_ranks._GenuineRanks(genuine_keys, histogram)
+                auc_twice += ranks.auc_twice(codec.keys(values))
             for search in pending:
                 _refine(search, values, codec, shift)
+        del ranks
         for search in pending:
             if search.sub_histogram is None:
                 found, counts = np.unique(
@@ -282,17 +268,6 @@ def _largest_count(target, impostors):
     return accepted
 
 
-def _auc_twice(genuine, impostors):
-    """``2 #(gen < imp) + #(gen == imp)`` for sorted ``genuine`` and sorted ``impostors``."""
-    if len(genuine) <= len(impostors):
-        below = np.searchsorted(impostors, genuine, "left")
-        upto = np.searchsorted(impostors, genuine, "right")
-        return int(2 * (len(impostors) * len(genuine) - upto.sum()) + (upto - below).sum())
-    below = np.searchsorted(genuine, impostors, "left")
-    upto = np.searchsorted(genuine, impostors, "right")
-    return int(below.sum() + upto.sum())
-
-
 def _narrow(search, histogram, shift, genuine_keys):
     """Chooses the sub-bucket (of ``2**shift`` keys from ``search.lo``) that holds the answer."""
     ends = np.uint64(search.lo) + (
@@ -314,11 +289,14 @@ def _refine(search, sorted_values, codec, shift):
     last = int(np.searchsorted(sorted_values, hi, "right"))
     if first > 0:
         search.max_below = max(search.max_below, float(sorted_values[first - 1]))
-    inside = codec.keys(sorted_values[first:last])
+    inside = codec.keys(sorted_values[first:last])  # a new array, not a view of the block
     if search.sub_histogram is None:
         search.collected.append(inside)
     else:
-        search.sub_histogram = search.sub_histogram + _histogram(inside, search.lo, shift)
+        offsets = (inside - codec.unsigned.type(search.lo)) >> codec.unsigned.type(shift)
+        search.sub_histogram = search.sub_histogram + np.bincount(
+            offsets.astype(np.intp), minlength=2**_STEP
+        )
 
 
 def _resolve(search, keys, counts, genuine_keys, codec):

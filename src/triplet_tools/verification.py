@@ -65,7 +65,7 @@ def verification_metrics(
             ``"cosine"``) or a ``triplet_tools.distances.Distance``.
         far: a float or a sequence of false-accept rates in (0, 1) (default
             ``(1e-4, 1e-3, 1e-2)``).
-        block_size: rows of distances computed at once (default: ~4M distances a block).
+        block_size: rows of distances computed at once (default: ~16M distances a block).
 
     Returns:
         A dict of Python floats: ``roc_auc``, ``eer``, and ``tar@far=F`` and
