@@ -68,6 +68,21 @@ def current_replica_group():
     return None
 
 
+def rows_per_slice(rows, num_slices):
+    """Rows of each device slice when ``global_mining=False`` splits a batch of ``rows`` over
+    ``num_slices`` devices; a ``ValueError`` when they do not divide evenly.
+
+    >>> rows_per_slice(12, 3)
+    4
+    """
+    if rows is None or rows % num_slices:
+        raise ValueError(
+            f"global_mining=False splits the batch over {num_slices} devices; received a "
+            f"batch of {rows} rows, which does not divide evenly."
+        )
+    return rows // num_slices
+
+
 def data_parallel_replicas():
     """``R`` for JAX under ``keras.distribution.DataParallel`` (the batch is split in ``R``
     contiguous slices, one per device), else 1."""

@@ -133,12 +133,7 @@ def gather(labels, embeddings, *, memory=None, global_mining=True, as_last_seen=
     num_slices = distributed.data_parallel_replicas()
     if not global_mining and num_slices > 1:
         rows = embeddings.shape[0]
-        if rows is None or rows % num_slices:
-            raise ValueError(
-                f"global_mining=False splits the batch over {num_slices} devices; received "
-                f"a batch of {rows} rows, which does not divide evenly."
-            )
-        step = rows // num_slices
+        step = distributed.rows_per_slice(rows, num_slices)
         slices = tuple(ReferenceSet(slice(i, i + step)) for i in range(0, rows, step))
         return References(slices, mean_scale=mean_scale)
     return References((ReferenceSet(None),), mean_scale=mean_scale)

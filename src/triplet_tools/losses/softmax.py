@@ -346,12 +346,7 @@ class InfoNCELoss(PairLoss):
     def _slices(self, labels, embeddings, weights, slices):
         """``global_mining=False`` under JAX ``DataParallel``: each device slice alone."""
         rows = embeddings.shape[0]
-        if rows is None or rows % slices:
-            raise ValueError(
-                f"global_mining=False splits the batch over {slices} devices; received a "
-                f"batch of {rows} rows, which does not divide evenly."
-            )
-        step = rows // slices
+        step = distributed.rows_per_slice(rows, slices)
         return [
             self._score_queries(
                 None if labels is None else labels[i : i + step],
