@@ -6,6 +6,8 @@ from numbers import Integral
 import numpy as np
 from keras import ops
 
+from triplet_tools._validation import as_label_vector
+
 
 def as_rows(x, argument, dim, allow_empty=False):
     array = np.asarray(ops.convert_to_numpy(x) if ops.is_tensor(x) else x)
@@ -31,11 +33,12 @@ def as_rows(x, argument, dim, allow_empty=False):
 
 
 def as_labels(labels, count, existing):
-    array = np.asarray(ops.convert_to_numpy(labels) if ops.is_tensor(labels) else labels)
-    if array.ndim == 2 and array.shape[1] == 1:
-        array = array[:, 0]
-    if array.shape != (count,):
-        raise ValueError(f"labels must have shape ({count},); received shape {array.shape}.")
+    array = as_label_vector(
+        ops.convert_to_numpy(labels) if ops.is_tensor(labels) else labels,
+        count,
+        "labels",
+        "the rows",
+    )
     if array.dtype.kind in "OSU":
         if not all(isinstance(v, (str, bytes, np.str_, np.bytes_)) for v in array.tolist()):
             raise ValueError("labels must all be integers or all strings; received a mix.")
