@@ -34,26 +34,33 @@ def each_torch_miner(request, monkeypatch):
 @pytest.fixture
 def recomputed_blocks(monkeypatch):
     """The pair engine takes its recomputed-blocks path (``keras.remat``, normally above
-    ``pairs.REMAT_PAIRS`` anchor-reference pairs) for every batch. Returns the list of block
+    ``engine.REMAT_PAIRS`` anchor-reference pairs) for every batch. Returns the list of block
     functions wrapped, so that a test can tell the path was taken."""
     import keras
 
-    from triplet_tools.mining import pairs
+    from triplet_tools.mining import engine
 
     wrapped = []
     remat = keras.remat
-    monkeypatch.setattr(pairs, "PRODUCTS", False)  # the recomputation is the linearized mode's
-    monkeypatch.setattr(pairs, "REMAT_PAIRS", 0)
+    only_linearized(monkeypatch)  # the recomputation is the linearized mode's
+    monkeypatch.setattr(engine, "REMAT_PAIRS", 0)
     monkeypatch.setattr(keras, "remat", lambda f: wrapped.append(f) or remat(f))
     return wrapped
 
 
 @pytest.fixture(params=["products", "linearized"])
 def engine_mode(request, monkeypatch):
-    """Runs the test with each mode of the pair engine (``triplet_tools.mining.pairs``): the
+    """Runs the test with each mode of the pair engine (``triplet_tools.mining.engine``): the
     closed-form products the reductions take, and the linearized blocks of
     ``reduction="none"`` and user-defined distances."""
-    from triplet_tools.mining import pairs
-
-    monkeypatch.setattr(pairs, "PRODUCTS", request.param == "products")
+    if request.param == "linearized":
+        only_linearized(monkeypatch)
     return request.param
+
+
+def only_linearized(monkeypatch):
+    """Every loss picks the pair engine's linearized mode (``engine.choose_mode``), even
+    where its reduction would take the products mode."""
+    from triplet_tools.mining import engine
+
+    monkeypatch.setattr(engine, "choose_mode", lambda *args, **kwargs: engine.Mode.LINEARIZED)

@@ -400,14 +400,15 @@ def test_float64_gradient_is_computed_in_float64(make_loss, monkeypatch):
     """The products mode's gradient (its products included: Keras 3.15's torch ``matmul``
     computes float64 in float32) equals the linearized mode's autodiff in float64, far
     closer than float32 could (~1e-7)."""
-    from triplet_tools.mining import pairs
+    from conftest import only_linearized
 
     labels, x = batch("uneven")
     x = x.astype("float64")
     weights = np.linspace(0.2, 2.0, len(labels))
     gradients = []
     for products in (True, False):
-        monkeypatch.setattr(pairs, "PRODUCTS", products)
+        if not products:
+            only_linearized(monkeypatch)
         loss = make_loss()
         value, grad = value_and_grad(lambda t, loss=loss: loss(labels, t, sample_weight=weights), x)
         assert grad.dtype == np.float64

@@ -667,7 +667,7 @@ def test_save_and_load_without_custom_objects(tmp_path):
 @pytest.mark.parametrize("size", [1, 2, 7, 64])
 def test_sorted_search_finds_each_class_like_numpy(compile_it, size):
     # Duplicates, values below, between and above the sorted ones, both sides.
-    from triplet_tools.mining.pairs import sorted_search
+    from triplet_tools.mining.engine import sorted_search
 
     rng = np.random.default_rng(size)
     sorted_values = np.sort(rng.integers(-5, 6, size)).astype("int32")
@@ -741,12 +741,12 @@ def test_reductions_take_the_products_mode_and_none_the_linearized(monkeypatch):
     """The reductions hand the engine the anchors' weights (products mode: no ``n x M``
     block is differentiated); ``reduction="none"`` and a distance without a product form
     keep each anchor's own gradient (linearized)."""
-    from triplet_tools.mining import pairs
+    from triplet_tools.mining import engine
 
     taken = []
 
     def spy(name):
-        original = getattr(pairs, name)
+        original = getattr(engine, name)
 
         def spied(*args, **kwargs):
             taken.append(name)
@@ -755,7 +755,7 @@ def test_reductions_take_the_products_mode_and_none_the_linearized(monkeypatch):
         return spied
 
     for name in ("_score_products", "_score_linearized"):
-        monkeypatch.setattr(pairs, name, spy(name))
+        monkeypatch.setattr(engine, name, spy(name))
     labels, x = batch("full")
     kwargs = BATCH_ALL[1]
     TripletLoss(**kwargs)(labels, x)

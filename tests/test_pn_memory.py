@@ -13,7 +13,7 @@ import reference_pairs as R
 from backend import value_and_grad
 from pair_support import GRAD_TOL, VALUE_TOL
 from triplet_tools import PNLoss, TripletLoss
-from triplet_tools.mining import blocks, pairs
+from triplet_tools.mining import blocks, engine
 
 LABELS = np.tile(np.arange(4), 3)
 X = np.random.default_rng(11).normal(size=(12, 3)).astype("float32")
@@ -23,7 +23,7 @@ ALL = {"positive_mining_strategy": "all", "negative_mining_strategy": "all"}
 def _count_remat(monkeypatch, limit):
     wrapped = []
     remat = keras.remat
-    monkeypatch.setattr(pairs, "REMAT_PAIRS", limit)
+    monkeypatch.setattr(engine, "REMAT_PAIRS", limit)
     monkeypatch.setattr(keras, "remat", lambda f: wrapped.append(f) or remat(f))
     return wrapped
 
@@ -48,6 +48,6 @@ def test_pairs_below_the_limit_are_kept(monkeypatch):
 
 def test_cubic_blocks_hold_about_block_elements_units():
     for size in (64, 768, 1024, 4096):
-        rows = pairs.block_rows(size, size, cubic=True)
+        rows = engine.block_rows(size, size, cubic=True)
         assert rows * size * size <= max(blocks.BLOCK_ELEMENTS, size * size)
         assert rows in (1, size) or 2 * rows * size * size > blocks.BLOCK_ELEMENTS

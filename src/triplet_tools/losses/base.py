@@ -15,7 +15,7 @@ Argument checks live in ``_validation``, input conversion in ``_inputs``, the re
 from __future__ import annotations
 
 import weakref
-from typing import Any, NamedTuple
+from typing import Any
 
 import keras
 
@@ -28,49 +28,9 @@ from triplet_tools._validation import check_bool, check_int
 from triplet_tools.losses import eager
 from triplet_tools.losses import reduction as reduction_module
 from triplet_tools.mining import mine_features, mining_rules
+from triplet_tools.mining.engine import AnchorTriplets
 
 REDUCTIONS = reduction_module.REDUCTIONS
-
-
-class AnchorTriplets(NamedTuple):
-    """Per-anchor results of the pipeline, each of shape ``(B,)``.
-
-    Attributes:
-        loss: ``L_a``, the anchor's summed unit losses (0 for invalid anchors; NaN in an
-            embedding stays NaN).
-        valid: bool, the anchor has a positive and a negative.
-        positive_distance: ``d_ap`` with gradient (the strategy ``"all"`` and the pair-based
-            losses: the mean over the anchor's positives, a statistic without gradient).
-        negative_distance: ``d_an`` with gradient (for ``PNLoss``, ``min(d(a,n*), d(p*,n*))``;
-            the strategy ``"all"`` and the pair-based losses: the mean over the anchor's
-            negatives, without gradient).
-        count: ``c_a``, the anchor's counted units (the divisor's share).
-        active: the anchor's units with a non-zero loss.
-        carrier: ``None``, or a scalar 0 whose gradient is that of ``sum_a w_a L_a`` for the
-            weights the pipeline was given; ``loss`` then holds values only (the pair
-            engine's products mode, ``triplet_tools.mining.pairs``).
-    """
-
-    loss: Any
-    valid: Any
-    positive_distance: Any
-    negative_distance: Any
-    count: Any = None
-    active: Any = None
-    carrier: Any = None
-
-    @classmethod
-    def from_pairs(cls, scores):
-        """From the pair engine's ``PairScores`` (``triplet_tools.mining.pairs``)."""
-        return cls(
-            scores.loss,
-            scores.valid,
-            scores.positive_distance,
-            scores.negative_distance,
-            scores.count,
-            scores.active,
-            scores.carrier,
-        )
 
 
 def _ones(embeddings):
@@ -184,12 +144,12 @@ class TripletFamilyLoss(keras.losses.Loss):
         """``c_a`` of a per-anchor result: 1 for a valid anchor, else 0."""
         return ops.cast(triplets.valid, triplets.loss.dtype)
 
-    def wants_statistics(self, weights=None):
+    def wants_statistics(self, summed=False):
         """Whether the pair engine computes each anchor's mean distances (``d_ap``, ``d_an``):
         when a :class:`~triplet_tools.metrics.MiningStatistics` reads them, or when the caller
-        takes the per-anchor results (``weights`` is ``None``: :meth:`anchor_triplets`,
+        takes the per-anchor results (not ``summed``: :meth:`anchor_triplets`,
         :meth:`mine_batch`, ``reduction="none"``). A reduced call skips their two passes."""
-        return bool(self._statistics) or weights is None
+        return bool(self._statistics) or not summed
 
     def score_set(
         self,
@@ -200,13 +160,15 @@ class TripletFamilyLoss(keras.losses.Loss):
         anchor_positions,
         reference_mask,
         weights=None,
+        summed=False,
     ):
         """Scores anchors against one reference set; returns an :class:`AnchorTriplets`.
 
         The default mines one positive and one negative per anchor and applies
         :meth:`anchor_loss`. ``reference_features`` is ``None`` for in-batch mining.
-        ``weights`` ``(B,)``, when given, says that only ``sum_a w_a L_a`` will be
-        differentiated: a loss may then return values and a ``carrier`` of that gradient.
+        ``summed`` says that only ``sum_a w_a L_a`` will be differentiated, with
+        ``weights`` ``(B,)``: a loss may then return values and a ``carrier`` of that
+        gradient. Otherwise every ``L_a`` keeps its own gradient (``weights`` unused).
         """
         mined = mine_features(
             features,
@@ -274,7 +236,7 @@ class TripletFamilyLoss(keras.losses.Loss):
             ),
         )
 
-    def _score(self, labels, embeddings, reference_set, weights=None):
+    def _score(self, labels, embeddings, reference_set, weights=None, summed=False):
         # Each row is transformed once (normalised, for the normalised distances), with
         # gradient: mining reads these features under stop_gradient, the loss measures them.
         rows = reference_set.rows
@@ -305,6 +267,7 @@ class TripletFamilyLoss(keras.losses.Loss):
             reference_set.positions,
             reference_set.mask,
             weights,
+            summed,
         )
 
     def mine_batch(self, y_true, y_pred, as_last_seen=False):
@@ -318,7 +281,7 @@ class TripletFamilyLoss(keras.losses.Loss):
         labels, embeddings = self._inputs(y_true, y_pred)
         return self._mine(labels, embeddings, as_last_seen)
 
-    def _mine(self, labels, embeddings, as_last_seen=False, weights=None):
+    def _mine(self, labels, embeddings, as_last_seen=False, weights=None, summed=False):
         refs = references_module.gather(
             labels,
             embeddings,
@@ -326,7 +289,9 @@ class TripletFamilyLoss(keras.losses.Loss):
             global_mining=self.global_mining,
             as_last_seen=as_last_seen,
         )
-        triplets = _concatenate([self._score(labels, embeddings, s, weights) for s in refs.sets])
+        triplets = _concatenate(
+            [self._score(labels, embeddings, s, weights, summed) for s in refs.sets]
+        )
         return triplets, refs
 
     def call(self, y_true, y_pred):
@@ -350,7 +315,8 @@ class TripletFamilyLoss(keras.losses.Loss):
             triplets, refs = self._mine(
                 labels,
                 embeddings,
-                weights=(_ones(embeddings) if weights is None else weights) if summed else None,
+                weights=_ones(embeddings) if weights is None else weights,
+                summed=summed,
             )
             for metric in self._statistics:
                 metric.accumulate(triplets)

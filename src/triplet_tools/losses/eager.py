@@ -33,7 +33,7 @@ from typing import Any
 import keras
 
 from triplet_tools._ops import ops
-from triplet_tools.mining import blocks, pairs
+from triplet_tools.mining import blocks, engine
 
 #: Compiled scoring functions kept per loss (input shapes, dtypes and settings).
 CACHE_SIZE = 8
@@ -46,16 +46,23 @@ _compiled: weakref.WeakKeyDictionary[Any, collections.OrderedDict] = weakref.Wea
 class _Scorer:
     """``loss.score_set`` with the loss held weakly (what ``jax.jit`` compiles)."""
 
-    def __init__(self, loss):
+    def __init__(self, loss, summed):
         self._loss = weakref.ref(loss)
+        self._summed = summed
 
     def __call__(self, features, labels, reference_features, reference_labels, *rest):
         positions, mask, weights = rest
-        extra = {} if weights is None else {"weights": weights}
         loss = self._loss()
         assert loss is not None, "called by its loss, which is alive"
         return loss.score_set(
-            features, labels, reference_features, reference_labels, positions, mask, **extra
+            features,
+            labels,
+            reference_features,
+            reference_labels,
+            positions,
+            mask,
+            weights,
+            self._summed,
         )
 
 
@@ -64,14 +71,14 @@ def _signature(x):
 
 
 def score_set(loss, features, labels, reference_features, reference_labels, positions, mask,
-              weights=None):  # fmt: skip
+              weights=None, summed=False):  # fmt: skip
     """``loss.score_set(...)``; on JAX through the loss's cached compiled function once a
     call with these shapes and settings has run a loop.
 
     Args:
         loss: a ``TripletFamilyLoss``.
-        features, labels, reference_features, reference_labels, positions, mask, weights:
-            as for ``TripletFamilyLoss.score_set`` (``None`` where not given).
+        features, labels, reference_features, reference_labels, positions, mask, weights,
+        summed: as for ``TripletFamilyLoss.score_set`` (``None`` where not given).
 
     Returns:
         The loss's ``AnchorTriplets``.
@@ -89,7 +96,7 @@ def score_set(loss, features, labels, reference_features, reference_labels, posi
     """
     given = (features, labels, reference_features, reference_labels, positions, mask, weights)
     if not _JAX:
-        return _Scorer(loss)(*given)
+        return _Scorer(loss, summed)(*given)
     import jax
 
     tensors = tuple(None if x is None else ops.convert_to_tensor(x) for x in given)
@@ -98,21 +105,21 @@ def score_set(loss, features, labels, reference_features, reference_labels, posi
         tuple(_signature(x) for x in tensors),
         repr(loss.get_config()),
         bool(loss._statistics),
-        pairs.PRODUCTS,
-        pairs.REMAT_PAIRS,
+        summed,
+        engine.REMAT_PAIRS,
         blocks.BLOCK_ELEMENTS,
     )
     table = _compiled.setdefault(loss, collections.OrderedDict())
     if key in table:
         table.move_to_end(key)
         compiled = table[key]
-        return _Scorer(loss)(*tensors) if compiled is None else compiled(*tensors)
+        return _Scorer(loss, summed)(*tensors) if compiled is None else compiled(*tensors)
     # The first call with this key runs un-jitted; only if it ran a loop is the step
     # compiled for the next ones. Without a loop, op-by-op dispatch is cached already and a
     # compilation per loss would cost more than it saves.
     loops = blocks.loops_counted()
-    scores = _Scorer(loss)(*tensors)
-    table[key] = jax.jit(_Scorer(loss)) if blocks.loops_counted() != loops else None
+    scores = _Scorer(loss, summed)(*tensors)
+    table[key] = jax.jit(_Scorer(loss, summed)) if blocks.loops_counted() != loops else None
     while len(table) > CACHE_SIZE:
         table.popitem(last=False)
     return scores

@@ -3,23 +3,25 @@
 ``MultiSimilarityLoss``, ``CircleLoss`` and ``SoftNearestNeighborLoss`` (TF Similarity's other
 supervised metric losses) and ``LiftedStructLoss`` (tensorflow-addons', also in
 ``triplet_tools.tfa``). One base, :class:`PairLoss`, runs the pair engine
-(``triplet_tools.mining.pairs``) over blocks of anchors; each loss overrides one hook,
-``row_loss(block) -> (l_a, c_a, valid)``, which computes ``l_a`` and ``dl_a / dd(a, j)``
-in closed form (``pairs.linearized``); lifted structure scores its positives one slot at
-a time (``pairs.positive_slots``) instead of every pair. The references are those of every
-loss here (the batch, a cross-batch memory, the global batch); invalid anchors get 0 and
-are left out of the average.
+(:mod:`triplet_tools.mining.engine`) over blocks of anchors; a loss states one hook, its
+value-only row function ``row(block) -> l_a`` (:mod:`triplet_tools.pair_rows`), which the
+engine differentiates per block. The built-in losses add hand-derived slopes,
+``row_slopes``, as a faster path (tested to equal the autodiff ones); lifted structure
+scores its positives one slot at a time (``pair_rows.positive_slots``) instead of every
+pair. The references are those of every loss here (the batch, a cross-batch memory, the
+global batch); invalid anchors get 0 and are left out of the average.
 """
 
 from __future__ import annotations
 
 import keras
 
+from triplet_tools import pair_rows
 from triplet_tools._ops import ops
 from triplet_tools._validation import check_number
-from triplet_tools.losses.base import AnchorTriplets, TripletFamilyLoss
-from triplet_tools.mining import pairs
-from triplet_tools.mining.pairs import masked_exponentials
+from triplet_tools.losses.base import TripletFamilyLoss
+from triplet_tools.mining import engine
+from triplet_tools.pair_rows import RowValues, has_pairs, masked_exponentials, masked_logsumexp
 
 _FAR_BELOW = -1e30
 _INF = float("inf")
@@ -28,16 +30,36 @@ _INF = float("inf")
 class PairLoss(TripletFamilyLoss):
     """Base of the pair-based losses: the pair engine, the common arguments and the config.
 
+    A subclass states :meth:`row`, each anchor's value from a block of its pair distances
+    (see :mod:`triplet_tools.pair_rows`); the engine differentiates it. It may add
+    :meth:`row_slopes`, the same values with hand-derived slopes, as a faster path.
+
     Args:
         distance: a distance name or ``Distance``.
         name: the loss name.
         reduction: as for ``TripletLoss`` (default: mean over valid anchors).
         **kwargs: ``dtype``, ``block_size``, ``global_mining``, ``memory`` as for
             ``TripletLoss``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> class MeanPositive(PairLoss):      # l_a = mean distance to the positives
+    ...     def row(self, block):
+    ...         return pair_rows.masked_mean(block.distances, block.positive)
+    >>> loss = MeanPositive("euclidean", "mean_positive", reduction="none")
+    >>> x = np.array([[0.0], [2.0], [5.0]], "float32")
+    >>> np.asarray(loss([0, 0, 1], x)).tolist()
+    [2.0, 2.0, 0.0]
     """
 
     #: The loss's own arguments, in config order.
     parameters: tuple[str, ...] = ()
+
+    #: Whether :meth:`row_slopes` (when the loss has it) replaces the autodiff of
+    #: :meth:`row`; ``False`` on an instance takes the autodiff path (tests, benchmarks).
+    closed_form = True
 
     def __init__(self, distance, name, reduction="sum_over_batch_size", **kwargs):
         super().__init__(
@@ -50,13 +72,26 @@ class PairLoss(TripletFamilyLoss):
             **kwargs,
         )
 
-    def row_loss(self, block):
-        """``(l_a, c_a, valid, W)`` for a :class:`~triplet_tools.mining.pairs.PairBlock`,
-        without gradient: ``W_aj = dl_a / dd(a, j)`` ``(n, M)``, 0 on invalid anchors."""
+    def row(self, block):
+        """``l_a`` ``(n,)`` (or a :class:`~triplet_tools.pair_rows.RowValues`) for a
+        :class:`~triplet_tools.pair_rows.PairBlock`, differentiable in ``block.distances``."""
+        raise NotImplementedError(f"{type(self).__name__} must define row(block).")
+
+    def row_slopes(self, block):
+        """Optional fast path: ``(l_a, c_a, valid, W)`` without gradient, the values of
+        :meth:`row` with ``W_aj = dl_a / dd(a, j)`` ``(n, M)`` in closed form (0 on invalid
+        anchors). A loss without it is differentiated by autodiff."""
         raise NotImplementedError
 
-    def _row(self, block):
-        return self._scores(block, *self.row_loss(block))
+    def row_function(self):
+        """What the engine runs per block (``PairBlock -> RowScores``): the closed form when
+        the loss has one and :attr:`closed_form` is on, else autodiff of :meth:`row`."""
+        if self.closed_form and type(self).row_slopes is not PairLoss.row_slopes:
+            return self._closed_form_row
+        return pair_rows.with_slopes(self.row)
+
+    def _closed_form_row(self, block):
+        return self._scores(block, *self.row_slopes(block))
 
     def _scores(self, block, loss, count, valid, slopes):
         """The block's ``RowScores``: loss and count zeroed on invalid anchors, the active
@@ -64,7 +99,7 @@ class PairLoss(TripletFamilyLoss):
         valid_f = ops.cast(valid, block.distances.dtype)
         loss = loss * valid_f
         active = ops.cast(loss > 0, loss.dtype) * valid_f
-        return pairs.row_scores(
+        return pair_rows.row_scores(
             block, loss, count * valid_f, valid, active, block.positive, slopes=slopes
         )
 
@@ -77,6 +112,7 @@ class PairLoss(TripletFamilyLoss):
         anchor_positions,
         reference_mask,
         weights=None,
+        summed=False,
     ):
         return self.score_pairs(
             features,
@@ -86,30 +122,27 @@ class PairLoss(TripletFamilyLoss):
             anchor_positions,
             reference_mask,
             weights=weights,
+            summed=summed,
         )
 
-    def score_pairs(self, *references, weights=None, context=(), row_function=None):
+    def score_pairs(self, *references, weights, summed, context=(), row_function=None):
         """The engine over ``score_set``'s arguments, with ``context`` for the row loss."""
-        scores = pairs.score_pairs(
+        return engine.score_pairs(
             *references,
             distance=self.distance,
-            row_function=row_function or self._row,
+            row_function=row_function or self.row_function(),
+            mode=engine.choose_mode(self.distance, summed),
+            weights=weights,
             rows=self.block_size,
             context=context,
-            weights=weights,
-            statistics=self.wants_statistics(weights),
+            statistics=self.wants_statistics(summed),
         )
-        return AnchorTriplets.from_pairs(scores)
 
     def get_config(self):
         config = super().get_config()
         for fixed in ("positive_mining_strategy", "negative_mining_strategy", "semi_margin"):
             config.pop(fixed)
         return {**config, **{name: getattr(self, name) for name in self.parameters}}
-
-
-def _valid(block):
-    return ops.logical_and(ops.any(block.positive, axis=1), ops.any(block.negative, axis=1))
 
 
 @keras.saving.register_keras_serializable(package="triplet_tools")
@@ -172,7 +205,22 @@ class MultiSimilarityLoss(PairLoss):
         self.center = check_number(center, "center")
         super().__init__(distance, name, reduction, **kwargs)
 
-    def row_loss(self, block):
+    def row(self, block):
+        d = block.distances
+        nearest_negative = ops.min(ops.where(block.negative, d, _INF), axis=1)
+        farthest_positive = ops.max(ops.where(block.positive, d, -_INF), axis=1)
+        hard_positive = block.positive & (d > (nearest_negative - self.epsilon)[:, None])
+        hard_negative = block.negative & (d < (farthest_positive + self.epsilon)[:, None])
+        similarity = d + (self.lmda - self.center)
+        positive = masked_logsumexp(self.alpha * similarity, hard_positive)
+        negative = masked_logsumexp(-self.beta * similarity, hard_negative)
+        valid = ops.isfinite(positive) & ops.isfinite(negative)
+        loss = ops.softplus(ops.where(valid, positive, 0)) / self.alpha
+        return RowValues(
+            loss + ops.softplus(ops.where(valid, negative, 0)) / self.beta, None, valid
+        )
+
+    def row_slopes(self, block):
         d = block.distances
         nearest_negative = ops.min(ops.where(block.negative, d, float("inf")), axis=1)
         farthest_positive = ops.max(ops.where(block.positive, d, -float("inf")), axis=1)
@@ -254,7 +302,16 @@ class CircleLoss(PairLoss):
         self.margin = check_number(margin, "margin", minimum=0)
         super().__init__(distance, name, reduction, **kwargs)
 
-    def row_loss(self, block):
+    def row(self, block):
+        d, m = block.distances, self.margin
+        alpha_p = ops.stop_gradient(ops.relu(d + m))
+        alpha_n = ops.stop_gradient(ops.relu(1 + m - d))
+        positive = masked_logsumexp(self.gamma * alpha_p * (d - m), block.positive)
+        negative = masked_logsumexp(-self.gamma * alpha_n * (d - (1 - m)), block.negative)
+        valid = has_pairs(block)
+        return RowValues(ops.softplus(ops.where(valid, positive + negative, 0)), None, valid)
+
+    def row_slopes(self, block):
         d = block.distances
         # The slopes of v in d: gamma alpha_p on P(a), -gamma alpha_n on N(a).
         slope = ops.where(
@@ -267,7 +324,7 @@ class CircleLoss(PairLoss):
         (positive, negative), e, (positive_inverse, negative_inverse) = masked_exponentials(
             values, [block.positive, block.negative]
         )
-        valid = _valid(block)
+        valid = has_pairs(block)
         # Both terms are finite on valid anchors; elsewhere -inf + x must not become NaN.
         total = ops.where(valid, positive + negative, 0)
         share = ops.where(valid, ops.sigmoid(total), 0)
@@ -323,12 +380,19 @@ class SoftNearestNeighborLoss(PairLoss):
         self.temperature = check_number(temperature, "temperature", positive=True)
         super().__init__(distance, name, reduction, **kwargs)
 
-    def row_loss(self, block):
+    def row(self, block):
+        logits = block.distances / -self.temperature
+        positive = masked_logsumexp(logits, block.positive)
+        negative = masked_logsumexp(logits, block.negative)
+        valid = has_pairs(block)
+        return RowValues(ops.softplus(ops.where(valid, negative - positive, 0)), None, valid)
+
+    def row_slopes(self, block):
         d = block.distances
         (positive, negative), e, (positive_inverse, negative_inverse) = masked_exponentials(
             d / -self.temperature, [block.positive, block.negative]
         )
-        valid = _valid(block)
+        valid = has_pairs(block)
         # logsumexp_{P u N} - logsumexp_P = softplus(lse_N - lse_P); d v / d d = -1 / T.
         gap = ops.where(valid, negative - positive, 0)
         share = ops.where(valid, ops.sigmoid(gap), 0) / self.temperature
@@ -401,7 +465,7 @@ class LiftedStructLoss(PairLoss):
         term, softmax = self._own_term(block)
         zeros = ops.zeros_like(term)
         slopes = None if block.form is not None else -softmax
-        return pairs.RowScores(term, zeros, zeros > 0, zeros, zeros, zeros, slopes)
+        return pair_rows.RowScores(term, zeros, zeros > 0, zeros, zeros, zeros, slopes)
 
     def _pair_slots(self, block, own, others, positive_weight, add_shares, initial):
         """The slot loop over each valid anchor's positives ``c``: ``J_ac`` at one positive
@@ -411,24 +475,27 @@ class LiftedStructLoss(PairLoss):
         mode needs, with ``own_share = dJ / d own_a`` and ``other_share = dJ / d others_c``.
         Returns ``(loss, count, valid, slopes at the positives (n, M), extra)``."""
         d = block.distances
-        valid = _valid(block)
+        valid = has_pairs(block)
         counted = ops.logical_and(block.positive, valid[:, None])
-        slots, slot = pairs.positive_slots(block, counted, valid)
+        slots, slot = pair_rows.positive_slots(block, counted, valid)
 
         def step(k, loss, count, weights, *extra):
             column, present = slot(k)
             other = ops.take(others, column)
             both = ops.logaddexp(own, other)
-            hinge = ops.relu(both + pairs.take_at(d, column)) * present
+            hinge = ops.relu(both + pair_rows.take_at(d, column)) * present
             extra = add_shares(column, hinge, ops.exp(own - both), ops.exp(other - both), *extra)
-            weights = pairs.add_at(weights, column, hinge * positive_weight)
+            weights = pair_rows.add_at(weights, column, hinge * positive_weight)
             return (loss + ops.square(hinge) / 2, count + present, weights, *extra)
 
         zeros = ops.zeros_like(own)
-        loss, count, weights, *extra = pairs.over_slots(
+        loss, count, weights, *extra = pair_rows.over_slots(
             step, slots, (zeros, zeros, ops.zeros_like(d), *initial), d.shape[1]
         )
         return loss, count, valid, weights, extra
+
+    def row_function(self):
+        return self._row
 
     def _row(self, block):
         if block.form is not None:
@@ -445,7 +512,7 @@ class LiftedStructLoss(PairLoss):
         def add_shares(column, hinge, own_share, other_share, through_own, reference_weights):
             return (
                 through_own + hinge * own_share,
-                pairs.add_at(reference_weights, column, hinge * other_share),
+                pair_rows.add_at(reference_weights, column, hinge * other_share),
             )
 
         loss, count, valid, weights, (through_own, reference_weights) = self._pair_slots(
@@ -497,10 +564,11 @@ class LiftedStructLoss(PairLoss):
         anchor_positions,
         reference_mask,
         weights=None,
+        summed=False,
     ):
         in_batch = reference_features is None
-        if not (in_batch and pairs.takes_products(self.distance, weights)):
-            weights = None  # the products mode needs J symmetric: anchors = references
+        # The products mode needs J symmetric: anchors = references.
+        summed = in_batch and engine.choose_mode(self.distance, summed) is engine.Mode.PRODUCTS
         references = features if in_batch else reference_features
         if in_batch:
             reference_labels, positions = labels, anchor_positions
@@ -509,8 +577,8 @@ class LiftedStructLoss(PairLoss):
         # Pass 1: every reference's log-sum-exp over its own negatives. A reference that is
         # not finite is never a positive: zeroed here so that its NaN cannot reach other
         # rows' gradients.
-        references, _ = pairs.zero_non_finite(references)
-        terms = pairs.score_pairs(
+        references, _ = engine.zero_non_finite(references)
+        terms = engine.score_pairs(
             references,
             reference_labels,
             None if in_batch else references,
@@ -519,12 +587,13 @@ class LiftedStructLoss(PairLoss):
             reference_mask,
             distance=self.distance,
             row_function=self._term_row,
-            rows=self.block_size,
+            mode=engine.choose_mode(self.distance, summed),
             weights=weights,
+            rows=self.block_size,
             statistics=False,
         ).loss
         context: tuple
-        if weights is not None:
+        if summed:
             context = (ops.stop_gradient(terms), ops.stop_gradient(weights))
         else:
             context = (terms,)
@@ -536,5 +605,6 @@ class LiftedStructLoss(PairLoss):
             anchor_positions,
             reference_mask,
             weights=weights,
+            summed=summed,
             context=context,
         )

@@ -14,19 +14,20 @@ anchors are the queries, the references every document, and query ``i``'s one po
 own document ``p_i``; its labels for the engine are made here (query ``i`` and ``p_i`` get
 ``i``, a hard negative ``-1``), and ``exclude_same_label`` removes, per anchor, the other
 positive documents of its class from ``C(a)`` (``block.context``). The pair engine
-(``triplet_tools.mining.pairs``) runs both in blocks, so no ``B x M`` matrix is ever whole.
+(:mod:`triplet_tools.mining.engine`) runs both in blocks, so no ``B x M`` matrix is ever whole.
 """
 
 from __future__ import annotations
 
 import keras
 
-from triplet_tools import _inputs, distributed
+from triplet_tools import _inputs, distributed, pair_rows
 from triplet_tools._ops import ops, row_sum
 from triplet_tools._validation import check_bool, check_number
 from triplet_tools.losses import reduction as reduction_module
 from triplet_tools.losses.pair import PairLoss
-from triplet_tools.mining import pairs
+from triplet_tools.mining import engine
+from triplet_tools.pair_rows import RowValues, has_pairs, masked_logsumexp, masked_mean
 
 
 def softmax_rows(block, temperature, exclusion=False, every_anchor_valid=False):
@@ -55,9 +56,9 @@ def softmax_rows(block, temperature, exclusion=False, every_anchor_valid=False):
         has_negative = block.rows >= 0
     else:
         has_negative = ops.any(block.negative, axis=1)
-    if pairs._in_place_torch(d):
+    if pair_rows.in_place_torch(d):
         return _torch_rows(block, temperature, candidates, has_negative)
-    (lse,), e, (inverse,) = pairs.masked_exponentials(d / -temperature, [candidates])
+    (lse,), e, (inverse,) = pair_rows.masked_exponentials(d / -temperature, [candidates])
     kept = ops.cast(positive, d.dtype)
     count = row_sum(kept)
     valid = ops.logical_and(count > 0, has_negative)
@@ -67,13 +68,13 @@ def softmax_rows(block, temperature, exclusion=False, every_anchor_valid=False):
     loss = ops.where(valid, mean_positive / temperature + ops.where(valid, lse, 0), 0)
     slopes = (kept * share[:, None] - e * inverse[:, None]) * (valid_f / temperature)[:, None]
     active = ops.cast(loss > 0, d.dtype) * valid_f
-    return pairs.row_scores(block, loss, valid_f, valid, active, positive, slopes=slopes)
+    return pair_rows.row_scores(block, loss, valid_f, valid, active, positive, slopes=slopes)
 
 
 def _torch_rows(block, temperature, candidates, has_negative):
     """:func:`softmax_rows` on eager torch, in fewer passes over the ``(n, M)`` block: the
     log-sum-exp and the softmax in place, the positives gathered one slot at a time (a
-    class's references, :func:`~triplet_tools.mining.pairs.positive_slots`) instead of
+    class's references, :func:`~triplet_tools.pair_rows.positive_slots`) instead of
     masked passes, and the slopes weighted here (``RowScores.weighted``)."""
     import torch
 
@@ -83,22 +84,22 @@ def _torch_rows(block, temperature, candidates, has_negative):
     lse = torch.logsumexp(logits, dim=1)
     finite = torch.isfinite(lse)
     slopes = logits.sub_(torch.where(finite, lse, 0)[:, None]).exp_()  # the softmax
-    slots, slot = pairs.positive_slots(block, block.positive, block.rows >= 0)
+    slots, slot = pair_rows.positive_slots(block, block.positive, block.rows >= 0)
     columns, present = zip(*(slot(k) for k in range(int(slots)))) if int(slots) else ((), ())
     count = sum(present, torch.zeros_like(lse))
     valid = (count > 0) & has_negative & finite
     share = valid / torch.clamp(count, min=1)
     positive_sum = sum(
-        (p * pairs.take_at(d, c) for c, p in zip(columns, present)), torch.zeros_like(lse)
+        (p * pair_rows.take_at(d, c) for c, p in zip(columns, present)), torch.zeros_like(lse)
     )
     loss = torch.where(valid, positive_sum * share / temperature + torch.where(finite, lse, 0), 0)
     scale = block.weights * valid / temperature
     slopes.mul_(-scale[:, None])
     for column, p in zip(columns, present):
-        pairs.add_at(slopes, column, p * share * block.weights / temperature)
+        pair_rows.add_at(slopes, column, p * share * block.weights / temperature)
     valid_f = valid.to(d.dtype)
     active = (loss > 0).to(d.dtype) * valid_f
-    return pairs.row_scores(
+    return pair_rows.row_scores(
         block, loss, valid_f, valid, active, block.positive, slopes=slopes, weighted=True
     )
 
@@ -149,8 +150,17 @@ class SupConLoss(PairLoss):
         self.temperature = check_number(temperature, "temperature", positive=True)
         super().__init__(distance, name, reduction, **kwargs)
 
-    def _row(self, block):
-        return softmax_rows(block, self.temperature)
+    def row(self, block):
+        mean_positive = masked_mean(block.distances, block.positive) / self.temperature
+        candidates = block.positive | block.negative
+        lse = masked_logsumexp(block.distances / -self.temperature, candidates)
+        valid = has_pairs(block)
+        return RowValues(mean_positive + ops.where(valid, lse, 0), None, valid)
+
+    def row_function(self):
+        if not self.closed_form:
+            return super().row_function()
+        return lambda block: softmax_rows(block, self.temperature)
 
 
 @keras.saving.register_keras_serializable(package="triplet_tools")
@@ -219,8 +229,8 @@ class InfoNCELoss(PairLoss):
         self.exclude_same_label = check_bool(exclude_same_label, "exclude_same_label")
         super().__init__(distance, name, reduction, **kwargs)
 
-    def _row(self, block):
-        return softmax_rows(
+    def row_function(self):
+        return lambda block: softmax_rows(
             block, self.temperature, exclusion=self.exclude_same_label, every_anchor_valid=True
         )
 
@@ -257,21 +267,27 @@ class InfoNCELoss(PairLoss):
             )
         return labels, embeddings
 
-    def _direction(self, anchors, anchor_ids, anchor_user, references, reference_ids, users):
-        """One direction's :class:`~triplet_tools.mining.pairs.PairScores`: anchors against
+    def _direction(
+        self, anchors, anchor_ids, anchor_user, references, reference_ids, users, summed
+    ):
+        """One direction's :class:`~triplet_tools.mining.engine.AnchorTriplets`: anchors against
         references, anchor ``i``'s one positive the reference of its id. ``users`` is
         ``(reference class ids, excludable 0 / 1)``, used with ``exclude_same_label``."""
         context: tuple = ()
         if self.exclude_same_label:
             context = (anchor_user, *users)
-        return lambda weights: pairs.score_pairs(
+        mode = engine.choose_mode(self.distance, summed)
+        return lambda weights: engine.score_pairs(
             anchors, anchor_ids, references, reference_ids, None, None,
-            distance=self.distance, row_function=self._row, rows=self.block_size,
-            context=context, weights=weights, statistics=False,
+            distance=self.distance, row_function=self.row_function(), mode=mode,
+            weights=weights, rows=self.block_size, context=context, statistics=False,
         )  # fmt: skip
 
     def _score_queries(self, labels, embeddings, weights, group):
-        """``(per-query loss (B,), carrier or None)``; ``weights`` as for the engine."""
+        """``(per-query loss (B,), carrier or None)``; ``weights`` ``(B,)``: only their
+        weighted sum is differentiated, or ``None``: every query's loss keeps its own
+        gradient."""
+        summed = weights is not None
         rows, columns, dim = ops.shape(embeddings)
         features = self.distance.mining_features(ops.reshape(embeddings, (-1, dim)))
         features = ops.reshape(features, (rows, columns, dim))
@@ -294,6 +310,7 @@ class InfoNCELoss(PairLoss):
             ops.reshape(all_documents, (-1, dim)),
             ops.where(column == 0, owner, -1),
             (user, ops.cast(column == 0, "int32")),
+            summed,
         )
         halves = 2 if self.symmetric else 1
         shares = None if weights is None else weights / halves
@@ -306,6 +323,7 @@ class InfoNCELoss(PairLoss):
                 all_queries,
                 ops.arange(total, dtype="int32"),
                 (all_labels, ops.ones((total,), "int32")),
+                summed,
             )
             scores.append(backward(shares))
         loss = scores[0].loss if halves == 1 else scores[0].loss + scores[1].loss

@@ -6,8 +6,8 @@ import keras
 
 from triplet_tools._ops import ops
 from triplet_tools._validation import check_bool, check_choice, check_number
-from triplet_tools.losses.base import AnchorTriplets, TripletFamilyLoss
-from triplet_tools.mining import pairs, triplet_rows
+from triplet_tools.losses.base import TripletFamilyLoss
+from triplet_tools.mining import engine, triplet_rows
 
 #: Accepted values of ``average``: what the default reduction divides by.
 AVERAGES = ("valid", "active")
@@ -136,6 +136,7 @@ class TripletLoss(TripletFamilyLoss):
         anchor_positions,
         reference_mask,
         weights=None,
+        summed=False,
     ):
         if self.rules.per_anchor:
             triplets = super().score_set(
@@ -157,7 +158,8 @@ class TripletLoss(TripletFamilyLoss):
         row_function = (
             triplet_rows.triplet_slots if pair_distances is None else triplet_rows.triplet_units
         )
-        scores = pairs.score_pairs(
+        cubic = pair_distances is not None
+        return engine.score_pairs(
             features,
             labels,
             reference_features,
@@ -174,13 +176,13 @@ class TripletLoss(TripletFamilyLoss):
                 soft=self.soft_margin,
                 average=self.average,
             ),
-            rows=self.block_size,
-            cubic=pair_distances is not None,
-            context=() if pair_distances is None else (pair_distances,),
+            mode=engine.choose_mode(self.distance, summed, cubic),
             weights=weights,
-            statistics=self.wants_statistics(weights),
+            rows=self.block_size,
+            cubic=cubic,
+            context=(pair_distances,) if cubic else (),
+            statistics=self.wants_statistics(summed),
         )
-        return AnchorTriplets.from_pairs(scores)
 
     def get_config(self):
         return {

@@ -9,18 +9,19 @@ l_u = max(d_ap - d_an + margin, 0)   or   softplus(d_ap - d_an)
 L_a = sum_u l_u      c_a = #units (average "valid") or #{u : l_u > 0} ("active")
 ```
 
-Each returns a :class:`~triplet_tools.mining.pairs.RowScores` with ``W_aj = dL_a / dd(a, j)``
-in closed form (see :mod:`triplet_tools.mining.pairs`).
+Each returns a :class:`~triplet_tools.pair_rows.RowScores` with ``W_aj = dL_a / dd(a, j)``
+in closed form (see :mod:`triplet_tools.mining.engine`).
 """
 
 from __future__ import annotations
 
 from triplet_tools._ops import ops, row_sum
-from triplet_tools.mining.pairs import (
+from triplet_tools.pair_rows import (
     PairBlock,
     add_at,
     arg_extreme,
     arg_where,
+    in_place_torch,
     over_slots,
     positive_slots,
     pull_back_units,
@@ -64,17 +65,17 @@ def triplet_slots(
     active units in which ``j`` is the positive minus those in which it is the negative;
     soft: the same with ``sigmoid`` weights); one negative per slot makes two units per
     anchor, which the products mode pulls back as gathered rows
-    (:func:`~triplet_tools.mining.pairs.pull_back_units`).
+    (:func:`~triplet_tools.pair_rows.pull_back_units`).
 
     Args:
-        block: the :class:`~triplet_tools.mining.pairs.PairBlock`.
+        block: the :class:`~triplet_tools.pair_rows.PairBlock`.
         positive, negative, semi_margin: the mining rules.
         margin: the hinge margin.
         soft: the soft margin (every valid unit counts as active).
         average: ``"valid"`` or ``"active"``.
 
     Returns:
-        A :class:`~triplet_tools.mining.pairs.RowScores`.
+        A :class:`~triplet_tools.pair_rows.RowScores`.
     """
     fixed = block.distances
     dtype = fixed.dtype
@@ -257,9 +258,7 @@ def triplet_units(
 
 def _scratch(like, count):
     """``count`` buffers shaped like ``like`` on eager torch without gradient, else ``None``."""
-    from triplet_tools.mining.pairs import _in_place_torch
-
-    if not _in_place_torch(like):
+    if not in_place_torch(like):
         return None
     import torch
 
