@@ -19,8 +19,13 @@ from backend import (
     value_and_grad,
 )
 from pair_support import GRAD_TOL, VALUE_TOL, batch
-from triplet_tools import CircleLoss, MultiSimilarityLoss, SoftNearestNeighborLoss, SupConLoss
-from triplet_tools.losses import PairLoss
+from triplet_tools import (
+    CircleLoss,
+    MultiSimilarityLoss,
+    SoftNearestNeighborLoss,
+    SupConLoss,
+)
+from triplet_tools.losses import LiftedStructLoss, PairLoss
 
 # --- a new loss in a few lines -------------------------------------------------------------
 
@@ -147,6 +152,7 @@ CLOSED_FORMS = [
         SoftNearestNeighborLoss,
         {"distance": "squared_euclidean", "temperature": 0.5},
     ),
+    ("lifted_struct", LiftedStructLoss, {"distance": "euclidean", "margin": 1.0}),
 ]
 
 

@@ -44,7 +44,6 @@ from typing import Any, NamedTuple
 import keras
 
 from triplet_tools._ops import ops, row_sum
-from triplet_tools.mining.blocks import count_loop, eager_torch
 
 _INF = float("inf")
 
@@ -69,6 +68,9 @@ class PairBlock(NamedTuple):
         form: the distance's ``ProductForm`` in the products mode, else ``None``: then a
             row function may pull its units back itself (:func:`pull_back_units`).
         statistics: whether the mean positive / negative distances are wanted.
+        terms: ``(M,)`` each reference's own term (``PairLoss.reference_term``: a value
+            of the reference's row, such as lifted structure's log-sum-exp over its
+            negatives), without gradient; ``None`` for a loss without them.
     """
 
     distances: Any
@@ -84,6 +86,7 @@ class PairBlock(NamedTuple):
     weights: Any = None
     form: Any = None
     statistics: bool = True
+    terms: Any = None
 
 
 class RowScores(NamedTuple):
@@ -103,6 +106,8 @@ class RowScores(NamedTuple):
             only), or ``None``.
         weighted: ``slopes`` already hold the anchors' weights (the engine multiplies
             them by ``block.weights`` otherwise).
+        term_slopes: ``(n, M)`` ``dL_a / dT_j`` in the references' terms ``block.terms``,
+            or ``None`` (linearized mode only).
     """
 
     loss: Any
@@ -115,6 +120,7 @@ class RowScores(NamedTuple):
     anchor_gradient: Any = None
     reference_gradient: Any = None
     weighted: bool = False
+    term_slopes: Any = None
 
 
 class RowValues(NamedTuple):
@@ -148,7 +154,9 @@ def with_slopes(row):
     The derivative is the backend's own (``jax.vjp``, ``tf.GradientTape``,
     ``torch.autograd.grad``) of ``sum_a l_a`` in the block's distances, taken inside the
     block, so nothing of size ``n x M`` outlives it and it works under ``jit_compile``,
-    ``jax.jit`` and in graph mode.
+    ``jax.jit`` and in graph mode. With the references' terms (``block.terms``) it also
+    returns ``dl_a / dT_j`` (``RowScores.term_slopes``), through the terms broadcast to
+    ``(n, M)``.
 
     Example:
 
@@ -162,29 +170,33 @@ def with_slopes(row):
     """
 
     def scored(block):
-        def values(distances):
-            found = row(block._replace(distances=distances))
+        def values(distances, *terms):
+            found = row(block._replace(distances=distances, terms=terms[0] if terms else None))
             if not isinstance(found, RowValues):
                 found = RowValues(found)
             valid = has_pairs(block) if found.valid is None else found.valid
             count = ops.ones_like(found.loss) if found.count is None else found.count
             return ops.where(valid, found.loss, 0), count, valid
 
-        (loss, count, valid), slopes = value_and_slopes(values, block.distances)
+        watched = [block.distances]
+        if block.terms is not None:
+            watched.append(ops.broadcast_to(block.terms[None, :], ops.shape(block.distances)))
+        (loss, count, valid), *slopes = value_and_slopes(values, *watched)
         valid_f = ops.cast(valid, loss.dtype)
-        slopes = ops.where(valid[:, None], slopes, 0)
+        slopes = [ops.where(valid[:, None], s, 0) for s in slopes]
         active = ops.cast(loss > 0, loss.dtype) * valid_f
         return row_scores(
-            block, loss, count * valid_f, valid, active, block.positive, slopes=slopes
-        )
+            block, loss, count * valid_f, valid, active, block.positive, slopes=slopes[0],
+            term_slopes=slopes[1] if len(slopes) > 1 else None,
+        )  # fmt: skip
 
     return scored
 
 
-def value_and_slopes(values, distances):
-    """``(values(d), d sum(values(d)[0]) / d d)`` at ``d = distances``, by the backend's
-    autodiff; no gradient reaches the caller. ``values`` returns a tuple whose first
-    element is ``(n,)``.
+def value_and_slopes(values, *inputs):
+    """``(values(*x), *(d sum(values(*x)[0]) / d x_i))`` at ``x = inputs``, by the
+    backend's autodiff; no gradient reaches the caller. ``values`` returns a tuple whose
+    first element is ``(n,)``.
 
     Example:
 
@@ -195,39 +207,40 @@ def value_and_slopes(values, distances):
     >>> ops.convert_to_numpy(slopes).tolist()
     [[2.0, 4.0]]
     """
-    distances = ops.stop_gradient(distances)
+    inputs = tuple(ops.stop_gradient(x) for x in inputs)
     backend = keras.backend.backend()
     if backend == "jax":
         import jax
 
-        def split(x):
-            found = values(x)
+        def split(*x):
+            found = values(*x)
             return found[0], tuple(found[1:])
 
-        first, pullback, rest = jax.vjp(split, distances, has_aux=True)
-        (slopes,) = pullback(ops.ones_like(first))
-        return (first, *rest), slopes
+        first, pullback, rest = jax.vjp(split, *inputs, has_aux=True)
+        return ((first, *rest), *pullback(ops.ones_like(first)))
     if backend == "tensorflow":
         import tensorflow as tf
 
         with tf.GradientTape() as tape:
-            tape.watch(distances)
-            found = values(distances)
+            for x in inputs:
+                tape.watch(x)
+            found = values(*inputs)
         slopes = tape.gradient(
-            found[0], distances, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            found[0], list(inputs), unconnected_gradients=tf.UnconnectedGradients.ZERO
         )
-        return tuple(tf.stop_gradient(x) for x in found), slopes
+        return (tuple(tf.stop_gradient(x) for x in found), *slopes)
     if backend == "torch":
         import torch
 
         with torch.enable_grad():
-            watched = distances.detach().requires_grad_(True)
-            found = values(watched)
+            watched = [x.detach().requires_grad_(True) for x in inputs]
+            found = values(*watched)
             if found[0].requires_grad:
-                (slopes,) = torch.autograd.grad(found[0].sum(), watched)
+                slopes = torch.autograd.grad(found[0].sum(), watched, allow_unused=True)
+                slopes = [torch.zeros_like(w) if s is None else s for s, w in zip(slopes, watched)]
             else:
-                slopes = torch.zeros_like(watched)
-        return tuple(x.detach() for x in found), slopes
+                slopes = [torch.zeros_like(w) for w in watched]
+        return (tuple(x.detach() for x in found), *slopes)
     raise ValueError(f"The pair engine's autodiff needs jax, tensorflow or torch, not {backend}.")
 
 
@@ -332,103 +345,3 @@ def row_scores(block, loss, count, valid, active, positives, **gradients):
     else:
         means = (ops.zeros_like(block.distances[:, 0]),) * 2
     return RowScores(loss, count, valid, active, *means, **gradients)
-
-
-# --- per-row searches and scatters for hand-derived row functions -------------------------
-
-
-def pull_back_units(block, columns, slopes, distances, gradients):
-    """Adds the gradient of ``sum_i slopes_i d(a_i, r_{columns_i})`` (one unit per anchor
-    of the block, weighted by ``block.weights``) to ``gradients = (anchor (n, D),
-    reference (M, D))``: two gathered rows per unit instead of a pass over the row."""
-    slopes = slopes * block.weights
-    gathered = ops.take(block.references, columns, axis=0)
-    to_anchor, to_reference = block.form.paired_gradients(
-        slopes, block.anchors, gathered, distances
-    )
-    anchor_gradient, reference_gradient = gradients
-    return anchor_gradient + to_anchor, add_rows(reference_gradient, columns, to_reference)
-
-
-def add_rows(target, rows, values):
-    """``target[rows[i]] += values[i]`` for every ``i`` (a scatter; repeated rows add up)."""
-    rows = ops.cast(rows, "int32")
-    if in_place_torch(target):
-        target.index_add_(0, rows.long(), values)
-        return target
-    return ops.scatter_update(target, rows[:, None], values, reduction="add")
-
-
-def arg_where(values, mask, largest):
-    """Index of the largest (or smallest) value among ``mask`` along the last axis."""
-    fill = -_INF if largest else _INF
-    return arg_extreme(ops.where(mask, values, fill), largest)[1]
-
-
-def arg_extreme(values, largest):
-    """``(extreme, first index of it)`` along the last axis, by the fastest path: CPU
-    ``argmin`` / ``argmax`` are not vectorised (neither XLA's variadic reduction nor eager
-    torch's), so 2-D rows take the two-pass search of the per-anchor kernels. PNLoss's
-    ``(n, M, M)`` candidates keep ``argmin`` / ``argmax`` (and no extreme: ``None``)."""
-    if len(values.shape) != 2:
-        index = ops.argmax(values, axis=-1) if largest else ops.argmin(values, axis=-1)
-        return None, index
-    if in_place_torch(values):
-        from triplet_tools.mining import torch_kernel
-
-        return torch_kernel.arg_extreme(values, largest)
-    from triplet_tools.mining import kernel
-
-    return kernel.arg_extreme(values, largest)
-
-
-def take_at(values, columns):
-    """``values[i, columns[i]]`` for every row ``i``: ``(n,)``."""
-    return ops.take_along_axis(values, ops.cast(columns, "int32")[:, None], axis=1)[:, 0]
-
-
-def add_at(weights, columns, values):
-    """``weights[i, columns[i]] += values[i]`` for every row ``i`` (a scatter, not a pass)."""
-    rows = ops.arange(ops.shape(weights)[0], dtype="int32")
-    if in_place_torch(weights):
-        weights.index_put_((rows.long(), columns.long()), values, accumulate=True)
-        return weights
-    indices = ops.stack([rows, ops.cast(columns, "int32")], axis=1)
-    return ops.scatter_update(weights, indices, values, reduction="add")
-
-
-def in_place_torch(x):
-    """Eager torch, a tensor without gradient: a scatter can write in place."""
-    return eager_torch() and not x.requires_grad
-
-
-def positive_slots(block: PairBlock, counted, valid):
-    """The positives of each anchor, one *slot* at a time: slot ``k`` is the ``k``-th
-    reference of the anchor's class in ``block.reference_order``, present when ``counted``
-    holds it (so the anchor itself and masked references are skipped).
-
-    Returns:
-        ``(slots, slot)``: the number of slots of the block (its largest class among the
-        ``valid`` anchors), and ``slot(k) -> ((n,) int32 column, (n,) present as 0 / 1)``.
-    """
-    slots = ops.max(ops.where(valid, block.same_count, 0))
-    last = ops.shape(block.reference_order)[0] - 1
-
-    def slot(k):
-        column = ops.take(block.reference_order, ops.minimum(block.same_start + k, last))
-        present = ops.logical_and(k < block.same_count, take_at(counted, column))
-        return column, ops.cast(present, block.distances.dtype)
-
-    return slots, slot
-
-
-def over_slots(step, slots, state, bound):
-    """``state = step(k, *state)`` for ``k < slots``, in a loop of at most ``bound`` steps
-    (a bound XLA needs for the gradient of a loop inside a loop, on TensorFlow)."""
-    count_loop()
-    return ops.while_loop(
-        lambda k, *_: k < slots,
-        lambda k, *carry: (k + 1, *step(k, *carry)),
-        (ops.convert_to_tensor(0, "int32"), *state),
-        maximum_iterations=bound,
-    )[1:]

@@ -27,7 +27,7 @@ from __future__ import annotations
 import keras
 
 from triplet_tools import distances as distances_module
-from triplet_tools.losses.pair import LiftedStructLoss
+from triplet_tools.losses.lifted import LiftedStructLoss
 from triplet_tools.losses.triplet import TripletLoss
 
 #: tfa's ``distance_metric`` names and ours.

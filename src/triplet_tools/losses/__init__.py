@@ -4,16 +4,16 @@
 ``InfoNCELoss``)."""
 
 from triplet_tools.losses.base import AnchorTriplets, TripletFamilyLoss
-from triplet_tools.losses.pair import (
-    CircleLoss,
-    LiftedStructLoss,
-    MultiSimilarityLoss,
-    PairLoss,
-    SoftNearestNeighborLoss,
-)
+from triplet_tools.losses.lifted import LiftedStructLoss
+from triplet_tools.losses.pair import PairLoss
 from triplet_tools.losses.pn import PNLoss
 from triplet_tools.losses.priming import PrimingLoss, triplet_batch_priming_loss
 from triplet_tools.losses.reduction import REDUCTIONS
+from triplet_tools.losses.similarity import (
+    CircleLoss,
+    MultiSimilarityLoss,
+    SoftNearestNeighborLoss,
+)
 from triplet_tools.losses.softmax import InfoNCELoss, SupConLoss
 from triplet_tools.losses.triplet import (
     TripletLoss,

@@ -28,7 +28,7 @@ from triplet_tools._validation import check_bool, check_int
 from triplet_tools.losses import eager
 from triplet_tools.losses import reduction as reduction_module
 from triplet_tools.mining import mine_features, mining_rules
-from triplet_tools.mining.engine import AnchorTriplets
+from triplet_tools.mining.results import AnchorTriplets
 
 REDUCTIONS = reduction_module.REDUCTIONS
 

@@ -27,6 +27,7 @@ from triplet_tools._validation import check_bool, check_number
 from triplet_tools.losses import reduction as reduction_module
 from triplet_tools.losses.pair import PairLoss
 from triplet_tools.mining import engine
+from triplet_tools.mining.slots import add_at, in_place_torch, positive_slots, take_at
 from triplet_tools.pair_rows import RowValues, has_pairs, masked_logsumexp, masked_mean
 
 
@@ -56,7 +57,7 @@ def softmax_rows(block, temperature, exclusion=False, every_anchor_valid=False):
         has_negative = block.rows >= 0
     else:
         has_negative = ops.any(block.negative, axis=1)
-    if pair_rows.in_place_torch(d):
+    if in_place_torch(d):
         return _torch_rows(block, temperature, candidates, has_negative)
     (lse,), e, (inverse,) = pair_rows.masked_exponentials(d / -temperature, [candidates])
     kept = ops.cast(positive, d.dtype)
@@ -74,7 +75,7 @@ def softmax_rows(block, temperature, exclusion=False, every_anchor_valid=False):
 def _torch_rows(block, temperature, candidates, has_negative):
     """:func:`softmax_rows` on eager torch, in fewer passes over the ``(n, M)`` block: the
     log-sum-exp and the softmax in place, the positives gathered one slot at a time (a
-    class's references, :func:`~triplet_tools.pair_rows.positive_slots`) instead of
+    class's references, :func:`~triplet_tools.mining.slots.positive_slots`) instead of
     masked passes, and the slopes weighted here (``RowScores.weighted``)."""
     import torch
 
@@ -84,19 +85,17 @@ def _torch_rows(block, temperature, candidates, has_negative):
     lse = torch.logsumexp(logits, dim=1)
     finite = torch.isfinite(lse)
     slopes = logits.sub_(torch.where(finite, lse, 0)[:, None]).exp_()  # the softmax
-    slots, slot = pair_rows.positive_slots(block, block.positive, block.rows >= 0)
+    slots, slot = positive_slots(block, block.positive, block.rows >= 0)
     columns, present = zip(*(slot(k) for k in range(int(slots)))) if int(slots) else ((), ())
     count = sum(present, torch.zeros_like(lse))
     valid = (count > 0) & has_negative & finite
     share = valid / torch.clamp(count, min=1)
-    positive_sum = sum(
-        (p * pair_rows.take_at(d, c) for c, p in zip(columns, present)), torch.zeros_like(lse)
-    )
+    positive_sum = sum((p * take_at(d, c) for c, p in zip(columns, present)), torch.zeros_like(lse))
     loss = torch.where(valid, positive_sum * share / temperature + torch.where(finite, lse, 0), 0)
     scale = block.weights * valid / temperature
     slopes.mul_(-scale[:, None])
     for column, p in zip(columns, present):
-        pair_rows.add_at(slopes, column, p * share * block.weights / temperature)
+        add_at(slopes, column, p * share * block.weights / temperature)
     valid_f = valid.to(d.dtype)
     active = (loss > 0).to(d.dtype) * valid_f
     return pair_rows.row_scores(

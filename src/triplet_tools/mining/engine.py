@@ -42,16 +42,20 @@ from typing import Any, NamedTuple
 import keras
 
 from triplet_tools._ops import ops
-from triplet_tools.distances import common_origin, moved_to
 from triplet_tools.mining.blocks import (
     BLOCK_ELEMENTS,
-    compiled_by_xla,
     map_blocks,
     scan_blocks,
     xla_in_tensorflow_graph,
 )
 from triplet_tools.mining.heap import release_freed_memory
-from triplet_tools.pair_rows import PairBlock, RowScores
+from triplet_tools.mining.prepare import (
+    class_ranges,
+    from_common_origin,
+    zero_non_finite,
+)
+from triplet_tools.mining.results import OUTPUTS, outputs_of, triplets_from
+from triplet_tools.pair_rows import PairBlock
 
 #: Above this many slopes kept for the backward pass, blocks of the linearized mode are
 #: recomputed in the backward pass instead of stored: ``B * M`` anchor-reference pairs, or
@@ -82,40 +86,6 @@ def choose_mode(distance, summed, cubic=False):
     if summed and distance.product_form is not None and not cubic:
         return Mode.PRODUCTS
     return Mode.LINEARIZED
-
-
-class AnchorTriplets(NamedTuple):
-    """Per-anchor results of a loss's scoring (the pair engine's and the per-anchor
-    kernel's), each of shape ``(B,)``.
-
-    Attributes:
-        loss: ``L_a``, the anchor's summed unit losses (0 for invalid anchors; NaN in an
-            embedding stays NaN).
-        valid: bool, the anchor has a positive and a negative.
-        positive_distance: ``d_ap`` with gradient (the strategy ``"all"`` and the pair-based
-            losses: the mean over the anchor's positives, a statistic without gradient).
-        negative_distance: ``d_an`` with gradient (for ``PNLoss``, ``min(d(a,n*), d(p*,n*))``;
-            the strategy ``"all"`` and the pair-based losses: the mean over the anchor's
-            negatives, without gradient).
-        count: ``c_a``, the anchor's counted units (the divisor's share).
-        active: the anchor's units with a non-zero loss.
-        carrier: ``None``, or a scalar 0 whose gradient is that of ``sum_a w_a L_a`` for the
-            weights the pipeline was given; ``loss`` then holds values only (the pair
-            engine's ``Mode.PRODUCTS``).
-    """
-
-    loss: Any
-    valid: Any
-    positive_distance: Any
-    negative_distance: Any
-    count: Any = None
-    active: Any = None
-    carrier: Any = None
-
-
-#: The per-anchor outputs of a block loop: every field of :class:`AnchorTriplets` but the
-#: carrier, as floats.
-_OUTPUTS = AnchorTriplets._fields[:-1]
 
 
 class BlockInputs(NamedTuple):
@@ -166,9 +136,10 @@ def score_pairs(
     rows=None,
     cubic=False,
     context=(),
+    terms=None,
     statistics=True,
 ):
-    """Runs ``row_function`` over row blocks of anchors; returns :class:`AnchorTriplets`.
+    """Runs ``row_function`` over row blocks of anchors; returns :class:`~triplet_tools.mining.results.AnchorTriplets`.
 
     Args:
         features: ``(B, D)`` anchor features (``distance.mining_features``), with gradient.
@@ -188,10 +159,12 @@ def score_pairs(
         cubic: the row function builds ``n x M x M`` units (smaller blocks, linearized).
         context: tensors the row function needs beside the block (as ``block.context``);
             passed explicitly, so that their gradient survives recomputation (linearized).
+        terms: ``(M,)`` the references' own terms, with gradient (``block.terms``; the
+            row function returns ``term_slopes``), or ``None``. ``Mode.LINEARIZED`` only.
         statistics: whether the row functions compute the mean distances.
 
     Returns:
-        An :class:`AnchorTriplets` over all ``B`` anchors (``carrier`` set in
+        An :class:`~triplet_tools.mining.results.AnchorTriplets` over all ``B`` anchors (``carrier`` set in
         ``Mode.PRODUCTS``).
     """
     from triplet_tools.mining import common_label_dtype
@@ -201,6 +174,8 @@ def score_pairs(
             "Mode.PRODUCTS needs anchor weights, a distance with a product form and pair "
             "units; use choose_mode() to pick the mode."
         )
+    if mode is Mode.PRODUCTS and terms is not None:
+        raise ValueError("The references' terms carry their gradient in Mode.LINEARIZED only.")
     if reference_features is None:
         reference_features, reference_labels = features, labels
         if anchor_positions is None:
@@ -227,7 +202,7 @@ def score_pairs(
         )  # fmt: skip
     return _score_linearized(
         setup, features, clean, labels, reference_labels, anchor_positions, mask, context,
-        rows, cubic,
+        terms, rows, cubic,
     )  # fmt: skip
 
 
@@ -249,16 +224,6 @@ def _large(setup, cubic=False):
     return sizes[0] * sizes[1] ** (2 if cubic else 1) > REMAT_PAIRS
 
 
-def _class_ranges(labels, reference_labels):
-    """``(order, same_start, same_count)``: the references sorted by label, and where each
-    anchor's class lies in that order (a search, not a pass over every row)."""
-    order = ops.cast(ops.argsort(reference_labels), "int32")
-    sorted_labels = ops.take(reference_labels, order)
-    same_start = sorted_search(sorted_labels, labels, side="left")
-    same_end = sorted_search(sorted_labels, labels, side="right")
-    return order, same_start, same_end - same_start
-
-
 def _block_inputs(features, labels, positions, same_start, same_count, weights=None):
     rows = ops.arange(ops.shape(labels)[0], dtype="int32")
     return BlockInputs(features, labels, positions, rows, same_start, same_count, weights)
@@ -273,6 +238,7 @@ class _References(NamedTuple):
     order: Any
     context: tuple
     form: Any = None
+    terms: Any = None
 
 
 def _block(setup, inputs, shared):
@@ -305,22 +271,8 @@ def _block(setup, inputs, shared):
         weights=weights,
         form=shared.form,
         statistics=setup.statistics,
+        terms=None if shared.terms is None else ops.stop_gradient(shared.terms),
     )
-
-
-def _values(scores: RowScores, anchors):
-    """The per-anchor outputs of a block (:data:`_OUTPUTS`, in order), floats (a loop's
-    outputs), NaN reaching the loss of an anchor whose features are not finite."""
-    dtype = scores.loss.dtype
-    found = scores._asdict()
-    found["loss"] = scores.loss + nan_if_not_finite(anchors)
-    return tuple(ops.cast(found[name], dtype) for name in _OUTPUTS)
-
-
-def _triplets(outputs, carrier=None):
-    found = dict(zip(_OUTPUTS, outputs))
-    found["valid"] = found["valid"] > 0
-    return AnchorTriplets(**found, carrier=carrier)
 
 
 def _score_products(
@@ -335,7 +287,7 @@ def _score_products(
     large = _large(setup)
 
     def compute(features, references, labels, reference_labels, positions, mask, weights, *ctx):
-        order, same_start, same_count = _class_ranges(labels, reference_labels)
+        order, same_start, same_count = class_ranges(labels, reference_labels)
         dim = ops.shape(references)[1]
         width = ops.shape(references)[0]
         initial = (
@@ -365,7 +317,7 @@ def _score_products(
             if scores.anchor_gradient is not None:
                 gradient = gradient + scores.anchor_gradient
                 gathered = gathered + scores.reference_gradient
-            outputs = _values(scores, inputs.anchors) + (gradient,)
+            outputs = outputs_of(scores, inputs.anchors) + (gradient,)
             return (transposed, column_sums, gathered), outputs
 
         inputs = _block_inputs(features, labels, positions, same_start, same_count, weights)
@@ -375,7 +327,7 @@ def _score_products(
             tuple(inputs),
             rows=rows,
             pad_values=tuple(PADDING),
-            outputs=[((), references.dtype)] * len(_OUTPUTS) + [((dim,), references.dtype)],
+            outputs=[((), references.dtype)] * len(OUTPUTS) + [((dim,), references.dtype)],
         )
         reference_gradient = form.finish_reference_gradient(transposed, column_sums, references)
         return (*outputs, reference_gradient + gathered)
@@ -388,29 +340,36 @@ def _score_products(
     carrier = ops.sum(anchor_gradient * (features - fixed_features)) + ops.sum(
         reference_gradient * (clean - fixed_references)
     )
-    return _triplets(values, carrier)
+    return triplets_from(values, carrier)
 
 
 def _score_linearized(
-    setup, features, clean, labels, reference_labels, positions, mask, context, rows, cubic
-):
+    setup, features, clean, labels, reference_labels, positions, mask, context, terms, rows,
+    cubic,
+):  # fmt: skip
     """The linearized mode: every ``L_a`` with its own gradient, through each block's
-    distances recomputed with gradient."""
+    distances recomputed with gradient (and the references' ``terms``, when given)."""
     recompute = _large(setup, cubic)
-    order, same_start, same_count = _class_ranges(labels, reference_labels)
+    order, same_start, same_count = class_ranges(labels, reference_labels)
     kept = ops.cast(mask, "int32")
     width = len(BlockInputs._fields) - 1  # no weights: each L_a keeps its own gradient
 
     def scored(*tensors):
         inputs = BlockInputs(*tensors[:width])
         references, reference_labels, kept, order, *extra = tensors[width:]
-        shared = _References(references, reference_labels, kept > 0, order, tuple(extra))
+        live_terms = extra.pop() if terms is not None else None
+        shared = _References(
+            references, reference_labels, kept > 0, order, tuple(extra), terms=live_terms
+        )
         distances, block = _block(setup, inputs, shared)
         scores = setup.row_function(block)
-        loss, *values = _values(scores, block.anchors)
+        loss, *values = outputs_of(scores, block.anchors)
         if scores.slopes is not None:
             fixed = ops.stop_gradient(distances)
             loss = loss + ops.sum(ops.stop_gradient(scores.slopes) * (distances - fixed), axis=1)
+        if scores.term_slopes is not None:
+            moved = (live_terms - ops.stop_gradient(live_terms))[None, :]
+            loss = loss + ops.sum(ops.stop_gradient(scores.term_slopes) * moved, axis=1)
         return (loss, *values)
 
     def recomputed(*tensors):
@@ -421,6 +380,8 @@ def _score_linearized(
 
     def block(*block_tensors):
         tensors = (*block_tensors, clean, reference_labels, kept, order, *context)
+        if terms is not None:
+            tensors = (*tensors, terms)
         if not recompute:
             return scored(*tensors)
         return keras.remat(recomputed)(*tensors)
@@ -429,85 +390,4 @@ def _score_linearized(
         rows = block_rows(setup.num_anchors, setup.num_references, cubic)
     inputs = _block_inputs(features, labels, positions, same_start, same_count)
     outputs = map_blocks(block, tuple(inputs)[:width], rows=rows, pad_values=PADDING[:width])
-    return _triplets(outputs)
-
-
-def sorted_search(sorted_values, values, side):
-    """``searchsorted(sorted_values, values, side)`` as int32, ``O(B log M)`` everywhere.
-
-    ```
-    left:  i = #{j : sorted_values[j] <  v}      right:  i = #{j : sorted_values[j] <= v}
-    ```
-
-    Under XLA, TensorFlow lowers ``searchsorted`` to a comparison of every value with every
-    sorted value, a ``B x M`` int32 matrix per call (2 GB at B = 16,384); there it is a
-    binary search of ``ceil(log2(M + 1))`` vectorised steps instead.
-
-    Args:
-        sorted_values: ``(M,)`` ascending.
-        values: ``(B,)`` of the same dtype.
-        side: ``"left"`` or ``"right"``.
-
-    Returns:
-        ``(B,)`` int32 insertion points.
-
-    Example:
-
-    >>> import numpy as np
-    >>> from keras import ops
-    >>> found = sorted_search(ops.convert_to_tensor(np.array([1, 3, 3, 7])),
-    ...                       ops.convert_to_tensor(np.array([0, 3, 8])), side="right")
-    >>> ops.convert_to_numpy(found).tolist()
-    [0, 3, 4]
-    """
-    values = ops.convert_to_tensor(values)
-    size = sorted_values.shape[0]
-    if size is None or not compiled_by_xla():  # None off TensorFlow: its own search
-        return ops.cast(ops.searchsorted(sorted_values, values, side=side), "int32")
-    low = ops.zeros(ops.shape(values), "int32")
-    high = ops.full(ops.shape(values), size, "int32")
-    for _ in range(size.bit_length()):
-        middle = (low + high) // 2
-        probe = ops.take(sorted_values, ops.minimum(middle, size - 1))
-        right = probe < values if side == "left" else probe <= values
-        searching = low < high
-        low = ops.where(ops.logical_and(searching, right), middle + 1, low)
-        high = ops.where(ops.logical_and(searching, ops.logical_not(right)), middle, high)
-    return low
-
-
-def from_common_origin(distance, rows, kept, anchors=None):
-    """``(anchors - o, rows - o)`` for a distance whose product form depends on ``a - r``
-    only (the Euclidean family); ``(anchors, rows)`` unchanged for any other.
-
-    ``o`` is the ``kept`` ``(M,)`` row nearest to their mean, without gradient
-    (:func:`~triplet_tools.distances.common_origin`): measured from it, an offset shared
-    by the rows costs no digits of ``||a||^2 + ||r||^2 - 2 a.r``, and neither the distances
-    nor their gradients change. Rows not kept go to the origin itself, so that they cannot
-    pull a later origin (``pairwise``'s own) away from the rows again.
-    """
-    form = distance.product_form
-    if form is None or not form.translation_invariant:
-        return anchors, rows
-    origin = common_origin(rows, kept)
-    if anchors is None:
-        moved = rows - origin
-    else:
-        anchors, moved = moved_to(origin, anchors, rows)
-    return anchors, ops.where(kept[:, None], moved, ops.zeros_like(moved))
-
-
-def zero_non_finite(rows):
-    """``(rows with every non-finite row zeroed, (M,) bool finite)``.
-
-    Zeroed, not only masked: a NaN row would turn every gradient of a block product NaN,
-    although the mask keeps it out of every value.
-    """
-    finite = ops.all(ops.isfinite(ops.stop_gradient(rows)), axis=-1)
-    return ops.where(finite[:, None], rows, ops.zeros_like(rows)), finite
-
-
-def nan_if_not_finite(anchors):
-    """``(n,)`` zeros, or NaN for an anchor whose features are not finite (added to its loss
-    so that NaN in an embedding reaches the loss; zero gradient otherwise)."""
-    return ops.sum(ops.stop_gradient(anchors), axis=-1) * 0
+    return triplets_from(outputs)

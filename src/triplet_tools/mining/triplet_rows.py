@@ -16,8 +16,7 @@ in closed form (see :mod:`triplet_tools.mining.engine`).
 from __future__ import annotations
 
 from triplet_tools._ops import ops, row_sum
-from triplet_tools.pair_rows import (
-    PairBlock,
+from triplet_tools.mining.slots import (
     add_at,
     arg_extreme,
     arg_where,
@@ -25,9 +24,9 @@ from triplet_tools.pair_rows import (
     over_slots,
     positive_slots,
     pull_back_units,
-    row_scores,
     take_at,
 )
+from triplet_tools.pair_rows import PairBlock, row_scores
 
 _INF = float("inf")
 
