@@ -378,8 +378,12 @@ def memory_table(records, bound_gb):
     ]
     for r in records:
         ok = r["status"] == "ok"
-        peak = f"{_gb(r):.2f}" if r.get("peak_rss_mb") else "—"
+        # A killed run's peak is what was last seen; a missing or crashed one's means nothing.
+        measured = r["status"] in ("ok", *benchmark.FAILED) and r.get("peak_rss_mb")
+        peak = f"{_gb(r):.2f}" if measured else "—"
         within = ("yes" if _gb(r) <= bound_gb else "**NO**") if ok else "—"
+        if r["status"] == "oom":  # killed past --memory-limit, or the framework gave up
+            within = "**NO**"
         step = f"{r['median_s']:.3g}" if ok else "—"
         status = "ok" if ok else f"{r['status']}: {benchmark._one_line(r.get('detail', ''), 120)}"
         label = cell_label(r["backend"], r["loss"], r["batch"])
@@ -487,7 +491,7 @@ def run(args):
             ("old", "new"),
             cells,
             SPEED_BOUND,
-            f"A/B, loss + gradient, {rounds} rounds ({args.order}), D={args.dim}",
+            f"A/B, loss + gradient, {rounds} round(s) ({args.order}), D={args.dim}",
             "ab",
         )
     if args.autodiff:
@@ -497,7 +501,8 @@ def run(args):
             ("closed", "autodiff"),
             cells,
             AUTODIFF_BOUND,
-            f"new side: closed-form slopes against the autodiff path ({AUTODIFF_SWITCH})",
+            "new side: closed-form slopes against the autodiff path "
+            f"(`{AUTODIFF_SWITCH[0]}={AUTODIFF_SWITCH[1]!r}`), flag > {AUTODIFF_BOUND:g}",
             "autodiff",
         )
     if args.memory:

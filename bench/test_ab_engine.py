@@ -174,3 +174,21 @@ def test_end_to_end_both_sides_from_this_checkout(tmp_path, capsys):
     autodiff = results["autodiff"]["records"]
     assert autodiff[0]["status"] == "ok" and autodiff[1]["status"] in ("ok", "missing")
     assert "closed/autodiff" in table or "autodiff/closed" in table
+
+
+def test_memory_table_checks_the_bound_and_shows_no_peak_for_a_run_that_did_not_measure():
+    cell = {"backend": "jax", "loss": "batch-all", "batch": 65536}
+    gb = 1e9 / 2**20  # MiB in one GB
+    records = [
+        {**cell, "path": "closed form", "status": "ok", "median_s": 90.0, "peak_rss_mb": 2.5 * gb},
+        {**cell, "path": "autodiff", "status": "ok", "median_s": 120.0, "peak_rss_mb": 3.5 * gb},
+        {**cell, "path": "autodiff", "status": "missing", "detail": "no", "peak_rss_mb": 300.0},
+        {**cell, "path": "autodiff", "status": "oom", "detail": "killed", "peak_rss_mb": 16 * gb},
+    ]
+    rows = ab_engine.memory_table(records, 3.0).splitlines()
+    assert rows[0] == "| cell | path | peak GB | ≤ 3 GB | step s | status |"
+    label = ab_engine.cell_label("jax", "batch-all", 65536)
+    assert rows[2] == f"| {label} | closed form | 2.50 | yes | 90 | ok |"
+    assert rows[3] == f"| {label} | autodiff | 3.50 | **NO** | 120 | ok |"
+    assert rows[4] == f"| {label} | autodiff | — | — | — | missing: no |"
+    assert rows[5] == f"| {label} | autodiff | 16.00 | **NO** | — | oom: killed |"
