@@ -15,7 +15,7 @@ export PYTHONUNBUFFERED := 1
 DEMO_BACKEND ?= jax
 DEMO_ARGS ?=
 
-.PHONY: demo lint test test-tensorflow test-jax test-torch test-legacy test-tools bench bench-peers bench-quality docs docs-serve clean
+.PHONY: demo lint test test-tensorflow test-jax test-torch test-legacy test-tools bench bench-peers bench-quality bench-ab docs docs-serve clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -114,6 +114,22 @@ bench-verification: $(VENV)/.installed-test  # verification / re-ID: ours agains
 	$(BIN)/python bench/verification_bench.py --out bench-output/verification $(BENCH_ARGS)
 
 bench-peers: $(PEER_STAMPS)
+
+# --- make bench-ab: this checkout's losses against another's, alternating (issue 26) ---------
+# bench/ab_engine.py: loss + gradient at B = 512 and 4096 on TF (XLA), JAX and eager torch,
+# old and new each in fresh processes, round after round. AB_OLD: the old checkout (or its
+# src/); by default a detached git worktree of AB_REF, made on first use (remove it to
+# refresh). AB_ARGS passes options, e.g. AB_ARGS="--quick --backends jax", "--memory"
+# (B = 65,536 peak RSS), "--autodiff" (closed form against autodiff); see its -h.
+AB_REF ?= main
+AB_OLD ?= $(BENCH_DIR)/ab-old
+AB_ARGS ?=
+bench-ab: $(VENV)/.installed-test $(AB_OLD)
+	$(BIN)/python bench/ab_engine.py --old $(AB_OLD) --new src --out bench-output/ab $(AB_ARGS)
+
+$(BENCH_DIR)/ab-old:
+	git worktree prune
+	git worktree add --detach $@ $(AB_REF)
 
 # From scratch each time, so a half-finished install is never reused; the stamp comes last.
 # A peer whose frameworks differ from the shared pins (tensorflow-addons: TF 2.15) has its own

@@ -747,10 +747,18 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--budget", type=float, default=float("inf"))
     args = parser.parse_args(argv)
+    result = run_measurement(
+        args.case, args.batch, args.dim, args.per_class, args.seed, args.repeats, args.budget
+    )
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    return 0
+
+
+def run_measurement(case, *args):
+    """:func:`measure` (same arguments), a failure turned into its result dict: ``status``
+    ``missing`` (this checkout lacks the loss), ``oom`` or ``error``, with ``detail``."""
     try:
-        result = measure(
-            args.case, args.batch, args.dim, args.per_class, args.seed, args.repeats, args.budget
-        )
+        result = measure(case, *args)
     except NotAvailable as error:
         result = {"status": "missing", "detail": str(error)[-600:]}
     except MemoryError as error:
@@ -768,8 +776,7 @@ def main(argv=None):
             )
         )
         result = {"status": "oom" if out_of_memory else "error", "detail": detail[-600:]}
-    print(RESULT_PREFIX + json.dumps(result), flush=True)
-    return 0
+    return result
 
 
 if __name__ == "__main__":

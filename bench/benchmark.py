@@ -534,20 +534,32 @@ def measure_case(case, batch, settings):
         str(0.8 * time_limit),
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **dict(case.env)}
-    memory_limit_mb = settings["memory_limit_gb"] * 1e9 / 2**20
-    run = run_limited(command, env, time_limit, memory_limit_mb)
+    return {**record, **run_worker(command, env, time_limit, settings["memory_limit_gb"])}
+
+
+def run_worker(command, env, time_limit, memory_limit_gb):
+    """Runs one worker ``command`` (it prints ``BENCH_RESULT {json}``) under the limits.
+
+    Args:
+        command: the argument list of a process that runs ``bench_worker`` (this
+            benchmark's :func:`measure_case`, or ``bench/ab_engine.py``'s worker).
+        env: its environment.
+        time_limit: seconds, compile included.
+        memory_limit_gb: resident memory in GB.
+
+    Returns:
+        The worker's result dict (see ``bench_worker.measure``) with ``peak_rss_mb`` and
+        ``wall_s``, or ``status`` ``timeout`` / ``oom`` / ``error`` and ``detail``.
+    """
+    run = run_limited(command, env, time_limit, memory_limit_gb * 1e9 / 2**20)
     # A worker that finished reports its exact VmHWM; a killed one, what was last seen.
-    record.update(peak_rss_mb=run["observed_peak_mb"], wall_s=run["wall_s"])
+    record = {"peak_rss_mb": run["observed_peak_mb"], "wall_s": run["wall_s"]}
     prefix = bench_worker.RESULT_PREFIX
     lines = [line for line in run["stdout"].splitlines() if line.startswith(prefix)]
     if run["killed"] == "timeout":
         return {**record, "status": "timeout", "detail": f"killed after {time_limit:g} s"}
     if run["killed"] == "oom":
-        return {
-            **record,
-            "status": "oom",
-            "detail": f"killed at RSS > {settings['memory_limit_gb']:g} GB",
-        }
+        return {**record, "status": "oom", "detail": f"killed at RSS > {memory_limit_gb:g} GB"}
     if lines:
         return {**record, **json.loads(lines[-1][len(prefix) :])}
     if run["returncode"] == -signal.SIGKILL:
