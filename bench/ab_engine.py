@@ -8,7 +8,8 @@ for each cell (backend, loss, B):
         --repeats calls (fast steps: as many as fill one second); peak RSS = its VmHWM
     old s, new s: median over rounds; new/old: median of the rounds' ratios; flag > 1.05
     (and "min": the same ratio of each run's fastest call, less sensitive to other load)
---memory:   B = 65,536 batch-all and multi-similarity on the new side, peak RSS <= 3 GB
+--memory:   B = 65,536 batch-all, multi-similarity and the row-function contrastive loss of
+            tests/test_pair_toolkit.py on the new side, peak RSS <= 3 GB
 --autodiff: new side, closed-form slopes (A) against the autodiff path (B) at B = 4096,
             flag > 1.5 (see AUTODIFF_SWITCH: the one place that forces the autodiff path)
 ```
@@ -52,7 +53,7 @@ SIZES = (512, 4096)
 ROUNDS = 3
 #: new / old above this is flagged.
 SPEED_BOUND = 1.05
-MEMORY_LOSSES = ("batch-all", "multi-similarity")
+MEMORY_LOSSES = ("batch-all", "multi-similarity", "contrastive-row")
 MEMORY_SIZE = 65536
 MEMORY_BOUND_GB = 3.0
 AUTODIFF_SIZE = 4096
@@ -68,7 +69,7 @@ QUICK = {"sizes": (64, 256), "rounds": 2, "repeats": 3, "memory_size": 4096, "au
 # its constructor (or, failing that, set as an attribute of the built loss); a loss that has
 # neither reads "not available" and its autodiff rows are skipped. Change the name / value
 # here (or the body of autodiff_loss) when the engine's switch is settled.
-AUTODIFF_SWITCH = ("slopes", False)
+AUTODIFF_SWITCH = ("closed_form", False)
 
 
 def autodiff_loss(make, kwargs):

@@ -625,6 +625,21 @@ def _check_installed_copy(module, distribution, version):
 
 
 #: Case name -> builder(embeddings, labels) -> (step, to_numpy, versions).
+def row_function_loss():
+    """The contrastive loss that ``tests/test_pair_toolkit.py`` writes as a value-only row
+    function (issue #26: a new pair loss in a few lines holds B = 65,536 like the built-in
+    ones), margin 0.5, ``cosine``."""
+
+    def build():
+        tests = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests")
+        sys.path.insert(0, tests)
+        from test_pair_toolkit import Contrastive
+
+        return Contrastive(margin=0.5, distance=DISTANCE)
+
+    return keras_loss(build)
+
+
 CASES = {
     **{
         f"ours-{loss}{suffix}": ours(strategy, distance, variant)
@@ -636,6 +651,7 @@ CASES = {
         for loss in OURS
         for suffix, variant in VARIANTS.items()
     },
+    "ours-contrastive-row": row_function_loss(),
     "keras-circle": keras_circle(),
     "floor-tensorflow": floor("tensorflow"),
     "floor-jax": floor("jax"),

@@ -282,11 +282,10 @@ class InfoNCELoss(PairLoss):
             weights=weights, rows=self.block_size, context=context, statistics=False,
         )  # fmt: skip
 
-    def _score_queries(self, labels, embeddings, weights, group):
-        """``(per-query loss (B,), carrier or None)``; ``weights`` ``(B,)``: only their
-        weighted sum is differentiated, or ``None``: every query's loss keeps its own
+    def _score_queries(self, labels, embeddings, weights, group, summed):
+        """``(per-query loss (B,), carrier or None)``; ``summed``: only the sum weighted by
+        ``weights`` ``(B,)`` is differentiated, else every query's loss keeps its own
         gradient."""
-        summed = weights is not None
         rows, columns, dim = ops.shape(embeddings)
         features = self.distance.mining_features(ops.reshape(embeddings, (-1, dim)))
         features = ops.reshape(features, (rows, columns, dim))
@@ -338,15 +337,14 @@ class InfoNCELoss(PairLoss):
             return reduction_module.reduce(nothing, nothing, weights, reduction)
         group = distributed.current_replica_group() if self.global_mining else None
         summed = reduction not in (None, "none")
-        engine_weights = None
-        if summed:
+        engine_weights = weights
+        if weights is None:
             engine_weights = ops.ones((ops.shape(embeddings)[0],), embeddings.dtype)
-            engine_weights = engine_weights if weights is None else weights
         slices = 1 if group is not None else distributed.data_parallel_replicas()
         if self.global_mining or slices == 1:
-            parts = [self._score_queries(labels, embeddings, engine_weights, group)]
+            parts = [self._score_queries(labels, embeddings, engine_weights, group, summed)]
         else:
-            parts = self._slices(labels, embeddings, engine_weights, slices)
+            parts = self._slices(labels, embeddings, engine_weights, slices, summed)
         loss = ops.concatenate([p[0] for p in parts], axis=0) if len(parts) > 1 else parts[0][0]
         carriers = [p[1] for p in parts if p[1] is not None]
         return reduction_module.reduce(
@@ -360,7 +358,7 @@ class InfoNCELoss(PairLoss):
             carrier=sum(carriers[1:], carriers[0]) if carriers else None,
         )
 
-    def _slices(self, labels, embeddings, weights, slices):
+    def _slices(self, labels, embeddings, weights, slices, summed):
         """``global_mining=False`` under JAX ``DataParallel``: each device slice alone."""
         rows = embeddings.shape[0]
         step = distributed.rows_per_slice(rows, slices)
@@ -368,8 +366,9 @@ class InfoNCELoss(PairLoss):
             self._score_queries(
                 None if labels is None else labels[i : i + step],
                 embeddings[i : i + step],
-                None if weights is None else weights[i : i + step],
+                weights[i : i + step],
                 None,
+                summed,
             )
             for i in range(0, rows, step)
         ]

@@ -139,7 +139,8 @@ def score_pairs(
     terms=None,
     statistics=True,
 ):
-    """Runs ``row_function`` over row blocks of anchors; returns :class:`~triplet_tools.mining.results.AnchorTriplets`.
+    """Runs ``row_function`` over row blocks of anchors; returns their
+    :class:`~triplet_tools.mining.results.AnchorTriplets`.
 
     Args:
         features: ``(B, D)`` anchor features (``distance.mining_features``), with gradient.
@@ -164,8 +165,7 @@ def score_pairs(
         statistics: whether the row functions compute the mean distances.
 
     Returns:
-        An :class:`~triplet_tools.mining.results.AnchorTriplets` over all ``B`` anchors (``carrier`` set in
-        ``Mode.PRODUCTS``).
+        ``AnchorTriplets`` over all ``B`` anchors (``carrier`` set in ``Mode.PRODUCTS``).
     """
     from triplet_tools.mining import common_label_dtype
 
