@@ -667,7 +667,7 @@ def test_save_and_load_without_custom_objects(tmp_path):
 @pytest.mark.parametrize("size", [1, 2, 7, 64])
 def test_sorted_search_finds_each_class_like_numpy(compile_it, size):
     # Duplicates, values below, between and above the sorted ones, both sides.
-    from triplet_tools.mining.engine import sorted_search
+    from triplet_tools.mining.prepare import sorted_search
 
     rng = np.random.default_rng(size)
     sorted_values = np.sort(rng.integers(-5, 6, size)).astype("int32")

@@ -17,7 +17,7 @@ from __future__ import annotations
 from triplet_tools import pair_rows
 from triplet_tools._ops import ops
 from triplet_tools.losses.base import TripletFamilyLoss
-from triplet_tools.mining import engine
+from triplet_tools.mining import engine, prepare
 from triplet_tools.pair_rows import RowValues
 
 _FAR_BELOW = -1e30
@@ -144,7 +144,7 @@ class PairLoss(TripletFamilyLoss):
             reference_labels = labels
         else:
             positions = ops.arange(ops.shape(reference_labels)[0], dtype="int32")
-        rows, _ = engine.zero_non_finite(rows)
+        rows, _ = prepare.zero_non_finite(rows)
         return engine.score_pairs(
             rows,
             reference_labels,

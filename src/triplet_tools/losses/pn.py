@@ -4,7 +4,7 @@ import keras
 
 from triplet_tools._ops import ops
 from triplet_tools.losses.triplet import TripletLoss
-from triplet_tools.mining import engine
+from triplet_tools.mining import prepare
 
 
 @keras.saving.register_keras_serializable(package="triplet_tools")
@@ -68,10 +68,10 @@ class PNLoss(TripletLoss):
     def reference_pair_distances(self, references, mask=None):
         # Non-finite rows zeroed: they are never chosen, and NaN must not reach the gradient.
         # Measured from a common origin, as the pair engine measures d(a, n).
-        clean, kept = engine.zero_non_finite(references)
+        clean, kept = prepare.zero_non_finite(references)
         if mask is not None:
             kept = ops.logical_and(kept, ops.cast(mask, "bool"))
-        _, clean = engine.from_common_origin(self.distance, clean, kept)
+        _, clean = prepare.from_common_origin(self.distance, clean, kept)
         return self.distance.pairwise_features(clean, clean)
 
     def anchor_distances(self, anchors, positives, negatives):
