@@ -18,6 +18,7 @@ from keras import ops
 
 from triplet_tools import _genuine_ranks
 from triplet_tools import distances as distances_module
+from triplet_tools._topk import query_block_rows
 from triplet_tools._validation import check_int
 
 #: Impostors of one located bucket that are collected rather than histogrammed again.
@@ -102,10 +103,9 @@ class _Pairs:
             self.genuine_start = np.arange(len(self.queries)) + 1
         self.references = ops.convert_to_tensor(references)
         size = check_int(block_size, "block_size", minimum=1, allow_none=True)
-        per_row = len(references) * (
-            references.shape[1] if self.distance.materializes_differences else 1
+        self.rows = size or query_block_rows(
+            len(self.queries), len(references), references.shape[1], self.distance, _BLOCK_ELEMENTS
         )
-        self.rows = size or max(1, min(len(self.queries), _BLOCK_ELEMENTS // max(per_row, 1)))
 
     def blocks(self, genuine=True):
         """Yields ``(genuine, impostors)`` of each block of rows (``genuine`` None if not asked)."""
