@@ -5,6 +5,7 @@ checks, ``every``, ``epochs`` / ``history`` and what they write into ``logs``.""
 import keras
 
 from triplet_tools import distances as distances_module
+from triplet_tools._evaluation_checks import as_labels, count_inputs, describe
 from triplet_tools._validation import check_int, check_string
 
 
@@ -14,8 +15,6 @@ class EmbeddingMetricsCallback(keras.callbacks.Callback):
     :meth:`_set_names` with its metric names and computes them in :meth:`_compute`."""
 
     def __init__(self, x, y, ref_x, ref_y, *, every, distance, batch_size, prefix):
-        from triplet_tools import evaluation  # its input checks (evaluation imports this)
-
         super().__init__()
         self.every = check_int(every, "every", minimum=1)
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
@@ -23,16 +22,14 @@ class EmbeddingMetricsCallback(keras.callbacks.Callback):
         if (ref_x is None) != (ref_y is None):
             raise ValueError(
                 "ref_x and ref_y must be given together; received "
-                f"ref_x={evaluation._describe(ref_x)} and ref_y={evaluation._describe(ref_y)}."
+                f"ref_x={describe(ref_x)} and ref_y={describe(ref_y)}."
             )
         self.x, self.ref_x = x, ref_x
-        self.y = evaluation._as_labels(y, evaluation._count_inputs(x, "x"), "y", "x")
+        self.y = as_labels(y, count_inputs(x, "x"), "y", "x")
         self.ref_y = (
             None
             if ref_x is None
-            else evaluation._as_labels(
-                ref_y, evaluation._count_inputs(ref_x, "ref_x"), "ref_y", "ref_x"
-            )
+            else as_labels(ref_y, count_inputs(ref_x, "ref_x"), "ref_y", "ref_x")
         )
         self.distance = distances_module.get(distance)
 

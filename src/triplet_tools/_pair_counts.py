@@ -18,6 +18,8 @@ from keras import ops
 
 from triplet_tools import _genuine_ranks
 from triplet_tools import distances as distances_module
+from triplet_tools._evaluation_checks import check_finite, check_sets
+from triplet_tools._topk import query_block_rows
 from triplet_tools._validation import check_int
 
 #: Impostors of one located bucket that are collected rather than histogrammed again.
@@ -76,9 +78,7 @@ class _Pairs:
     """
 
     def __init__(self, embeddings, labels, ref_embeddings, ref_labels, distance, block_size):
-        from triplet_tools import evaluation  # evaluation re-exports this module's names
-
-        queries, query_labels, references, reference_labels = evaluation._check_sets(
+        queries, query_labels, references, reference_labels = check_sets(
             embeddings, labels, ref_embeddings, ref_labels
         )
         self.distance = distances_module.get(distance)
@@ -102,15 +102,12 @@ class _Pairs:
             self.genuine_start = np.arange(len(self.queries)) + 1
         self.references = ops.convert_to_tensor(references)
         size = check_int(block_size, "block_size", minimum=1, allow_none=True)
-        per_row = len(references) * (
-            references.shape[1] if self.distance.materializes_differences else 1
+        self.rows = size or query_block_rows(
+            len(self.queries), len(references), references.shape[1], self.distance, _BLOCK_ELEMENTS
         )
-        self.rows = size or max(1, min(len(self.queries), _BLOCK_ELEMENTS // max(per_row, 1)))
 
     def blocks(self, genuine=True):
         """Yields ``(genuine, impostors)`` of each block of rows (``genuine`` None if not asked)."""
-        from triplet_tools import evaluation
-
         for start in range(0, len(self.queries), self.rows):
             stop = min(start + self.rows, len(self.queries))
             block = np.asarray(
@@ -122,9 +119,7 @@ class _Pairs:
             )
             if block.dtype not in (np.float32, np.float64):
                 block = block.astype(np.float32)
-            evaluation._check_finite(
-                block, "distances", "(the embeddings are too large for this distance)"
-            )
+            check_finite(block, "distances", "(the embeddings are too large for this distance)")
             starts = self.genuine_start[start:stop]
             stops = self.genuine_stop[start:stop]
             parts = [

@@ -98,13 +98,12 @@ def exact_search(distance, queries, references, k):
         )
     unit_queries = features(distance, queries)
     norms = np.sum(references * references, axis=1)
-    per_row = len(references) * (queries.shape[1] if distance.materializes_differences else 1)
     _, columns = top_k(
         lambda block: _block_scores(name, block, unit_queries, references, norms),
         np.arange(len(queries)),
         len(references),
         k,
-        max(1, min(len(queries), BLOCK_ELEMENTS // max(per_row, 1))),
+        query_block_rows(len(queries), len(references), queries.shape[1], distance, BLOCK_ELEMENTS),
         WORKERS,
     )
     # The k found are measured again, directly: the products above rank well but lose small

@@ -11,15 +11,19 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from triplet_tools.mining.blocks import rows_per_block, scores_per_row
+
 #: Distance-matrix elements computed at once (16 MB in float32).
 BLOCK_ELEMENTS = 2**22
 
 
-def query_block_rows(num_queries, num_references, dim, distance):
-    """Queries per block so that one block's distances stay near 4M elements.
+def query_block_rows(num_queries, num_references, dim, distance, elements=None):
+    """Queries per block so that one block's distances stay near ``elements`` (4M by default).
 
-    A distance whose ``pairwise`` builds ``(n, m, D)`` differences (Manhattan) gets blocks
-    ``D`` times smaller.
+    :func:`~triplet_tools.mining.blocks.rows_per_block` over the distance's row width
+    (:func:`~triplet_tools.mining.blocks.scores_per_row`: a distance whose ``pairwise``
+    builds ``(n, m, D)`` differences, Manhattan, gets blocks ``D`` times smaller), and at
+    least one query even when there are none (a ``range`` step).
 
     Example:
 
@@ -27,8 +31,8 @@ def query_block_rows(num_queries, num_references, dim, distance):
     >>> query_block_rows(100_000, 100_000, 64, get("cosine"))
     41
     """
-    per_row = num_references * (dim if distance.materializes_differences else 1)
-    return max(1, min(num_queries, BLOCK_ELEMENTS // max(per_row, 1)))
+    per_row = scores_per_row(num_references, dim, distance)
+    return max(1, rows_per_block(num_queries, per_row, elements or BLOCK_ELEMENTS))
 
 
 #: The bound of :func:`nearest` splits a row into this many chunks per neighbour sought, and

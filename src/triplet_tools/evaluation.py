@@ -23,17 +23,24 @@ index; ``map`` sorts each block's rows once. Camera groups (re-identification) a
 :func:`retrieval_metrics`; the verification ROC is in :mod:`triplet_tools.verification`.
 """
 
-from numbers import Integral
-
 import numpy as np
 from keras import ops
 
 from triplet_tools import _ranking
 from triplet_tools import distances as distances_module
+from triplet_tools._evaluation_checks import check_cutoffs, check_finite, check_groups, check_sets
 from triplet_tools._metrics_callback import EmbeddingMetricsCallback
 from triplet_tools._topk import nearest as _nearest
 from triplet_tools._topk import query_block_rows
-from triplet_tools._validation import as_label_vector, check_int
+from triplet_tools._validation import check_int
+
+# Verification lives in its own module; SPEC names it here.
+from triplet_tools.verification import (
+    VerificationMetricsCallback,
+    verification_metric_names,
+    verification_metrics,
+    verification_roc,
+)
 
 
 def retrieval_metrics(
@@ -118,13 +125,13 @@ def retrieval_metrics(
     Reference:
         Musgrave, Belongie and Lim, "A Metric Learning Reality Check", ECCV 2020.
     """
-    queries, query_labels, references, reference_labels = _check_sets(
+    queries, query_labels, references, reference_labels = check_sets(
         embeddings, labels, ref_embeddings, ref_labels
     )
-    cutoffs = _check_cutoffs(k)
+    cutoffs = check_cutoffs(k)
     distance = distances_module.get(distance)
     leave_one_out = references is None
-    query_groups, ref_groups = _check_groups(query_groups, ref_groups, queries, references)
+    query_groups, ref_groups = check_groups(query_groups, ref_groups, queries, references)
     if leave_one_out:
         references, reference_labels, ref_groups = queries, query_labels, query_groups
     relevance = _ranking.Relevance(
@@ -146,7 +153,7 @@ def retrieval_metrics(
         block = ops.convert_to_numpy(
             distance.pairwise(ops.convert_to_tensor(queries[start:stop]), reference_tensor)
         )
-        _check_finite(block, "distances", "(the embeddings are too large for this distance)")
+        check_finite(block, "distances", "(the embeddings are too large for this distance)")
         is_relevant, removed = relevance.block(start, stop)
         # +inf sorts after every finite distance, so a query is never its own neighbour and
         # a removed reference (same label and group) is never ranked before a relevant one.
@@ -173,43 +180,8 @@ def metric_names(k=(1, 5, 10)):
     >>> metric_names((1, 5))
     ['precision@1', 'recall@1', 'recall@5', 'r_precision', 'map@r', 'map']
     """
-    cutoffs = _check_cutoffs(k)
+    cutoffs = check_cutoffs(k)
     return ["precision@1", *(f"recall@{c}" for c in cutoffs), "r_precision", "map@r", "map"]
-
-
-def _check_groups(query_groups, ref_groups, queries, references):
-    """The group arrays as vectors of the right lengths, or ``(None, None)``."""
-    if references is None:
-        if ref_groups is not None:
-            raise ValueError(
-                "ref_groups needs ref_embeddings (leave-one-out takes query_groups alone); "
-                f"received ref_groups={_describe(ref_groups)} and ref_embeddings=None."
-            )
-    elif (query_groups is None) != (ref_groups is None):
-        raise ValueError(
-            "With a reference set, query_groups and ref_groups must be given together; "
-            f"received query_groups={_describe(query_groups)} and "
-            f"ref_groups={_describe(ref_groups)}."
-        )
-    if query_groups is None:
-        return None, None
-    query_groups = _as_labels(query_groups, len(queries), "query_groups", "embeddings")
-    if references is not None:
-        ref_groups = _as_labels(ref_groups, len(references), "ref_groups", "ref_embeddings")
-    return query_groups, ref_groups
-
-
-def _check_cutoffs(k):
-    """Returns the sorted distinct cut-offs of ``k`` (an int or ints >= 1), else ValueError."""
-    try:
-        values = (k,) if isinstance(k, Integral) else tuple(k)
-        if not values:
-            raise ValueError
-        return tuple(sorted({check_int(c, "k", minimum=1) for c in values}))
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"k must be a positive int or a non-empty sequence of positive ints; received {k!r}."
-        ) from None
 
 
 def _relevant_counts(query_labels, reference_labels, leave_one_out):
@@ -230,120 +202,6 @@ def _accumulate(sums, hits, relevant, cutoffs):
         sums[f"recall@{cutoff}"] += float(np.sum(np.any(hits[:, :cutoff], axis=1)))
     sums["r_precision"] += float(np.sum(np.sum(hits & within_r, axis=1) / relevant))
     sums["map@r"] += float(np.sum(np.sum(precision_at * (hits & within_r), axis=1) / relevant))
-
-
-def _check_sets(embeddings, labels, ref_embeddings, ref_labels):
-    if (ref_embeddings is None) != (ref_labels is None):
-        raise ValueError(
-            "ref_embeddings and ref_labels must be given together; received "
-            f"ref_embeddings={_describe(ref_embeddings)} and ref_labels={_describe(ref_labels)}."
-        )
-    queries = _as_embeddings(embeddings, "embeddings")
-    query_labels = _as_labels(labels, len(queries), "labels", "embeddings")
-    if ref_embeddings is None:
-        return queries, query_labels, None, None
-    references = _as_embeddings(ref_embeddings, "ref_embeddings")
-    reference_labels = _as_labels(ref_labels, len(references), "ref_labels", "ref_embeddings")
-    if references.shape[1] != queries.shape[1]:
-        raise ValueError(
-            "embeddings and ref_embeddings must have the same width; received shapes "
-            f"{queries.shape} and {references.shape}."
-        )
-    if references.dtype != queries.dtype:
-        references, queries = references.astype(np.float64), queries.astype(np.float64)
-    return queries, query_labels, references, reference_labels
-
-
-def _as_embeddings(x, argument):
-    array = np.asarray(ops.convert_to_numpy(x) if _is_tensor(x) else x)
-    if array.ndim != 2 or 0 in array.shape:
-        raise ValueError(
-            f"{argument} must be a non-empty (N, D) array; received shape {array.shape}."
-        )
-    if not _is_numeric(array.dtype):
-        raise ValueError(f"{argument} must be numeric; received dtype {array.dtype}.")
-    array = array.astype(np.float64 if array.dtype == np.float64 else np.float32)
-    _check_finite(array, argument, "")
-    return array
-
-
-def _is_numeric(dtype):
-    """NumPy's numbers, and the float types NumPy does not know (bfloat16, float8: ml_dtypes,
-    which JAX, TensorFlow and Keras use, registers them as unstructured ``V`` dtypes)."""
-    if dtype.kind in "fiub":
-        return True
-    if dtype.kind != "V" or dtype.names is not None:
-        return False
-    try:
-        np.zeros(1, dtype).astype(np.float32)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def _as_labels(y, size, argument, rows):
-    array = as_label_vector(ops.convert_to_numpy(y) if _is_tensor(y) else y, size, argument, rows)
-    if array.dtype.kind in "fc" and not np.all(np.isfinite(array)):
-        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        raise ValueError(
-            f"{argument} contain {bad} NaN or infinite values; class labels must "
-            "be finite (a NaN label belongs to no class)."
-        )
-    return array
-
-
-def _check_finite(array, what, hint):
-    if not np.all(np.isfinite(array)):
-        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-        hint = f" {hint}" if hint else ""
-        raise ValueError(f"{what} contain {bad} NaN or infinite values{hint}.")
-
-
-def _count_inputs(x, argument):
-    """The number of samples in model inputs ``x`` (an array, a tensor or a dict of them),
-    after checking that every float input is finite: a NaN input gives a NaN embedding, and
-    the error is clearer now than after the first epoch."""
-    arrays = (
-        list(x.values())
-        if isinstance(x, dict)
-        else list(x)
-        if isinstance(x, (list, tuple))
-        else [x]
-    )
-    if not arrays or any(a is None or not hasattr(a, "shape") or len(a.shape) == 0 for a in arrays):
-        raise ValueError(
-            f"{argument} must be model inputs: an array or tensor of shape (N, ...) "
-            f"or a dict of them; received {_describe_inputs(x)}."
-        )
-    sizes = {int(a.shape[0]) for a in arrays}
-    if len(sizes) != 1:
-        raise ValueError(
-            f"{argument}: every input must have the same number of rows; received "
-            f"{_describe_inputs(x)}."
-        )
-    for array in arrays:
-        array = np.asarray(ops.convert_to_numpy(array) if _is_tensor(array) else array)
-        if array.dtype.kind == "f" or (array.dtype.kind == "V" and _is_numeric(array.dtype)):
-            _check_finite(
-                array.astype(np.float32, copy=False) if array.dtype.kind == "V" else array,
-                argument,
-                "(the model would embed them as NaN)",
-            )
-    return sizes.pop()
-
-
-def _describe_inputs(x):
-    if isinstance(x, dict):
-        return "{" + ", ".join(f"{k!r}: {_describe_inputs(v)}" for k, v in x.items()) + "}"
-    return f"shape {tuple(x.shape)}" if hasattr(x, "shape") else f"{type(x).__name__} {x!r:.60}"
-
-
-def _is_tensor(x):
-    return not isinstance(x, (np.ndarray, list, tuple)) and ops.is_tensor(x)
-
-
-def _describe(x):
-    return "None" if x is None else f"an array of shape {np.shape(x)}"
 
 
 class RetrievalMetricsCallback(EmbeddingMetricsCallback):
@@ -434,7 +292,7 @@ class RetrievalMetricsCallback(EmbeddingMetricsCallback):
                 "No query in x has a relevant reference: give at least two "
                 "samples of a class (or a reference set that holds its class)."
             )
-        self.k = _check_cutoffs(k)
+        self.k = check_cutoffs(k)
         self._set_names(metric_names(self.k), log_metrics)
 
     def _compute(self, embeddings, references):
@@ -443,20 +301,12 @@ class RetrievalMetricsCallback(EmbeddingMetricsCallback):
         )
 
 
-# Verification lives in its own module; SPEC names it here. Imported last: verification.py
-# reads this module's input checks when called.
-from triplet_tools.verification import (  # noqa: E402
-    VerificationMetricsCallback,
-    verification_metric_names,
-    verification_metrics,
-    verification_roc,
-)
-
+# In the order of the API page (docs/api/evaluation.md orders by __all__).
 __all__ = [
     "RetrievalMetricsCallback",
     "VerificationMetricsCallback",
-    "metric_names",
     "retrieval_metrics",
+    "metric_names",
     "verification_metric_names",
     "verification_metrics",
     "verification_roc",

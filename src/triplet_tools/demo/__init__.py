@@ -1,8 +1,9 @@
 """The ``triplet-tools demo`` command: train an embedding end to end and show what it learned.
 
-Never imported by the library itself. ``command`` trains and reports, ``data`` loads the
-digits or a ``.npz`` / ``.csv`` file, ``pictures`` draws the embedding map and the curves,
-``cli`` parses the command line.
+Never imported by the library itself. ``command`` trains and reports, from the pieces in
+``parts`` (the losses on offer, the model, the held-out split); ``data`` loads the digits or
+a ``.npz`` / ``.csv`` file, ``pictures`` draws the embedding map and the curves, ``cli``
+parses the command line.
 """
 
 __all__ = ["LOSSES", "run"]

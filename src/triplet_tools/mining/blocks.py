@@ -115,12 +115,77 @@ def eager_torch():
     return not torch.compiler.is_compiling()
 
 
+def rows_per_block(num_rows, elements_per_row, budget=None, power_of_two=False, whole=False):
+    """Rows processed at once so that one block holds about ``budget`` elements.
+
+    The one block-size rule of the library (the per-anchor miner, the pair engine, the
+    evaluation and the index):
+
+    ```
+    rows = min(num_rows, round(max(1, budget // max(elements_per_row, 1))))
+    round(r) = 2 ** floor(log2(r))   with power_of_two, else r
+    rows = num_rows                  with whole, when num_rows * elements_per_row <= budget
+    ```
+
+    At least one row per block, whatever a row costs; never more rows than there are (so
+    ``0`` rows give ``0``). ``whole`` keeps a batch that fits in one block of any size, where
+    ``power_of_two`` alone may split it into power-of-two blocks.
+
+    Args:
+        num_rows: the rows to split (anchors, queries), or ``None`` when unknown at trace
+            time: then ``None`` (one block).
+        elements_per_row: the elements one row's block holds (``M`` scores, ``M * D``
+            differences, ``M * M`` candidate units), an int ``>= 0``.
+        budget: the elements of one block (default :data:`BLOCK_ELEMENTS`, read at call time).
+        power_of_two: round the rows down to a power of two.
+        whole: the rows all in one block when they fit the budget.
+
+    Returns:
+        An int in ``[min(num_rows, 1), num_rows]``, or ``None``.
+
+    Example:
+
+    >>> rows_per_block(100_000, 100_000, budget=2**22)
+    41
+    >>> rows_per_block(1040, 1000, budget=2**20, power_of_two=True)
+    1024
+    >>> rows_per_block(1040, 1000, budget=2**20, power_of_two=True, whole=True)
+    1040
+    >>> rows_per_block(None, 10) is None
+    True
+    """
+    if num_rows is None:
+        return None
+    budget = BLOCK_ELEMENTS if budget is None else budget
+    if whole and num_rows * elements_per_row <= budget:
+        return num_rows
+    rows = max(1, budget // max(elements_per_row, 1))
+    if power_of_two:
+        rows = 1 << (rows.bit_length() - 1)
+    return min(num_rows, rows)
+
+
+def scores_per_row(num_references, dim, distance):
+    """Elements of one anchor's (or query's) row of ``distance.pairwise`` against
+    ``num_references`` rows: ``M``, or ``M * D`` for a distance that materialises ``(n, m, D)``
+    differences (Manhattan).
+
+    Example:
+
+    >>> from triplet_tools.distances import get
+    >>> scores_per_row(1000, 64, get("cosine")), scores_per_row(1000, 64, get("manhattan"))
+    (1000, 64000)
+    """
+    return num_references * (dim if distance.materializes_differences else 1)
+
+
 def auto_block_rows(num_anchors, num_references, dim, distance, elements=None):
     """Rows of anchors mined at once: all when ``B*M`` is small, else blocks of ~2**20 scores.
 
     The target is :data:`BLOCK_ELEMENTS` scores per block (2**20 under XLA, 2**22 in eager
     torch); a distance that materialises ``(n, m, D)`` differences gets ``D`` times fewer
-    rows. The result is a power of two.
+    rows. A batch that does not fit is split into power-of-two blocks
+    (:func:`rows_per_block` with ``power_of_two`` and ``whole``).
 
     Args:
         num_anchors: ``B``, or ``None`` when unknown at trace time (then one block).
@@ -137,14 +202,10 @@ def auto_block_rows(num_anchors, num_references, dim, distance, elements=None):
     >>> rows in (16, 64)   # 16 under XLA, 64 in eager torch
     True
     """
-    if num_anchors is None or num_references is None:
+    if num_references is None:
         return num_anchors
-    elements = elements or BLOCK_ELEMENTS
-    per_row = num_references * (dim if distance.materializes_differences else 1)
-    if num_anchors * per_row <= elements:
-        return num_anchors
-    rows = max(1, elements // max(per_row, 1))
-    return min(num_anchors, 1 << (rows.bit_length() - 1))
+    per_row = scores_per_row(num_references, dim, distance)
+    return rows_per_block(num_anchors, per_row, elements or None, power_of_two=True, whole=True)
 
 
 def map_blocks(fn, arrays, rows, pad_values):
