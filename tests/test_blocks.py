@@ -126,13 +126,9 @@ def test_rows_per_block_matches_the_former_copies():
 
 
 def test_pair_engine_block_rows_agrees():
-    from triplet_tools.mining import pairs
+    from triplet_tools.mining import blocks, engine
 
-    block_rows = getattr(pairs, "block_rows", None)
-    if block_rows is None:
-        pytest.skip("pairs.block_rows is gone")
     for n, m in itertools.product(SIZES, SIZES):
         for cubic in (False, True):
-            per_row = None if m is None else max(m, 1) ** (2 if cubic else 1)
-            expected = n if m is None else rows_per_block(n, per_row, power_of_two=True)
-            assert block_rows(n, m, cubic) == expected
+            expected = _former_pairs(n, m, cubic, blocks.BLOCK_ELEMENTS)
+            assert engine.block_rows(n, m, cubic) == expected

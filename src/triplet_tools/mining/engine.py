@@ -43,8 +43,8 @@ import keras
 
 from triplet_tools._ops import ops
 from triplet_tools.mining.blocks import (
-    BLOCK_ELEMENTS,
     map_blocks,
+    rows_per_block,
     scan_blocks,
     xla_in_tensorflow_graph,
 )
@@ -107,18 +107,17 @@ PADDING = BlockInputs(0, 0, -1, -1, 0, 0, 0)
 def block_rows(num_anchors, num_references, cubic=False):
     """Anchors per block: about :data:`~triplet_tools.mining.blocks.BLOCK_ELEMENTS` values
     per block, counting ``M`` per anchor (or ``M * M`` candidate units with ``cubic``); a
-    power of two.
+    power of two (:func:`~triplet_tools.mining.blocks.rows_per_block`).
 
     Example:
 
     >>> block_rows(8, 4), block_rows(None, 4)
     (8, None)
     """
-    if num_anchors is None or num_references is None:
+    if num_references is None:
         return num_anchors
     per_row = max(num_references, 1) ** (2 if cubic else 1)
-    rows = max(1, BLOCK_ELEMENTS // per_row)
-    return min(num_anchors, 1 << (rows.bit_length() - 1))
+    return rows_per_block(num_anchors, per_row, power_of_two=True)
 
 
 def score_pairs(
