@@ -188,7 +188,7 @@ class LiftedStructLoss(PairLoss):
         return self._scores(block, loss, count, valid, slopes)._replace(weighted=True)
 
     def _scores(self, block, loss, count, valid, slopes):
-        # As row_loss promises for the other losses: no slope on an invalid anchor.
+        # As row_slopes promises for the other losses: no slope on an invalid anchor.
         valid_f = ops.cast(valid, slopes.dtype)
         return super()._scores(block, loss, count, valid, slopes * valid_f[:, None])
 
