@@ -1,12 +1,14 @@
 """The per-anchor kernel in ``keras.ops``: one positive and one negative per anchor.
 
 Written for XLA (TensorFlow, JAX): every step is an elementwise select or a row reduction
-over a block's scores, which XLA fuses into a few passes. Eager PyTorch uses
-``torch_kernel`` instead; both are held to the same brute-force reference.
+over a block's scores, which XLA fuses into a few passes. The choices are those of
+:mod:`triplet_tools.mining.rules` (``picks_farthest``, ``semi_hard_negative``), with
+:func:`arg_extreme` as their search. Eager PyTorch uses ``torch_kernel`` instead; both are
+held to the same brute-force reference.
 """
 
 from triplet_tools._ops import ops
-from triplet_tools.mining.rules import semi_hard_threshold
+from triplet_tools.mining.rules import picks_farthest, semi_hard_negative, semi_hard_threshold
 
 _INF = float("inf")
 
@@ -44,10 +46,10 @@ def mine_block(
         positive_mask = ops.logical_and(positive_mask, reference_mask[None, :])
         same = ops.logical_or(same, ops.logical_not(reference_mask)[None, :])
 
-    hard_positive = rules.positive == "hard"
-    fill = -_INF if hard_positive else _INF
+    farthest_positive = picks_farthest("positive", rules.positive)
+    fill = -_INF if farthest_positive else _INF
     positive_score, positive = arg_extreme(
-        ops.where(positive_mask, scores, fill), largest=hard_positive
+        ops.where(positive_mask, scores, fill), largest=farthest_positive
     )
     has_positive = ops.not_equal(positive_score, fill)
 
@@ -62,9 +64,8 @@ def mine_block(
         return positive, negative, valid
 
     threshold = semi_hard_threshold(distance, positive_score, anchors, rules.semi_margin)
-    # Negatives strictly beyond the threshold keep their (positive) excess; every other
-    # entry, positives included (-inf), becomes +inf. Without any, keep the farthest.
-    excess = ops.threshold(negative_scores - threshold[:, None], 0.0, _INF)
-    semi_hard_excess, semi_hard = arg_extreme(excess, largest=False)
-    negative = ops.where(semi_hard_excess < _INF, semi_hard, negative)
+    # Compared as the excess s - t over 0 (same order as the scores; non-negatives stay
+    # -inf): the selection eager torch makes in place, tie for tie.
+    excess = negative_scores - threshold[:, None]
+    negative = semi_hard_negative(excess, 0.0, negative, arg_extreme)
     return positive, negative, valid

@@ -1,4 +1,4 @@
-"""The mining rules, stated once: strategies, validity and the semi-hard threshold.
+"""The mining rules, stated once: strategies, validity, the semi-hard threshold and choice.
 
 For anchor ``a`` with references ``R`` (the batch itself, or an explicit reference set):
 
@@ -14,10 +14,30 @@ positive  all:  every (a, p), p in P(a), is a unit; semi-hard then uses that pai
 negative  all:  every n in N(a) makes a unit with each positive the positive strategy gives
 ```
 
-A reference that is masked out (an empty memory slot) or whose embedding is not finite is
-neither a positive nor a negative of anyone: it is never chosen, and NaN in an anchor's
-own embedding reaches that anchor's loss instead. This module imports no kernel; the
-kernels (``kernel``, ``torch_kernel``, ``pairs``) import it.
+Every argmin / argmax takes the first index among equal values. A reference that is masked
+out (an empty memory slot) or whose embedding is not finite is neither a positive nor a
+negative of anyone: it is never chosen, and NaN in an anchor's own embedding reaches that
+anchor's loss instead.
+
+The choices as ``keras.ops`` functions, which the kernels call:
+
+* :func:`picks_farthest`: which end of its candidates a hard / easy strategy takes;
+* :func:`semi_hard_negative`: ``n*`` of semi-hard, per anchor (one threshold a row) or per
+  ``(a, p)`` (one threshold a positive, strategy ``"all"``) by broadcasting;
+* :func:`semi_hard_threshold`: ``d(a, p*) + semi_margin`` in the units a kernel compares;
+* :func:`first_extreme`: the plain ``(extreme, first index)`` search; a kernel passes its
+  own faster one (``kernel.arg_extreme``, ``slots.arg_extreme``) with the same result.
+
+The ``keras.ops`` kernel (``kernel``) and the pair engine's row functions
+(``triplet_rows``) choose through these functions. The eager-torch kernel
+(``torch_kernel``) is the one exception: it applies the same rules in its own passes,
+because eager torch pays for every op over the whole block, and it computes the semi-hard
+fallback (the farthest negative) only for the rows that have no semi-hard negative, where
+a ``keras.ops`` function computes it for every row. The tests hold every kernel to the same
+brute-force reference.
+
+This module imports no kernel; the kernels (``kernel``, ``torch_kernel``, ``pairs``,
+``triplet_rows``) import it.
 """
 
 from __future__ import annotations
@@ -25,6 +45,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 from triplet_tools import distances as distances_module
+from triplet_tools._ops import ops
 from triplet_tools._validation import check_choice, check_number
 
 #: Accepted values of ``positive_mining_strategy``.
@@ -34,6 +55,14 @@ NEGATIVE_STRATEGIES = ("hard", "semi-hard", "easy", "all")
 #: Strategies that choose one reference per anchor (the per-anchor kernels serve them).
 PER_ANCHOR_POSITIVES = ("hard", "easy")
 PER_ANCHOR_NEGATIVES = ("hard", "semi-hard", "easy")
+
+_INF = float("inf")
+_FARTHEST = {
+    ("positive", "hard"): True,
+    ("positive", "easy"): False,
+    ("negative", "hard"): False,
+    ("negative", "easy"): True,
+}
 
 
 class MiningRules(NamedTuple):
@@ -99,3 +128,120 @@ def semi_hard_threshold(
     return distance.distance_to_score(
         distance.score_to_distance(positive_score, anchors) + semi_margin, anchors
     )
+
+
+def picks_farthest(role: str, strategy: str) -> bool:
+    """Whether a hard / easy ``strategy`` takes the farthest of ``role``'s candidates.
+
+    ```
+    positive  hard: farthest (argmax d)     easy: nearest (argmin d)
+    negative  hard: nearest (argmin d)      easy: farthest (argmax d)
+    ```
+
+    (The semi-hard negative is :func:`semi_hard_negative`; its fallback is the farthest.)
+
+    Args:
+        role: ``"positive"`` or ``"negative"``.
+        strategy: ``"hard"`` or ``"easy"``.
+
+    Returns:
+        ``True`` for the farthest (largest distance), ``False`` for the nearest.
+
+    Example:
+
+    >>> picks_farthest("positive", "hard"), picks_farthest("negative", "hard")
+    (True, False)
+    """
+    try:
+        return _FARTHEST[role, strategy]
+    except KeyError:
+        raise ValueError(
+            f"picks_farthest takes role 'positive' or 'negative' and strategy 'hard' or "
+            f"'easy'; received role={role!r}, strategy={strategy!r}."
+        ) from None
+
+
+def first_extreme(values: Any, largest: bool) -> tuple[Any, Any]:
+    """``(max or min, the first index of it)`` along the last axis, by plain reductions.
+
+    The default search of :func:`semi_hard_negative`. A kernel may pass a faster search
+    with the same result instead (``kernel.arg_extreme`` on 2-D rows).
+
+    Args:
+        values: ``(..., M)`` floats.
+        largest: the maximum (``True``) or the minimum (``False``).
+
+    Returns:
+        ``(extreme, index)``, each shaped ``values.shape[:-1]``.
+
+    Example:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> x = ops.convert_to_tensor(np.array([[3.0, 1.0, 1.0, 2.0]], "float32"))
+    >>> value, index = first_extreme(x, largest=False)
+    >>> ops.convert_to_numpy(value).tolist(), ops.convert_to_numpy(index).tolist()
+    ([1.0], [1])
+    """
+    if largest:
+        return ops.max(values, axis=-1), ops.argmax(values, axis=-1)
+    return ops.min(values, axis=-1), ops.argmin(values, axis=-1)
+
+
+def semi_hard_negative(
+    values: Any, threshold: Any, farthest: Any, arg_extreme: Any = first_extreme
+) -> Any:
+    """The semi-hard negative: the nearest beyond the threshold, else ``farthest``.
+
+    ```
+    S = {j : v_j > t}
+    n* = argmin_{j in S} v_j  (first index among ties)   if S is non-empty
+         farthest                                        otherwise
+    ```
+
+    ``v`` is the anchor's distance to each candidate, or any quantity in the same order
+    (mining scores; the excess ``s_j - t`` with ``t = 0``), and ``t = d(a, p) + semi_margin``
+    in the same units (:func:`semi_hard_threshold`). A column that is not a negative holds
+    ``+inf`` or ``-inf``: never in ``S``. A NaN value or threshold puts nothing in ``S``.
+
+    The two forms differ only in the threshold's shape, and broadcasting does the rest:
+
+    * per anchor (a hard / easy positive ``p*``, or one positive slot of strategy
+      ``"all"``): ``values`` ``(n, M)``, ``threshold`` ``(n, 1)``, ``farthest`` ``(n,)``;
+    * per ``(anchor, positive)`` (strategy ``"all"``, every positive at once): ``values``
+      ``(n, 1, M)``, ``threshold`` ``(n, K, 1)``, ``farthest`` ``(n, 1)``; the result is
+      ``(n, K)``, one negative per unit.
+
+    Args:
+        values: ``(..., M)``: each candidate's distance (or score) from the anchor,
+            ``+inf`` / ``-inf`` where the candidate is not a negative.
+        threshold: broadcastable against ``values``: ``t`` per row (or per positive).
+        farthest: the fallback index, broadcastable against the result: the farthest
+            negative of each anchor.
+        arg_extreme: ``(values, largest) -> (extreme, first index)`` along the last axis;
+            :func:`first_extreme` unless the kernel has a faster search.
+
+    Returns:
+        Integer indices into the last axis of ``values``, shaped like ``values > threshold``
+        without its last axis.
+
+    Example: one anchor at distances ``0.3, 0.9, 0.6`` from its negatives (column 0 is
+    not a negative); beyond ``0.5`` the nearest is column 3, beyond ``1.0`` none (so the
+    farthest, column 2). Per positive, thresholds ``0.2`` and ``0.7`` choose columns 1
+    and 2:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> v = ops.convert_to_tensor(np.array([[np.inf, 0.3, 0.9, 0.6]] * 2, "float32"))
+    >>> t = ops.convert_to_tensor(np.array([[0.5], [1.0]], "float32"))
+    >>> far = ops.convert_to_tensor(np.array([2, 2], "int32"))
+    >>> ops.convert_to_numpy(semi_hard_negative(v, t, far)).tolist()
+    [3, 2]
+    >>> per_positive = ops.convert_to_tensor(np.array([[[0.2], [0.7]]], "float32"))
+    >>> chosen = semi_hard_negative(v[:1, None, :], per_positive, far[:1, None])
+    >>> ops.convert_to_numpy(chosen).tolist()
+    [[1, 2]]
+    """
+    beyond = ops.where(values > threshold, values, _INF)
+    nearest, index = arg_extreme(beyond, largest=False)
+    return ops.where(nearest < _INF, index, farthest)

@@ -9,13 +9,16 @@ l_u = max(d_ap - d_an + margin, 0)   or   softplus(d_ap - d_an)
 L_a = sum_u l_u      c_a = #units (average "valid") or #{u : l_u > 0} ("active")
 ```
 
-Each returns a :class:`~triplet_tools.pair_rows.RowScores` with ``W_aj = dL_a / dd(a, j)``
-in closed form (see :mod:`triplet_tools.mining.engine`).
+The choices are those of :mod:`triplet_tools.mining.rules` (``picks_farthest`` for hard /
+easy, ``semi_hard_negative`` for each pair's semi-hard negative). Each returns a
+:class:`~triplet_tools.pair_rows.RowScores` with ``W_aj = dL_a / dd(a, j)`` in closed
+form (see :mod:`triplet_tools.mining.engine`).
 """
 
 from __future__ import annotations
 
 from triplet_tools._ops import ops, row_sum
+from triplet_tools.mining.rules import picks_farthest, semi_hard_negative
 from triplet_tools.mining.slots import (
     add_at,
     arg_extreme,
@@ -87,7 +90,7 @@ def triplet_slots(
         counted = ops.logical_and(block.positive, valid[:, None])
         slots, slot = positive_slots(block, counted, valid)
     else:
-        chosen = arg_where(fixed, block.positive, largest=positive == "hard")
+        chosen = arg_where(fixed, block.positive, largest=picks_farthest("positive", positive))
         counted = ops.logical_and(_one_hot(chosen, width), valid[:, None])
         slots = 1
 
@@ -95,10 +98,10 @@ def triplet_slots(
             return ops.cast(chosen, "int32"), valid_f
 
     fixed_negative = scratch = None
-    if negative == "hard":
-        fixed_negative = arg_where(fixed, block.negative, largest=False)
-    elif negative == "easy":
-        fixed_negative = arg_where(fixed, block.negative, largest=True)
+    if negative in ("hard", "easy"):
+        fixed_negative = arg_where(
+            fixed, block.negative, largest=picks_farthest("negative", negative)
+        )
     else:
         # Every column that is not a negative sits at +inf: never within a margin of a
         # positive, and never the nearest beyond one.
@@ -149,9 +152,8 @@ def triplet_slots(
                 active = active + pushed
             return total, units, active, add_at(weights, column, pushed)
         if fixed_negative is None:  # semi-hard, from this positive's own distance
-            beyond = ops.where(far > (d_ap + semi_margin)[:, None], far, _INF)
-            nearest, nearest_beyond = arg_extreme(beyond, largest=False)
-            negative_column = ops.where(nearest < _INF, nearest_beyond, farthest)
+            threshold = (d_ap + semi_margin)[:, None]
+            negative_column = semi_hard_negative(far, threshold, farthest, arg_extreme)
         else:
             negative_column = fixed_negative
         negative_column = ops.cast(negative_column, "int32")
@@ -218,24 +220,20 @@ def triplet_units(
     if positive == "all":
         positives = block.positive
     else:
-        chosen = arg_where(fixed, block.positive, largest=positive == "hard")
+        chosen = arg_where(fixed, block.positive, largest=picks_farthest("positive", positive))
         positives = ops.logical_and(_one_hot(chosen, width), has_positive[:, None])
 
     negatives_of_anchor = block.negative[:, None, :]
     if negative == "all":
         negatives = negatives_of_anchor
     elif negative in ("hard", "easy"):
-        chosen = arg_where(fixed, block.negative, largest=negative == "easy")
+        chosen = arg_where(fixed, block.negative, largest=picks_farthest("negative", negative))
         negatives = _one_hot(chosen, width)[:, None, :]
-    else:  # semi-hard, for each unit's own positive
-        beyond = ops.logical_and(
-            negatives_of_anchor, fixed[:, None, :] > fixed[:, :, None] + semi_margin
-        )
-        nearest_beyond = arg_where(
-            ops.broadcast_to(fixed[:, None, :], ops.shape(beyond)), beyond, largest=False
-        )
+    else:  # semi-hard, for each unit's own positive: (n, 1, M) against (n, M, 1)
+        far = ops.where(block.negative, fixed, _INF)[:, None, :]
         farthest = arg_where(fixed, block.negative, largest=True)
-        chosen = ops.where(ops.any(beyond, axis=2), nearest_beyond, farthest[:, None])
+        # The plain search (first_extreme) over n x M x M, as slots.arg_extreme for 3-D.
+        chosen = semi_hard_negative(far, (fixed + semi_margin)[:, :, None], farthest[:, None])
         negatives = _one_hot(chosen, width)
 
     units = ops.logical_and(ops.logical_and(positives[:, :, None], negatives), valid[:, None, None])
