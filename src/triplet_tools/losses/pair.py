@@ -40,15 +40,7 @@ class PairLoss(TripletFamilyLoss):
     parameters: tuple[str, ...] = ()
 
     def __init__(self, distance, name, reduction="sum_over_batch_size", **kwargs):
-        super().__init__(
-            distance=distance,
-            positive_mining_strategy="all",
-            negative_mining_strategy="all",
-            semi_margin=0.0,
-            name=name,
-            reduction=reduction,
-            **kwargs,
-        )
+        super().__init__(distance=distance, name=name, reduction=reduction, **kwargs)
 
     def row_loss(self, block):
         """``(l_a, c_a, valid, W)`` for a :class:`~triplet_tools.mining.pairs.PairBlock`,
@@ -103,8 +95,6 @@ class PairLoss(TripletFamilyLoss):
 
     def get_config(self):
         config = super().get_config()
-        for fixed in ("positive_mining_strategy", "negative_mining_strategy", "semi_margin"):
-            config.pop(fixed)
         return {**config, **{name: getattr(self, name) for name in self.parameters}}
 
 

@@ -7,7 +7,7 @@ import keras
 from triplet_tools._ops import ops
 from triplet_tools._validation import check_bool, check_choice, check_number
 from triplet_tools.losses.base import AnchorTriplets, TripletFamilyLoss
-from triplet_tools.mining import pairs, triplet_rows
+from triplet_tools.mining import mining_rules, pairs, triplet_rows
 
 #: Accepted values of ``average``: what the default reduction divides by.
 AVERAGES = ("valid", "active")
@@ -102,18 +102,28 @@ class TripletLoss(TripletFamilyLoss):
         if soft_margin and margin != 1.0:
             raise ValueError(SOFT_MARGIN_ERROR)
         margin = check_number(margin, "margin", minimum=0)
-        super().__init__(
-            distance=distance,
-            positive_mining_strategy=positive_mining_strategy,
-            negative_mining_strategy=negative_mining_strategy,
-            semi_margin=semi_margin,
-            name=name,
-            reduction=reduction,
-            **kwargs,
+        super().__init__(distance=distance, name=name, reduction=reduction, **kwargs)
+        self.rules = mining_rules(
+            self.distance, positive_mining_strategy, negative_mining_strategy, semi_margin
         )
         self.soft_margin = soft_margin
         self.margin = margin
         self.average = average
+
+    @property
+    def positive_mining_strategy(self):
+        """``"hard"``, ``"easy"`` or ``"all"``."""
+        return self.rules.positive
+
+    @property
+    def negative_mining_strategy(self):
+        """``"hard"``, ``"semi-hard"``, ``"easy"`` or ``"all"``."""
+        return self.rules.negative
+
+    @property
+    def semi_margin(self):
+        """The semi-hard offset."""
+        return self.rules.semi_margin
 
     def anchor_loss(self, positive_distance, negative_distance):
         gap = positive_distance - negative_distance
@@ -185,6 +195,9 @@ class TripletLoss(TripletFamilyLoss):
     def get_config(self):
         return {
             **super().get_config(),
+            "positive_mining_strategy": self.positive_mining_strategy,
+            "negative_mining_strategy": self.negative_mining_strategy,
+            "semi_margin": self.semi_margin,
             "soft_margin": self.soft_margin,
             "margin": self.margin,
             "average": self.average,
