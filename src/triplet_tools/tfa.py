@@ -27,6 +27,7 @@ from __future__ import annotations
 import keras
 
 from triplet_tools import distances as distances_module
+from triplet_tools.losses.base import TripletFamilyLoss
 from triplet_tools.losses.lifted import LiftedStructLoss
 from triplet_tools.losses.triplet import TripletLoss
 
@@ -76,6 +77,14 @@ def _metric_config(distance_metric):
             return _TFA_NAMES[name]
         return keras.saving.serialize_keras_object(distance_metric)
     return name
+
+
+def _config(loss, **own):
+    """A drop-in's config: the keywords every loss takes (``distance`` as tfa's
+    ``distance_metric``) and tfa's own arguments; none of ``TripletLoss``'s, fixed here."""
+    config = TripletFamilyLoss.get_config(loss)
+    del config["distance"]
+    return {**config, **own, "distance_metric": _metric_config(loss.distance_metric)}
 
 
 def _check_keywords(loss_name, own, kwargs):
@@ -131,17 +140,7 @@ class TripletSemiHardLoss(TripletLoss):
         self.distance_metric = distance_metric
 
     def get_config(self):
-        config = super().get_config()
-        for ours in (
-            "distance",
-            "positive_mining_strategy",
-            "negative_mining_strategy",
-            "semi_margin",
-            "soft_margin",
-            "average",
-        ):
-            config.pop(ours)
-        return {**config, "distance_metric": _metric_config(self.distance_metric)}
+        return _config(self, margin=self.margin)
 
 
 @keras.saving.register_keras_serializable(package="triplet_tools")
@@ -188,17 +187,7 @@ class TripletHardLoss(TripletLoss):
         self.distance_metric = distance_metric
 
     def get_config(self):
-        config = super().get_config()
-        soft = config.pop("soft_margin")
-        for ours in (
-            "distance",
-            "positive_mining_strategy",
-            "negative_mining_strategy",
-            "semi_margin",
-            "average",
-        ):
-            config.pop(ours)
-        return {**config, "soft": soft, "distance_metric": _metric_config(self.distance_metric)}
+        return _config(self, margin=self.margin, soft=self.soft_margin)
 
 
 def triplet_semihard_loss(y_true, y_pred, margin=1.0, distance_metric="L2"):

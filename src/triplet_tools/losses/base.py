@@ -6,8 +6,9 @@ labels, embeddings --_inputs--> checked tensors --references.gather--> reference
     --reduction.reduce--> loss
 ```
 
-A per-anchor loss overrides a single hook, ``anchor_loss(d_ap, d_an)`` (``PNLoss`` also
-``anchor_distances``); a loss that scores every pair overrides ``score_set`` instead.
+A per-anchor loss sets ``rules`` (what to mine) and overrides a single hook,
+``anchor_loss(d_ap, d_an)`` (``PNLoss`` also ``anchor_distances``); a loss that scores every
+pair overrides ``score_set`` instead and has no ``rules``.
 Argument checks live in ``_validation``, input conversion in ``_inputs``, the references in
 ``references``, the reduction in ``losses.reduction``; this module only wires them.
 """
@@ -27,7 +28,7 @@ from triplet_tools._ops import ops
 from triplet_tools._validation import check_bool, check_int
 from triplet_tools.losses import eager
 from triplet_tools.losses import reduction as reduction_module
-from triplet_tools.mining import mine_features, mining_rules
+from triplet_tools.mining import MiningRules, mine_features
 from triplet_tools.mining.results import AnchorTriplets
 
 REDUCTIONS = reduction_module.REDUCTIONS
@@ -48,18 +49,16 @@ def _concatenate(parts):
 
 
 class TripletFamilyLoss(keras.losses.Loss):
-    """Base of every loss here: inputs, references, mining, reduction and config.
+    """Base of every loss here: inputs, references, reduction and the common config.
 
-    Per-anchor subclasses implement :meth:`anchor_loss` (and may override
-    :meth:`anchor_distances`); losses over every pair override :meth:`score_set`. The
+    Per-anchor subclasses set :attr:`rules` and implement :meth:`anchor_loss` (and may
+    override :meth:`anchor_distances`); losses over every pair override :meth:`score_set`
+    and mine nothing per anchor (the mining strategies are ``TripletLoss``'s arguments). The
     default reduction averages over the counted units (valid anchors, for one unit per
     anchor): ``sum_a w_a * L_a / sum_a c_a``; see ``triplet_tools.losses.reduction``.
 
     Args:
         distance: a name (see ``triplet_tools.distances.DISTANCE_NAMES``) or a ``Distance``.
-        positive_mining_strategy: ``"hard"``, ``"easy"`` or ``"all"``.
-        negative_mining_strategy: ``"hard"``, ``"semi-hard"``, ``"easy"`` or ``"all"``.
-        semi_margin: the semi-hard offset.
         name: the loss name.
         reduction: one of ``"sum_over_batch_size"`` (default), ``"sum"``, ``"none"``,
             ``"mean"`` (same as the default), ``"mean_with_sample_weight"`` or ``None``.
@@ -72,12 +71,15 @@ class TripletFamilyLoss(keras.losses.Loss):
             its name): its stored embeddings of earlier batches join the references.
     """
 
+    #: What the default :meth:`score_set` mines for each anchor (distance, strategies,
+    #: semi-hard offset): set by the losses that keep that default, ``TripletLoss`` from its
+    #: arguments and ``PrimingLoss`` to the hardest pair. A loss that overrides
+    #: :meth:`score_set` has none.
+    rules: MiningRules
+
     def __init__(
         self,
         distance,
-        positive_mining_strategy,
-        negative_mining_strategy,
-        semi_margin,
         name,
         reduction,
         dtype=None,
@@ -94,9 +96,7 @@ class TripletFamilyLoss(keras.losses.Loss):
                     f"received dtype={dtype!r}."
                 )
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self.rules = mining_rules(
-            distance, positive_mining_strategy, negative_mining_strategy, semi_margin
-        )
+        self._distance = distances_module.get(distance)
         self.block_size = check_int(block_size, "block_size", minimum=1, allow_none=True)
         self.global_mining = check_bool(global_mining, "global_mining")
         self.memory = memory_module.check_memory(memory)
@@ -114,19 +114,8 @@ class TripletFamilyLoss(keras.losses.Loss):
 
     @property
     def distance(self):
-        return self.rules.distance
-
-    @property
-    def positive_mining_strategy(self):
-        return self.rules.positive
-
-    @property
-    def negative_mining_strategy(self):
-        return self.rules.negative
-
-    @property
-    def semi_margin(self):
-        return self.rules.semi_margin
+        """The ``triplet_tools.distances.Distance``."""
+        return self._distance
 
     # --- hooks ---------------------------------------------------------------------------
 
@@ -341,9 +330,6 @@ class TripletFamilyLoss(keras.losses.Loss):
             "name": self.name,
             "reduction": self.reduction,
             "distance": distances_module.serialize(self.distance),
-            "positive_mining_strategy": self.positive_mining_strategy,
-            "negative_mining_strategy": self.negative_mining_strategy,
-            "semi_margin": self.semi_margin,
             "block_size": self.block_size,
             "global_mining": self.global_mining,
         }

@@ -61,8 +61,8 @@ class _Scorer:
             reference_labels,
             positions,
             mask,
-            weights,
-            self._summed,
+            weights=weights,
+            summed=self._summed,
         )
 
 

@@ -192,25 +192,11 @@ class LiftedStructLoss(PairLoss):
         valid_f = ops.cast(valid, slopes.dtype)
         return super()._scores(block, loss, count, valid, slopes * valid_f[:, None])
 
-    def score_set(
-        self,
-        features,
-        labels,
-        reference_features,
-        reference_labels,
-        anchor_positions,
-        reference_mask,
-        weights=None,
-        summed=False,
-    ):
-        references = (
-            features, labels, reference_features, reference_labels, anchor_positions,
-            reference_mask,
-        )  # fmt: skip
+    def score_set(self, *references, weights=None, summed=False):
         if not self.closed_form:
-            return super().score_set(*references, weights, summed)
+            return super().score_set(*references, weights=weights, summed=summed)
         # The products mode needs J symmetric: anchors = references.
-        in_batch = reference_features is None
+        in_batch = references[2] is None  # reference_features
         summed = in_batch and engine.choose_mode(self.distance, summed) is engine.Mode.PRODUCTS
         terms = self.reference_terms(
             *references, row_function=self._term_row, summed=summed, weights=weights

@@ -59,15 +59,7 @@ class PairLoss(TripletFamilyLoss):
     closed_form = True
 
     def __init__(self, distance, name, reduction="sum_over_batch_size", **kwargs):
-        super().__init__(
-            distance=distance,
-            positive_mining_strategy="all",
-            negative_mining_strategy="all",
-            semi_margin=0.0,
-            name=name,
-            reduction=reduction,
-            **kwargs,
-        )
+        super().__init__(distance=distance, name=name, reduction=reduction, **kwargs)
 
     def row(self, block):
         """``l_a`` ``(n,)`` (or a :class:`~triplet_tools.pair_rows.RowValues`) for a
@@ -110,21 +102,7 @@ class PairLoss(TripletFamilyLoss):
             block, loss, count * valid_f, valid, active, block.positive, slopes=slopes
         )
 
-    def score_set(
-        self,
-        features,
-        labels,
-        reference_features,
-        reference_labels,
-        anchor_positions,
-        reference_mask,
-        weights=None,
-        summed=False,
-    ):
-        references = (
-            features, labels, reference_features, reference_labels, anchor_positions,
-            reference_mask,
-        )  # fmt: skip
+    def score_set(self, *references, weights=None, summed=False):
         terms = None
         if type(self).reference_term is not PairLoss.reference_term:
             summed = False  # the terms carry their gradient in the linearized mode
@@ -177,6 +155,4 @@ class PairLoss(TripletFamilyLoss):
 
     def get_config(self):
         config = super().get_config()
-        for fixed in ("positive_mining_strategy", "negative_mining_strategy", "semi_margin"):
-            config.pop(fixed)
         return {**config, **{name: getattr(self, name) for name in self.parameters}}

@@ -22,7 +22,8 @@ class PNLoss(TripletLoss):
     ``d(p*, n*)`` is computed from the two gathered embeddings, so it is also correct when
     the references are not the batch.
 
-    It takes the arguments of :class:`TripletLoss`; ``name`` defaults to ``"PNLoss"``.
+    It takes the arguments of :class:`TripletLoss`, with the same defaults but ``name``:
+    ``"PNLoss"`` (so ``name`` and the arguments after it are given by keyword).
 
     Example:
 
@@ -39,31 +40,9 @@ class PNLoss(TripletLoss):
         convolutional neural networks", BMVC 2016.
     """
 
-    def __init__(
-        self,
-        distance="cosine",
-        positive_mining_strategy="hard",
-        negative_mining_strategy="semi-hard",
-        soft_margin=False,
-        margin=1.0,
-        semi_margin=0.0,
-        name="PNLoss",
-        reduction="sum_over_batch_size",
-        average="valid",
-        **kwargs,
-    ):
-        super().__init__(
-            distance=distance,
-            positive_mining_strategy=positive_mining_strategy,
-            negative_mining_strategy=negative_mining_strategy,
-            soft_margin=soft_margin,
-            margin=margin,
-            semi_margin=semi_margin,
-            name=name,
-            reduction=reduction,
-            average=average,
-            **kwargs,
-        )
+    def __init__(self, *args, name="PNLoss", **kwargs):
+        # name by keyword only: TripletLoss's positional arguments up to semi_margin.
+        super().__init__(*args, name=name, **kwargs)  # type: ignore[misc]
 
     def reference_pair_distances(self, references, mask=None):
         # Non-finite rows zeroed: they are never chosen, and NaN must not reach the gradient.

@@ -5,6 +5,7 @@ import keras
 
 from triplet_tools._ops import ops
 from triplet_tools.losses.base import TripletFamilyLoss
+from triplet_tools.mining import mining_rules
 
 
 @keras.saving.register_keras_serializable(package="triplet_tools")
@@ -45,24 +46,12 @@ class PrimingLoss(TripletFamilyLoss):
         reduction="sum_over_batch_size",
         **kwargs,
     ):
-        super().__init__(
-            distance=distance,
-            positive_mining_strategy="hard",
-            negative_mining_strategy="hard",
-            semi_margin=0.0,
-            name=name,
-            reduction=reduction,
-            **kwargs,
-        )
+        super().__init__(distance=distance, name=name, reduction=reduction, **kwargs)
+        # The hardest pair, always: fixed, so neither an argument nor in the config.
+        self.rules = mining_rules(self.distance, "hard", "hard")
 
     def anchor_loss(self, positive_distance, negative_distance):
         return ops.square(positive_distance) + ops.exp(-10 * negative_distance)
-
-    def get_config(self):
-        config = super().get_config()
-        for fixed in ("positive_mining_strategy", "negative_mining_strategy", "semi_margin"):
-            config.pop(fixed)
-        return config
 
 
 def triplet_batch_priming_loss(metric="euclidean_norm"):

@@ -7,7 +7,7 @@ import keras
 from triplet_tools._ops import ops
 from triplet_tools._validation import check_bool, check_choice, check_number
 from triplet_tools.losses.base import TripletFamilyLoss
-from triplet_tools.mining import engine, triplet_rows
+from triplet_tools.mining import engine, mining_rules, triplet_rows
 
 #: Accepted values of ``average``: what the default reduction divides by.
 AVERAGES = ("valid", "active")
@@ -102,18 +102,28 @@ class TripletLoss(TripletFamilyLoss):
         if soft_margin and margin != 1.0:
             raise ValueError(SOFT_MARGIN_ERROR)
         margin = check_number(margin, "margin", minimum=0)
-        super().__init__(
-            distance=distance,
-            positive_mining_strategy=positive_mining_strategy,
-            negative_mining_strategy=negative_mining_strategy,
-            semi_margin=semi_margin,
-            name=name,
-            reduction=reduction,
-            **kwargs,
+        super().__init__(distance=distance, name=name, reduction=reduction, **kwargs)
+        self.rules = mining_rules(
+            self.distance, positive_mining_strategy, negative_mining_strategy, semi_margin
         )
         self.soft_margin = soft_margin
         self.margin = margin
         self.average = average
+
+    @property
+    def positive_mining_strategy(self):
+        """``"hard"``, ``"easy"`` or ``"all"``."""
+        return self.rules.positive
+
+    @property
+    def negative_mining_strategy(self):
+        """``"hard"``, ``"semi-hard"``, ``"easy"`` or ``"all"``."""
+        return self.rules.negative
+
+    @property
+    def semi_margin(self):
+        """The semi-hard offset."""
+        return self.rules.semi_margin
 
     def anchor_loss(self, positive_distance, negative_distance):
         gap = positive_distance - negative_distance
@@ -127,31 +137,15 @@ class TripletLoss(TripletFamilyLoss):
         ``TripletLoss`` builds no such matrix."""
         return None
 
-    def score_set(
-        self,
-        features,
-        labels,
-        reference_features,
-        reference_labels,
-        anchor_positions,
-        reference_mask,
-        weights=None,
-        summed=False,
-    ):
+    def score_set(self, *references, weights=None, summed=False):
+        features, labels, reference_features, reference_labels, positions, mask = references
         if self.rules.per_anchor:
-            triplets = super().score_set(
-                features,
-                labels,
-                reference_features,
-                reference_labels,
-                anchor_positions,
-                reference_mask,
-            )
+            triplets = super().score_set(*references)
             if self.average == "active" and not self.soft_margin:
                 triplets = triplets._replace(count=triplets.active)
             return triplets
         pool = features if reference_features is None else reference_features
-        pair_distances = self.reference_pair_distances(pool, reference_mask)
+        pair_distances = self.reference_pair_distances(pool, mask)
         rules = self.rules
         # TripletLoss takes one positive slot at a time; PNLoss also needs d(p, n) for every
         # unit: the n x M x M candidates.
@@ -160,12 +154,7 @@ class TripletLoss(TripletFamilyLoss):
         )
         cubic = pair_distances is not None
         return engine.score_pairs(
-            features,
-            labels,
-            reference_features,
-            reference_labels,
-            anchor_positions,
-            reference_mask,
+            *references,
             distance=self.distance,
             row_function=functools.partial(
                 row_function,
@@ -187,6 +176,9 @@ class TripletLoss(TripletFamilyLoss):
     def get_config(self):
         return {
             **super().get_config(),
+            "positive_mining_strategy": self.positive_mining_strategy,
+            "negative_mining_strategy": self.negative_mining_strategy,
+            "semi_margin": self.semi_margin,
             "soft_margin": self.soft_margin,
             "margin": self.margin,
             "average": self.average,
