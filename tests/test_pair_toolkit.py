@@ -186,3 +186,38 @@ def test_supcon_autodiff_row_matches_closed_form(engine_mode):
     np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6)
     np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
     assert np.abs(results[0][1]).max() > 1e-2
+
+
+@pytest.mark.parametrize("kind,cls,kwargs", CLOSED_FORMS, ids=[c[0] for c in CLOSED_FORMS])
+def test_autodiff_row_in_blocks_matches_reference(kind, cls, kwargs):
+    """Blocks of 3 anchors against all 13 references: the rows see their own block only."""
+    labels, x = batch("uneven")
+    loss = cls(**kwargs, block_size=3)
+    loss.closed_form = False
+    value, grad = value_and_grad(lambda t: loss(labels, t), x)
+    ref_kwargs = {k: v for k, v in kwargs.items() if k != "distance"}
+    ref_kwargs.update(distance_name=kwargs["distance"])
+    np.testing.assert_allclose(value, rp.pair_loss(kind, labels, x, **ref_kwargs), **VALUE_TOL)
+    expected_grad = rp.pair_gradient(kind, labels, x, **ref_kwargs)
+    np.testing.assert_allclose(grad, expected_grad, **GRAD_TOL)
+
+
+@pytest.mark.parametrize("kind,cls,kwargs", CLOSED_FORMS, ids=[c[0] for c in CLOSED_FORMS])
+def test_autodiff_row_against_other_references_matches_closed_form(kind, cls, kwargs):
+    """Anchors against another set of references (as a memory gives them): no symmetry
+    between anchors and references to lean on."""
+    labels, x = batch("uneven")
+    ref_labels, refs = batch("full")
+    results = []
+    for closed_form in (True, False):
+        loss = cls(**kwargs, block_size=4)
+        loss.closed_form = closed_form
+
+        def total(t, f=loss):
+            triplets = f.anchor_triplets(labels, t, references=refs, reference_labels=ref_labels)
+            return keras.ops.sum(triplets.loss * keras.ops.arange(1.0, len(labels) + 1.0))
+
+        results.append(value_and_grad(total, x))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    np.testing.assert_allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
+    assert np.abs(results[0][1]).max() > 1e-3

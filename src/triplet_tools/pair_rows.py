@@ -68,9 +68,10 @@ class PairBlock(NamedTuple):
         form: the distance's ``ProductForm`` in the products mode, else ``None``: then a
             row function may pull its units back itself (:func:`pull_back_units`).
         statistics: whether the mean positive / negative distances are wanted.
-        terms: ``(M,)`` each reference's own term (``PairLoss.reference_term``: a value
-            of the reference's row, such as lifted structure's log-sum-exp over its
-            negatives), without gradient; ``None`` for a loss without them.
+        terms: ``(n, M)`` each reference's own term ``T_j`` (``PairLoss.reference_term``:
+            a value of the reference's row, such as lifted structure's log-sum-exp over its
+            negatives), the same in every row of the block, without gradient; ``None`` for
+            a loss without them.
     """
 
     distances: Any
@@ -154,9 +155,8 @@ def with_slopes(row):
     The derivative is the backend's own (``jax.vjp``, ``tf.GradientTape``,
     ``torch.autograd.grad``) of ``sum_a l_a`` in the block's distances, taken inside the
     block, so nothing of size ``n x M`` outlives it and it works under ``jit_compile``,
-    ``jax.jit`` and in graph mode. With the references' terms (``block.terms``) it also
-    returns ``dl_a / dT_j`` (``RowScores.term_slopes``), through the terms broadcast to
-    ``(n, M)``.
+    ``jax.jit`` and in graph mode. With the references' terms (``block.terms``, ``(n,
+    M)``) it also returns ``dl_a / dT_j`` (``RowScores.term_slopes``).
 
     Example:
 
@@ -178,9 +178,7 @@ def with_slopes(row):
             count = ops.ones_like(found.loss) if found.count is None else found.count
             return ops.where(valid, found.loss, 0), count, valid
 
-        watched = [block.distances]
-        if block.terms is not None:
-            watched.append(ops.broadcast_to(block.terms[None, :], ops.shape(block.distances)))
+        watched = [block.distances] + ([] if block.terms is None else [block.terms])
         (loss, count, valid), *slopes = value_and_slopes(values, *watched)
         valid_f = ops.cast(valid, loss.dtype)
         slopes = [ops.where(valid[:, None], s, 0) for s in slopes]

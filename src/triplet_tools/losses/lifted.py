@@ -79,7 +79,7 @@ class LiftedStructLoss(PairLoss):
 
     def row(self, block):
         d = block.distances
-        both = ops.logaddexp(self.reference_term(block)[:, None], block.terms[None, :])
+        both = ops.logaddexp(self.reference_term(block)[:, None], block.terms)
         hinge = ops.where(block.positive, ops.relu(both + d), 0)
         count = ops.sum(ops.cast(block.positive, d.dtype), axis=1)
         return RowValues(ops.sum(ops.square(hinge), axis=1) / 2, count, has_pairs(block))

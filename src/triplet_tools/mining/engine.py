@@ -270,7 +270,9 @@ def _block(setup, inputs, shared):
         weights=weights,
         form=shared.form,
         statistics=setup.statistics,
-        terms=None if shared.terms is None else ops.stop_gradient(shared.terms),
+        terms=None
+        if shared.terms is None
+        else ops.broadcast_to(ops.stop_gradient(shared.terms)[None, :], ops.shape(distances)),
     )
 
 
