@@ -83,10 +83,13 @@ def test_old_keras_file_loads_to_the_same_loss(tmp_path, template, case):
     entry = case["saved"]
     loaded = keras.models.load_model(_with_loss(template, entry, tmp_path / "old.keras")).loss
     assert type(loaded).__name__ == entry["class_name"]
-    assert type(loaded).__module__ == entry["module"]
     assert loaded.get_config() == entry["config"]
-    # Saved again, it writes what the old code wrote.
-    assert keras.saving.serialize_keras_object(loaded) == entry
+    # Saved again, it writes what the old code wrote, but for the module a class moved to
+    # (the pair losses left losses/pair.py; Keras finds them by their registered name,
+    # which does not change).
+    saved = keras.saving.serialize_keras_object(loaded)
+    assert saved["registered_name"] == entry["registered_name"]
+    assert {**saved, "module": entry["module"]} == entry
     if case["value"] is None:
         return  # a memory: its value needs the model's CrossBatchMemory layer
     labels, x, weights = _batch(three_d=entry["class_name"] == "InfoNCELoss")
