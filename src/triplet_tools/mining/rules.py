@@ -122,7 +122,36 @@ def mining_rules(
 def semi_hard_threshold(
     distance: Any, positive_score: Any, anchors: Any, semi_margin: float
 ) -> Any:
-    """The mining score of ``d(a, p) + semi_margin`` for each anchor, from ``p``'s score."""
+    """The mining score of ``d(a, p) + semi_margin`` for each anchor, from ``p``'s score.
+
+    ```
+    t(a) = score(a, d(a, p) + semi_margin)      (p's own score when semi_margin == 0)
+    ```
+
+    The kernels compare mining scores (:meth:`Distance.mining_scores`), which keep the
+    order of the distances; this is the semi-hard threshold in those units.
+
+    Args:
+        distance: a ``triplet_tools.distances.Distance``.
+        positive_score: ``(n,)`` the mining score of each anchor's positive.
+        anchors: ``(n, D)`` the anchors (a score may leave out the anchor's own norm).
+        semi_margin: the offset in distance units.
+
+    Returns:
+        ``(n,)`` thresholds in mining-score units.
+
+    Example: positives at distances 1 and ``sqrt(20)``, offset 0.5:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> from triplet_tools import distances
+    >>> euclidean = distances.get("euclidean")
+    >>> a = ops.convert_to_tensor(np.array([[0.0, 0.0], [3.0, 4.0]], "float32"))
+    >>> p = ops.convert_to_tensor(np.array([[1.0, 0.0]], "float32"))
+    >>> t = semi_hard_threshold(euclidean, euclidean.mining_scores(a, p)[:, 0], a, 0.5)
+    >>> [round(float(v), 3) for v in ops.convert_to_numpy(euclidean.score_to_distance(t, a))]
+    [1.5, 4.972]
+    """
     if semi_margin == 0:
         return positive_score
     return distance.distance_to_score(
