@@ -191,10 +191,12 @@ def picks_farthest(role: str, strategy: str) -> bool:
 
 
 def first_extreme(values: Any, largest: bool) -> tuple[Any, Any]:
-    """``(max or min, the first index of it)`` along the last axis, by plain reductions.
+    """``(max or min, the first index of it)`` along the last axis: ``argmax`` / ``argmin``,
+    then a gather of that entry.
 
-    The default search of :func:`semi_hard_negative`. A kernel may pass a faster search
-    with the same result instead (``kernel.arg_extreme`` on 2-D rows).
+    The default search of :func:`semi_hard_negative` (PNLoss's ``n x M x M`` candidates: a
+    gather of ``n x M`` entries costs less than a second reduction). A kernel may pass a
+    faster search with the same result instead (``kernel.arg_extreme`` on 2-D rows).
 
     Args:
         values: ``(..., M)`` floats.
@@ -212,9 +214,8 @@ def first_extreme(values: Any, largest: bool) -> tuple[Any, Any]:
     >>> ops.convert_to_numpy(value).tolist(), ops.convert_to_numpy(index).tolist()
     ([1.0], [1])
     """
-    if largest:
-        return ops.max(values, axis=-1), ops.argmax(values, axis=-1)
-    return ops.min(values, axis=-1), ops.argmin(values, axis=-1)
+    index = ops.argmax(values, axis=-1) if largest else ops.argmin(values, axis=-1)
+    return ops.take_along_axis(values, index[..., None], axis=-1)[..., 0], index
 
 
 def semi_hard_negative(
