@@ -122,7 +122,36 @@ def mining_rules(
 def semi_hard_threshold(
     distance: Any, positive_score: Any, anchors: Any, semi_margin: float
 ) -> Any:
-    """The mining score of ``d(a, p) + semi_margin`` for each anchor, from ``p``'s score."""
+    """The mining score of ``d(a, p) + semi_margin`` for each anchor, from ``p``'s score.
+
+    ```
+    t(a) = score(a, d(a, p) + semi_margin)      (p's own score when semi_margin == 0)
+    ```
+
+    The kernels compare mining scores (:meth:`Distance.mining_scores`), which keep the
+    order of the distances; this is the semi-hard threshold in those units.
+
+    Args:
+        distance: a ``triplet_tools.distances.Distance``.
+        positive_score: ``(n,)`` the mining score of each anchor's positive.
+        anchors: ``(n, D)`` the anchors (a score may leave out the anchor's own norm).
+        semi_margin: the offset in distance units.
+
+    Returns:
+        ``(n,)`` thresholds in mining-score units.
+
+    Example: positives at distances 1 and ``sqrt(20)``, offset 0.5:
+
+    >>> import numpy as np
+    >>> from keras import ops
+    >>> from triplet_tools import distances
+    >>> euclidean = distances.get("euclidean")
+    >>> a = ops.convert_to_tensor(np.array([[0.0, 0.0], [3.0, 4.0]], "float32"))
+    >>> p = ops.convert_to_tensor(np.array([[1.0, 0.0]], "float32"))
+    >>> t = semi_hard_threshold(euclidean, euclidean.mining_scores(a, p)[:, 0], a, 0.5)
+    >>> [round(float(v), 3) for v in ops.convert_to_numpy(euclidean.score_to_distance(t, a))]
+    [1.5, 4.972]
+    """
     if semi_margin == 0:
         return positive_score
     return distance.distance_to_score(
@@ -162,10 +191,12 @@ def picks_farthest(role: str, strategy: str) -> bool:
 
 
 def first_extreme(values: Any, largest: bool) -> tuple[Any, Any]:
-    """``(max or min, the first index of it)`` along the last axis, by plain reductions.
+    """``(max or min, the first index of it)`` along the last axis: ``argmax`` / ``argmin``,
+    then a gather of that entry.
 
-    The default search of :func:`semi_hard_negative`. A kernel may pass a faster search
-    with the same result instead (``kernel.arg_extreme`` on 2-D rows).
+    The default search of :func:`semi_hard_negative` (PNLoss's ``n x M x M`` candidates: a
+    gather of ``n x M`` entries costs less than a second reduction). A kernel may pass a
+    faster search with the same result instead (``kernel.arg_extreme`` on 2-D rows).
 
     Args:
         values: ``(..., M)`` floats.
@@ -183,9 +214,8 @@ def first_extreme(values: Any, largest: bool) -> tuple[Any, Any]:
     >>> ops.convert_to_numpy(value).tolist(), ops.convert_to_numpy(index).tolist()
     ([1.0], [1])
     """
-    if largest:
-        return ops.max(values, axis=-1), ops.argmax(values, axis=-1)
-    return ops.min(values, axis=-1), ops.argmin(values, axis=-1)
+    index = ops.argmax(values, axis=-1) if largest else ops.argmin(values, axis=-1)
+    return ops.take_along_axis(values, index[..., None], axis=-1)[..., 0], index
 
 
 def semi_hard_negative(

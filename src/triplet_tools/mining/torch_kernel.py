@@ -17,7 +17,11 @@ passes to the few that need all scores:
   ``(n, M)`` label mask and mines in about fifteen ops.
 
 It selects what the ``keras.ops`` kernel (``mining.kernel``) selects (ties aside); the tests
-hold both to the same brute-force reference.
+hold both to the same brute-force reference. It is the one kernel that does not call the
+choice functions of ``mining.rules`` (``semi_hard_negative``): written in ``keras.ops``, a
+choice is a fresh ``(rows, M)`` result per step and computes the farthest negative for every
+row, where this path writes in place and computes it only for the rows without a
+semi-hard negative (see ``mining.rules``).
 """
 
 import torch

@@ -232,7 +232,7 @@ def triplet_units(
     else:  # semi-hard, for each unit's own positive: (n, 1, M) against (n, M, 1)
         far = ops.where(block.negative, fixed, _INF)[:, None, :]
         farthest = arg_where(fixed, block.negative, largest=True)
-        # The plain search (first_extreme) over n x M x M, as slots.arg_extreme for 3-D.
+        # n x M x M candidates: rules.first_extreme (argmin), as slots.arg_extreme for 3-D.
         chosen = semi_hard_negative(far, (fixed + semi_margin)[:, :, None], farthest[:, None])
         negatives = _one_hot(chosen, width)
 
