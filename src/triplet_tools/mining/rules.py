@@ -36,7 +36,7 @@ fallback (the farthest negative) only for the rows that have no semi-hard negati
 a ``keras.ops`` function computes it for every row. The tests hold every kernel to the same
 brute-force reference.
 
-This module imports no kernel; the kernels (``kernel``, ``torch_kernel``, ``pairs``,
+This module imports no kernel; the kernels (``kernel``, ``torch_kernel``, ``slots``,
 ``triplet_rows``) import it.
 """
 
