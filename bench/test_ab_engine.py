@@ -96,12 +96,12 @@ def test_a_failed_side_is_not_rerun_and_a_missing_one_ends_the_cell():
 
 
 class _Switchable:
-    def __init__(self, margin=1.0, slopes=True):
-        self.margin, self.slopes = margin, slopes
+    def __init__(self, margin=1.0, closed_form=True):
+        self.margin, self.closed_form = margin, closed_form
 
 
 class _Attribute:
-    slopes = True
+    closed_form = True
 
     def __init__(self, margin=1.0):
         self.margin = margin
@@ -114,10 +114,10 @@ class _Neither:
 
 def test_the_autodiff_switch_goes_to_the_constructor_or_the_attribute_or_is_not_available():
     name, value = ab_engine.AUTODIFF_SWITCH
-    assert (name, value) == ("slopes", False)
-    assert ab_engine.autodiff_loss(_Switchable, {"margin": 0.5}).slopes is False
+    assert (name, value) == ("closed_form", False)  # PairLoss.closed_form
+    assert ab_engine.autodiff_loss(_Switchable, {"margin": 0.5}).closed_form is False
     built = ab_engine.autodiff_loss(_Attribute, {"margin": 0.5})
-    assert built.slopes is False and built.margin == 0.5
+    assert built.closed_form is False and built.margin == 0.5
     with pytest.raises(bench_worker.NotAvailable, match="_Neither has no autodiff switch"):
         ab_engine.autodiff_loss(_Neither, {"margin": 0.5})
     with pytest.raises(TypeError, match="unexpected"):  # a wrong argument is not swallowed
