@@ -81,8 +81,8 @@ def autodiff_loss(make, kwargs):
     name, value = AUTODIFF_SWITCH
     try:
         return make(**kwargs, **{name: value})
-    except TypeError as error:  # the constructor does not take it
-        if name not in str(error):
+    except (TypeError, ValueError) as error:  # the constructor does not take it (tfa's
+        if name not in str(error):  # drop-ins refuse a keyword tfa never had: ValueError)
             raise
     loss = make(**kwargs)
     if not hasattr(loss, name):
