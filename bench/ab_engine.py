@@ -262,7 +262,8 @@ def run_ab(cells, orders, measure, log=print):
 
 def cell_label(backend, loss, batch):
     """Example: ``cell_label("jax", "circle", 512)`` -> ``'JAX (jit) · CircleLoss · B=512'``."""
-    return f"{benchmark.BACKEND_LABELS[backend]} · {benchmark.LOSS_LABELS[loss]} · B={batch}"
+    label = benchmark.LOSS_LABELS.get(loss, loss)
+    return f"{benchmark.BACKEND_LABELS[backend]} · {label} · B={batch}"
 
 
 def _brief(record):
