@@ -518,23 +518,27 @@ def measure_case(case, batch, settings):
         python,
         "-I",
         bench_worker.__file__,
-        "--case",
-        case.worker_case,
-        "--batch",
-        str(batch),
-        "--dim",
-        str(settings["dim"]),
-        "--per-class",
-        str(settings["per_class"]),
-        "--seed",
-        str(settings["seed"]),
-        "--repeats",
-        str(settings["repeats"]),
-        "--budget",
-        str(0.8 * time_limit),
+        *worker_arguments(case.worker_case, batch, settings, 0.8 * time_limit),
     ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **dict(case.env)}
     return {**record, **run_worker(command, env, time_limit, settings["memory_limit_gb"])}
+
+
+def worker_arguments(case, batch, settings, budget):
+    """``bench_worker``'s arguments for one measurement: the case, the batch, the
+    settings' ``dim`` / ``per_class`` / ``seed`` / ``repeats`` and the time ``budget`` (s).
+
+    Example:
+
+    >>> settings = {"dim": 8, "per_class": 4, "seed": 0, "repeats": 3}
+    >>> worker_arguments("ours-circle", 64, settings, 2.0)[:4]
+    ['--case', 'ours-circle', '--batch', '64']
+    """
+    return [
+        "--case", case, "--batch", str(batch), "--dim", str(settings["dim"]),
+        "--per-class", str(settings["per_class"]), "--seed", str(settings["seed"]),
+        "--repeats", str(settings["repeats"]), "--budget", str(budget),
+    ]  # fmt: skip
 
 
 def run_worker(command, env, time_limit, memory_limit_gb):
